@@ -1,0 +1,275 @@
+"""The one interface every runtime implements: Target, SessionOptions, Session, Backend, registry.
+
+A backend says which devices it can use, checks a model for a device (with a reason when it
+cannot), and prepares a Session that maps numpy inputs to numpy outputs.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from crossinfer.errors import BackendUnavailableError, InputError, UsageError
+from crossinfer.model import ModelArtifact, TensorSpec
+
+
+class Precision(enum.StrEnum):
+    """Numeric precision a session runs at (what the runtime is asked for)."""
+
+    FP32 = "fp32"
+    TF32 = "tf32"
+    FP16 = "fp16"
+    BF16 = "bf16"
+    INT8 = "int8"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A backend and one of its devices, written ``backend:device`` (``onnxruntime:cpu``)."""
+
+    backend: str
+    device: str
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        backend, sep, device = text.strip().partition(":")
+        if not backend:
+            raise UsageError(
+                f"target '{text}' has no backend: write BACKEND:DEVICE, e.g. onnxruntime:cpu"
+            )
+        return cls(backend=backend.lower(), device=(device or "cpu").lower() if sep else "cpu")
+
+    def __str__(self) -> str:
+        return f"{self.backend}:{self.device}"
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One device as a backend sees it."""
+
+    name: str  # the device part of a Target: "cpu", "cuda", "gpu.0", "npu"
+    description: str = ""  # "AMD EPYC 9R14 (CPUExecutionProvider)"
+    available: bool = True
+    reason: str = ""  # why not, when not available
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """Runtime knobs; a backend uses the ones it understands and says which it ignored."""
+
+    precision: Precision = Precision.FP32
+    threads: int | None = None  # intra-op threads; None: the runtime's default
+    graph_optimization_level: str | None = None  # "disable", "basic", "extended", "all"
+    performance_hint: str | None = None  # OpenVINO: "LATENCY", "THROUGHPUT"
+    streams: int | None = None  # OpenVINO inference streams
+    extra: Mapping[str, str] = field(default_factory=dict)  # passed through to the runtime
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the runtime put each node, and what it could not run."""
+
+    node_devices: Mapping[str, str]  # node name -> device or execution provider
+    primary: str  # the device or provider the user asked for
+    fallback_nodes: tuple[str, ...] = ()  # nodes placed somewhere other than primary
+    unsupported_ops: tuple[str, ...] = ()
+    note: str = ""  # how the placement was learned, or why it is partial
+
+    @property
+    def fallback_count(self) -> int:
+        return len(self.fallback_nodes)
+
+    def device_histogram(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for device in self.node_devices.values():
+            counts[device] = counts.get(device, 0) + 1
+        return counts
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "primary": self.primary,
+            "nodes": len(self.node_devices),
+            "devices": self.device_histogram(),
+            "fallback_count": self.fallback_count,
+            "fallback_nodes": list(self.fallback_nodes),
+            "unsupported_ops": list(self.unsupported_ops),
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class Compatibility:
+    """Whether a backend can run a model on a device, and why not."""
+
+    supported: bool
+    reason: str = ""
+    unsupported_ops: tuple[str, ...] = ()
+
+
+@runtime_checkable
+class Session(Protocol):
+    """A model prepared for one device: numpy in, numpy out."""
+
+    target: Target
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def placement(self) -> Placement | None: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What actually ran: runtime version, precision, providers, ignored options."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A runtime: lists devices, checks models, prepares sessions."""
+
+    name: str
+
+    def version(self) -> str: ...
+
+    def devices(self) -> list[DeviceInfo]: ...
+
+    def supports(self, artifact: ModelArtifact, device: str) -> Compatibility: ...
+
+    def prepare(
+        self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None
+    ) -> Session: ...
+
+
+# --- registry ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """Where a backend lives and what to install when it cannot be imported."""
+
+    name: str
+    module: str  # "crossinfer.backends.onnxruntime"
+    attribute: str  # the Backend class in that module
+    install_hint: str  # "pip install 'crossinfer[openvino]'"
+    is_reference: bool = False
+
+
+_REGISTRY: dict[str, BackendEntry] = {}
+
+
+def register_backend(entry: BackendEntry) -> None:
+    """Add a backend; a second backend under the same name is a mistake, not an override."""
+    if entry.name in _REGISTRY:
+        raise ValueError(
+            f"backend '{entry.name}' is already registered ({_REGISTRY[entry.name].module})"
+        )
+    _REGISTRY[entry.name] = entry
+
+
+def unregister_backend(name: str) -> None:
+    _REGISTRY.pop(name, None)
+
+
+def backend_entries() -> list[BackendEntry]:
+    return list(_REGISTRY.values())
+
+
+def backend_entry(name: str) -> BackendEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise UsageError(f"unknown backend '{name}': known backends are {known}") from None
+
+
+def get_backend(name: str) -> Backend:
+    """Import and construct a backend; a missing runtime raises with its install hint."""
+    return load_backend(backend_entry(name))
+
+
+def load_backend(entry: BackendEntry) -> Backend:
+    try:
+        module = importlib.import_module(entry.module)
+        backend: Backend = getattr(module, entry.attribute)()
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"backend '{entry.name}' cannot be used: {exc}: {entry.install_hint}"
+        ) from exc
+    return backend
+
+
+for _entry in (
+    BackendEntry(
+        "onnxruntime",
+        "crossinfer.backends.onnxruntime",
+        "OnnxRuntimeBackend",
+        "pip install onnxruntime (or onnxruntime-gpu for CUDA/TensorRT)",
+    ),
+    BackendEntry(
+        "openvino",
+        "crossinfer.backends.openvino",
+        "OpenVinoBackend",
+        "pip install 'crossinfer[openvino]'",
+    ),
+    BackendEntry(
+        "reference",
+        "crossinfer.backends.reference",
+        "ReferenceBackend",
+        "pip install onnx",
+        is_reference=True,
+    ),
+):
+    register_backend(_entry)
+
+
+# --- feeds --------------------------------------------------------------------------------
+
+
+def validate_feeds(
+    inputs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray], *, model: str = "model"
+) -> dict[str, np.ndarray]:
+    """Check names, dtypes and shapes against the signature; return contiguous arrays.
+
+    Raises InputError naming the input, what it expects and what it got.
+    """
+    expected = {spec.name: spec for spec in inputs}
+    missing = [name for name in expected if name not in feeds]
+    unknown = [name for name in feeds if name not in expected]
+    if missing or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing input(s) {', '.join(repr(n) for n in missing)}")
+        if unknown:
+            parts.append(f"unknown input(s) {', '.join(repr(n) for n in unknown)}")
+        raise InputError(
+            f"{model}: {'; '.join(parts)}; the model takes {', '.join(repr(n) for n in expected)}"
+        )
+    out: dict[str, np.ndarray] = {}
+    for name, spec in expected.items():
+        array = np.asarray(feeds[name])
+        if spec.dtype != "bfloat16" and array.dtype != spec.numpy_dtype:
+            raise InputError(
+                f"{model}: input '{name}' expects {spec.dtype.upper()} of shape {spec.shape_str()}, "
+                f"got {array.dtype.name.upper()} {list(array.shape)}: convert it with "
+                f".astype('{spec.dtype}')"
+            )
+        if spec.shape is not None and not _shape_matches(spec.shape, array.shape):
+            raise InputError(
+                f"{model}: input '{name}' expects shape {spec.shape_str()} ({spec.dtype}), "
+                f"got {list(array.shape)}"
+            )
+        out[name] = np.ascontiguousarray(array)
+    return out
+
+
+def _shape_matches(expected: Sequence[int | str | None], actual: Sequence[int]) -> bool:
+    if len(expected) != len(actual):
+        return False
+    return all(not isinstance(e, int) or e == a for e, a in zip(expected, actual, strict=True))

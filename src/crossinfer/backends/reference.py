@@ -1,0 +1,103 @@
+"""Reference backend: onnx's own ReferenceEvaluator, the golden numbers other runtimes are checked against.
+
+Slow (pure numpy, one op at a time) but independent of every optimizing runtime.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx.reference import ReferenceEvaluator
+
+from crossinfer.backends.base import (
+    Compatibility,
+    DeviceInfo,
+    Placement,
+    SessionOptions,
+    Target,
+    validate_feeds,
+)
+from crossinfer.errors import CompileError, InferenceError, UsageError
+from crossinfer.model import ModelArtifact
+
+
+class ReferenceBackend:
+    name = "reference"
+
+    def version(self) -> str:
+        return f"onnx {onnx.__version__}"
+
+    def devices(self) -> list[DeviceInfo]:
+        return [DeviceInfo(name="cpu", description="onnx.reference.ReferenceEvaluator (numpy)")]
+
+    def supports(self, artifact: ModelArtifact, device: str) -> Compatibility:
+        if device != "cpu":
+            return Compatibility(False, "the reference evaluator runs on the CPU only")
+        return Compatibility(True)
+
+    def prepare(
+        self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None
+    ) -> ReferenceSession:
+        if device != "cpu":
+            raise UsageError(f"the reference backend has only the device 'cpu', not '{device}'")
+        return ReferenceSession(artifact, options or SessionOptions())
+
+
+class ReferenceSession:
+    def __init__(self, artifact: ModelArtifact, options: SessionOptions) -> None:
+        self.target = Target("reference", "cpu")
+        self.inputs = artifact.inputs
+        self.outputs = artifact.outputs
+        self._model = artifact.source
+        self._proto = artifact.load_proto()
+        self._precision = options.precision
+        try:
+            self._evaluator = ReferenceEvaluator(self._proto)
+        except Exception as exc:  # the evaluator raises NotImplementedError, TypeError, ...
+            raise CompileError(
+                f"onnx's reference evaluator cannot run {artifact.source}: {exc}",
+                unsupported_ops=_unknown_ops(exc),
+            ) from exc
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = validate_feeds(self.inputs, feeds, model=self._model)
+        try:
+            values = self._evaluator.run(None, arrays)
+        except Exception as exc:
+            raise InferenceError(f"reference evaluator failed: {exc}") from exc
+        names = [o.name for o in self._proto.graph.output]
+        return {name: np.asarray(v) for name, v in zip(names, values, strict=True)}
+
+    def placement(self) -> Placement:
+        nodes = {
+            n.name or f"<{n.op_type}#{i}>": "reference"
+            for i, n in enumerate(self._proto.graph.node)
+        }
+        return Placement(node_devices=nodes, primary="reference", note="every node in numpy")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "runtime": f"onnx {onnx.__version__} ReferenceEvaluator",
+            "precision": f"{self._precision.value} (as stored in the model)",
+            "ignored_options": [
+                "threads",
+                "graph_optimization_level",
+                "performance_hint",
+                "streams",
+            ],
+        }
+
+    def close(self) -> None:
+        del self._evaluator
+
+
+def _unknown_ops(exc: BaseException) -> tuple[str, ...]:
+    # "No implementation for operator 'Foo' (domain '', ...)"-style messages
+    text = str(exc)
+    marker = "operator '"
+    if marker in text:
+        return (text.split(marker, 1)[1].split("'", 1)[0],)
+    return ()

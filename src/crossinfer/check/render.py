@@ -1,0 +1,95 @@
+"""Terminal view of a CheckReport: one row per backend x device, then the reasons in full."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from crossinfer.check.runner import CheckReport, CheckRow, Verdict
+
+_STYLES = {
+    Verdict.PASS: "green",
+    Verdict.MISMATCH: "red",
+    Verdict.CRASHED: "red",
+    Verdict.TIMEOUT: "red",
+    Verdict.ERROR: "red",
+    Verdict.UNSUPPORTED: "yellow",
+    Verdict.UNAVAILABLE: "dim",
+    Verdict.NO_REFERENCE: "yellow",
+}
+
+
+def render_check(report: CheckReport, console: Console) -> None:
+    shapes = ", ".join(f"{k} {d}{s}" for k, (s, d) in report.inputs.items())
+    tol = report.tolerance
+    console.print(
+        f"[bold]check[/bold] {report.model.source}  sha256 {report.model.short_hash}  "
+        f"precision {report.precision.value}  tolerance atol={tol.atol:g} rtol={tol.rtol:g} "
+        f"cosine>={tol.min_cosine:g}"
+    )
+    console.print(f"inputs ({report.input_source}): {shapes}; reference: {report.reference}")
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    table.add_column("target", no_wrap=True)
+    table.add_column("verdict", min_width=7)
+    for column in ("load s", "run ms"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("placement", min_width=9)
+    for column in ("abs err", "cosine"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in report.rows:
+        table.add_row(*_cells(row))
+    console.print(table)
+    console.print(
+        "* the reference: judged on producing every declared output, all finite.",
+        style="dim",
+    )
+    for row in report.rows:
+        if row.reason and not (row.passed and row.is_reference):
+            console.print(f"[{_STYLES[row.verdict]}]{row.target}[/]: {row.reason}", highlight=False)
+        worst = row.worst()
+        if worst is not None and not row.is_reference:
+            console.print(
+                f"  {len(row.comparisons)} output(s): max rel err "
+                f"{max(c.max_rel_error for c in row.comparisons):.2e}; smallest passing atol "
+                f"{max(c.needed_atol for c in row.comparisons):.1e} at rtol {tol.rtol:g}; "
+                f"first run {(row.first_run_s or 0) * 1e3:.1f} ms",
+                highlight=False,
+            )
+        if row.unsupported_ops:
+            console.print(f"  unsupported ops: {', '.join(row.unsupported_ops)}")
+        if row.stderr_tail and row.verdict in (Verdict.CRASHED, Verdict.TIMEOUT):
+            console.print(f"  last stderr: {row.stderr_tail[-400:]}", highlight=False)
+        precisions = row.session.get("runtime_precisions")
+        if isinstance(precisions, dict) and precisions:
+            ran = ", ".join(f"{k}: {v}" for k, v in precisions.items())
+            console.print(f"  {row.target} layers by runtime precision: {ran}", highlight=False)
+
+
+def _cells(row: CheckRow) -> list[str]:
+    placement = "-"
+    if row.placement:
+        devices = row.placement.get("devices", {})
+        placement = " ".join(f"{_short_device(k)}:{v}" for k, v in devices.items())
+        if row.placement.get("fallback_count"):
+            placement += f" ({row.placement['fallback_count']} fallback)"
+    worst = row.worst()
+    if worst is not None and not row.is_reference:
+        errors = [
+            f"{worst.max_abs_error:.1e}",
+            f"{min(c.cosine for c in row.comparisons):.6f}",
+        ]
+    else:
+        errors = ["-", "-"]
+    return [
+        row.target + ("*" if row.is_reference else ""),
+        f"[{_STYLES[row.verdict]}]{row.verdict.value}[/]",
+        f"{row.load_s:.2f}" if row.load_s is not None else "-",
+        f"{row.run_s * 1e3:.1f}" if row.run_s is not None else "-",
+        placement,
+        *errors,
+    ]
+
+
+def _short_device(name: str) -> str:
+    return name.removesuffix("ExecutionProvider")

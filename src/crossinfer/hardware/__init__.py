@@ -1,0 +1,48 @@
+"""Hardware and runtime discovery for ``crossinfer doctor``.
+
+Re-exports the report types, ``discover`` and the rich renderer.
+"""
+
+from __future__ import annotations
+
+from crossinfer.hardware.discover import (
+    ARM_FEATURES,
+    IMPORTANT_FEATURES,
+    KNOWN_RUNTIMES,
+    X86_FEATURES,
+    CpuInfo,
+    GpuInfo,
+    GpuReport,
+    OnnxInfo,
+    ParsedCpuinfo,
+    RuntimeInfo,
+    SystemReport,
+    discover,
+    discover_cpu,
+    discover_gpus,
+    discover_onnx,
+    parse_cpuinfo,
+    probe_runtime,
+)
+from crossinfer.hardware.render import render_report
+
+__all__ = [
+    "ARM_FEATURES",
+    "IMPORTANT_FEATURES",
+    "KNOWN_RUNTIMES",
+    "X86_FEATURES",
+    "CpuInfo",
+    "GpuInfo",
+    "GpuReport",
+    "OnnxInfo",
+    "ParsedCpuinfo",
+    "RuntimeInfo",
+    "SystemReport",
+    "discover",
+    "discover_cpu",
+    "discover_gpus",
+    "discover_onnx",
+    "parse_cpuinfo",
+    "probe_runtime",
+    "render_report",
+]

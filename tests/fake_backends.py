@@ -1,0 +1,107 @@
+"""Backends for unit tests of crossinfer's own logic: one that works in numpy, some that misbehave.
+
+They live in an importable module (not a test file) because `check` runs backends in spawned
+child processes, which import them by module path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from crossinfer.backends.base import (
+    BackendEntry,
+    Compatibility,
+    DeviceInfo,
+    Placement,
+    SessionOptions,
+    Target,
+    validate_feeds,
+)
+from crossinfer.model import ModelArtifact
+
+
+class _Session:
+    def __init__(self, artifact: ModelArtifact, name: str, scale: float = 1.0) -> None:
+        from onnx.reference import ReferenceEvaluator
+
+        self.target = Target(name, "cpu")
+        self.inputs = artifact.inputs
+        self.outputs = artifact.outputs
+        self._eval = ReferenceEvaluator(artifact.load_proto())
+        self._scale = scale
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = validate_feeds(self.inputs, feeds)
+        values = self._eval.run(None, arrays)
+        return {o.name: np.asarray(v) * self._scale for o, v in zip(self.outputs, values, strict=True)}
+
+    def placement(self) -> Placement:
+        return Placement(node_devices={"n": "cpu"}, primary="cpu")
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": "fake"}
+
+    def close(self) -> None:
+        pass
+
+
+class _Base:
+    name = "fake"
+
+    def version(self) -> str:
+        return "0"
+
+    def devices(self) -> list[DeviceInfo]:
+        return [DeviceInfo("cpu")]
+
+    def supports(self, artifact: ModelArtifact, device: str) -> Compatibility:
+        return Compatibility(True)
+
+
+class DriftingBackend(_Base):
+    """Runs the model correctly, then scales outputs by 1.01: a numerical mismatch."""
+
+    name = "drifting"
+
+    def prepare(self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None) -> _Session:
+        return _Session(artifact, self.name, scale=1.01)
+
+
+class SegfaultBackend(_Base):
+    """Dereferences NULL while preparing: the whole process dies with SIGSEGV."""
+
+    name = "segfault"
+
+    def prepare(self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None) -> _Session:
+        os.write(2, b"fake runtime: about to dereference NULL\n")
+        ctypes.string_at(0)
+        raise AssertionError("unreachable")
+
+
+class HangingBackend(_Base):
+    """Never returns from prepare: the check must time out and kill it."""
+
+    name = "hanging"
+
+    def prepare(self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None) -> _Session:
+        time.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+class ExitingBackend(_Base):
+    """Calls os._exit(3) as some runtimes do on a fatal error."""
+
+    name = "exiting"
+
+    def prepare(self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None) -> _Session:
+        os._exit(3)
+
+
+def entry(cls: type[_Base]) -> BackendEntry:
+    return BackendEntry(cls.name, __name__, cls.__name__, "this is a test backend")
