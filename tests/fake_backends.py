@@ -39,7 +39,9 @@ class _Session:
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = validate_feeds(self.inputs, feeds)
         values = self._eval.run(None, arrays)
-        return {o.name: np.asarray(v) * self._scale for o, v in zip(self.outputs, values, strict=True)}
+        return {
+            o.name: np.asarray(v) * self._scale for o, v in zip(self.outputs, values, strict=True)
+        }
 
     def placement(self) -> Placement:
         return Placement(node_devices={"n": "cpu"}, primary="cpu")
@@ -69,7 +71,9 @@ class DriftingBackend(_Base):
 
     name = "drifting"
 
-    def prepare(self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None) -> _Session:
+    def prepare(
+        self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None
+    ) -> _Session:
         return _Session(artifact, self.name, scale=1.01)
 
 
@@ -78,7 +82,9 @@ class SegfaultBackend(_Base):
 
     name = "segfault"
 
-    def prepare(self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None) -> _Session:
+    def prepare(
+        self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None
+    ) -> _Session:
         os.write(2, b"fake runtime: about to dereference NULL\n")
         ctypes.string_at(0)
         raise AssertionError("unreachable")
@@ -89,7 +95,9 @@ class HangingBackend(_Base):
 
     name = "hanging"
 
-    def prepare(self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None) -> _Session:
+    def prepare(
+        self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None
+    ) -> _Session:
         time.sleep(3600)
         raise AssertionError("unreachable")
 
@@ -99,7 +107,9 @@ class ExitingBackend(_Base):
 
     name = "exiting"
 
-    def prepare(self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None) -> _Session:
+    def prepare(
+        self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None
+    ) -> _Session:
         os._exit(3)
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import linear_model, make_model
 from onnx import TensorProto, helper, numpy_helper
 
+from conftest import linear_model, make_model
 from crossinfer.errors import (
     ModelFormatError,
     ModelNotFoundError,
@@ -22,7 +22,9 @@ from crossinfer.model import count_parameters, load_model
 def test_load_reports_signature_opsets_histogram_and_hash(linear_path: Path) -> None:
     artifact = load_model(linear_path)
     assert [(t.name, t.dtype, t.shape) for t in artifact.inputs] == [("x", "float32", ("batch", 8))]
-    assert [(t.name, t.dtype, t.shape) for t in artifact.outputs] == [("y", "float32", ("batch", 4))]
+    assert [(t.name, t.dtype, t.shape) for t in artifact.outputs] == [
+        ("y", "float32", ("batch", 4))
+    ]
     assert artifact.opsets == {"": 17}
     assert artifact.ir_version == 8
     assert artifact.op_histogram == {"Add": 1, "MatMul": 1, "Relu": 1}
@@ -42,8 +44,14 @@ def test_load_reports_signature_opsets_histogram_and_hash(linear_path: Path) -> 
 def test_external_data_is_loaded_hashed_and_counted(tmp_path: Path) -> None:
     model = linear_model()
     path = tmp_path / "ext.onnx"
-    onnx.save(model, path, save_as_external_data=True, all_tensors_to_one_file=True,
-              location="ext.weights", size_threshold=0)
+    onnx.save(
+        model,
+        path,
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.weights",
+        size_threshold=0,
+    )
     artifact = load_model(path)
     assert artifact.external_data == ("ext.weights",)
     assert artifact.file_size == path.stat().st_size + (tmp_path / "ext.weights").stat().st_size
@@ -84,7 +92,9 @@ def test_empty_file(tmp_path: Path) -> None:
 def test_truncated_file(linear_path: Path) -> None:
     data = linear_path.read_bytes()
     linear_path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ModelFormatError, match=r"linear\.onnx' is not a readable ONNX model .*truncated"):
+    with pytest.raises(
+        ModelFormatError, match=r"linear\.onnx' is not a readable ONNX model .*truncated"
+    ):
         load_model(linear_path)
 
 
@@ -104,7 +114,9 @@ def test_corrupt_bytes(linear_path: Path) -> None:
 def test_not_onnx(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "other.onnx"
     path.write_bytes(content)
-    with pytest.raises(ModelFormatError, match=r"other\.onnx'.*(not a readable ONNX model|not an ONNX model)"):
+    with pytest.raises(
+        ModelFormatError, match=r"other\.onnx'.*(not a readable ONNX model|not an ONNX model)"
+    ):
         load_model(path)
 
 
@@ -113,7 +125,10 @@ def test_opset_newer_than_installed_onnx(tmp_path: Path) -> None:
     model.opset_import[0].version = onnx.defs.onnx_opset_version() + 5
     path = tmp_path / "future.onnx"
     onnx.save(model, path)
-    with pytest.raises(UnsupportedOpsetError, match=rf"future\.onnx' uses opset {model.opset_import[0].version}, newer than the installed onnx"):
+    with pytest.raises(
+        UnsupportedOpsetError,
+        match=rf"future\.onnx' uses opset {model.opset_import[0].version}, newer than the installed onnx",
+    ):
         load_model(path)
 
 
@@ -122,7 +137,9 @@ def test_ir_version_newer_than_installed_onnx(tmp_path: Path) -> None:
     model.ir_version = onnx.IR_VERSION + 1
     path = tmp_path / "future_ir.onnx"
     onnx.save(model, path)
-    with pytest.raises(UnsupportedOpsetError, match=r"has IR version \d+, newer than the installed onnx"):
+    with pytest.raises(
+        UnsupportedOpsetError, match=r"has IR version \d+, newer than the installed onnx"
+    ):
         load_model(path)
 
 
@@ -135,7 +152,9 @@ def test_invalid_graph_is_a_validation_error(tmp_path: Path) -> None:
     )
     path = tmp_path / "broken.onnx"
     onnx.save(model, path)
-    with pytest.raises(ModelValidationError, match=r"broken\.onnx' is not a valid ONNX model: .*ghost"):
+    with pytest.raises(
+        ModelValidationError, match=r"broken\.onnx' is not a valid ONNX model: .*ghost"
+    ):
         load_model(path)
 
 
@@ -167,7 +186,9 @@ def test_parameter_count_skips_batchnorm_statistics_and_int_constants() -> None:
     model = make_model(
         [
             helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
-            helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["bn"], name="bn"),
+            helper.make_node(
+                "BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["bn"], name="bn"
+            ),
             helper.make_node("Reshape", ["bn", "shape"], ["y"], name="flat"),
         ],
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 2, 2])],

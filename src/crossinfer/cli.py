@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from crossinfer.errors import CrossinferError, UsageError
 
@@ -36,7 +37,9 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tab
 
 
 def _fail(exc: CrossinferError, code: int = 2) -> NoReturn:
-    err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+    err_console.print(
+        f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True
+    )
     raise typer.Exit(code)
 
 

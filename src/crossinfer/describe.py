@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from crossinfer.model import ModelArtifact
 
 
 def render_artifact(artifact: ModelArtifact, console: Console, *, top_ops: int = 25) -> None:
-    console.print(f"[bold]{artifact.source}[/bold]  ({artifact.path})")
+    console.print(Text(artifact.source, style="bold"), Text(f"({artifact.path})"), soft_wrap=True)
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")
     facts.add_column()
@@ -36,14 +37,15 @@ def render_artifact(artifact: ModelArtifact, console: Console, *, top_ops: int =
     io.add_column("shape")
     for kind, specs in (("input", artifact.inputs), ("output", artifact.outputs)):
         for spec in specs:
-            io.add_row(kind, spec.name, spec.dtype, spec.shape_str())
+            # Text, not markup: a shape like [batch,8] would read as a style tag
+            io.add_row(kind, Text(spec.name), spec.dtype, Text(spec.shape_str()))
     console.print(io)
 
     ops = Table(title=f"op histogram ({len(artifact.op_histogram)} op types)", title_justify="left")
     ops.add_column("op")
     ops.add_column("count", justify="right")
     for op, count in list(artifact.op_histogram.items())[:top_ops]:
-        ops.add_row(op, str(count))
+        ops.add_row(Text(op), str(count))
     rest = list(artifact.op_histogram.items())[top_ops:]
     if rest:
         ops.add_row(f"... {len(rest)} more", str(sum(c for _, c in rest)))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,7 +19,6 @@ import onnx
 import onnx.external_data_helper
 
 from crossinfer.errors import (
-    ModelError,
     ModelFormatError,
     ModelNotFoundError,
     ModelValidationError,
@@ -296,10 +294,3 @@ def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     line = text.splitlines()[0]
     return line if len(line) <= 300 else line[:297] + "..."
-
-
-def artifact_json(artifact: ModelArtifact) -> str:
-    return json.dumps(artifact.to_dict(), indent=2)
-
-
-__all__ = ["ModelArtifact", "ModelError", "TensorSpec", "count_parameters", "load_model"]

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import fake_backends
 import pytest
 
+import fake_backends
 from crossinfer.backends.base import Target, register_backend, unregister_backend
 from crossinfer.check import Verdict, check_model, random_inputs
 from crossinfer.model import load_model
@@ -29,9 +29,14 @@ def fakes() -> Iterator[None]:
         unregister_backend(cls.name)
 
 
-def test_misbehaving_backends_become_rows_and_the_check_completes(linear_path: Path, fakes: None) -> None:
+def test_misbehaving_backends_become_rows_and_the_check_completes(
+    linear_path: Path, fakes: None
+) -> None:
     artifact = load_model(linear_path)
-    targets = [Target(name, "cpu") for name in ("segfault", "hanging", "exiting", "drifting", "onnxruntime")]
+    targets = [
+        Target(name, "cpu")
+        for name in ("segfault", "hanging", "exiting", "drifting", "onnxruntime")
+    ]
     report = check_model(
         artifact,
         targets=targets,
@@ -75,7 +80,10 @@ def test_missing_device_is_an_unavailable_row(linear_path: Path) -> None:
     )
     cuda = report.row("onnxruntime:cuda")
     assert cuda.verdict == Verdict.UNSUPPORTED
-    assert "CUDAExecutionProvider is not in this onnxruntime build: pip install onnxruntime-gpu" in cuda.reason
+    assert (
+        "CUDAExecutionProvider is not in this onnxruntime build: pip install onnxruntime-gpu"
+        in cuda.reason
+    )
     npu = report.row("openvino:npu")
     assert npu.verdict == Verdict.UNSUPPORTED
     assert "OpenVINO device NPU is not available here" in npu.reason

@@ -16,7 +16,9 @@ TOL = Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.9999)
 def test_identical_outputs_pass_with_zero_error() -> None:
     x = np.linspace(-1, 1, 11, dtype=np.float32)
     (c,) = compare_outputs({"y": x.copy()}, {"y": x}, TOL)
-    assert c.passed and c.max_abs_error == 0 and c.cosine == pytest.approx(1.0) and c.needed_atol == 0
+    assert (
+        c.passed and c.max_abs_error == 0 and c.cosine == pytest.approx(1.0) and c.needed_atol == 0
+    )
 
 
 def test_error_figures_and_needed_atol() -> None:
@@ -73,7 +75,11 @@ def test_integer_outputs_must_match_exactly() -> None:
     (ok,) = compare_outputs({"i": np.array([1, 2, 3])}, {"i": np.array([1, 2, 3])}, TOL)
     (bad,) = compare_outputs({"i": np.array([1, 2, 4])}, {"i": np.array([1, 2, 3])}, TOL)
     assert ok.passed
-    assert not bad.passed and bad.reason == "1 of 3 int64 values differ" and math.isinf(bad.needed_atol)
+    assert (
+        not bad.passed
+        and bad.reason == "1 of 3 int64 values differ"
+        and math.isinf(bad.needed_atol)
+    )
 
 
 def test_tolerances_loosen_with_precision() -> None:

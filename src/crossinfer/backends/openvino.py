@@ -134,7 +134,15 @@ class OpenVinoSession:
                 unsupported_ops=unsupported,
             ) from exc
         self._device = device
-        self._output_names = [port.get_any_name() for port in self._compiled.outputs]
+        # a port can carry several tensor names after OpenVINO's fusions: pick the model's own
+        declared = [spec.name for spec in artifact.outputs]
+        self._output_names = [
+            next(
+                (n for n in declared if n in port.get_names()),
+                declared[i] if i < len(declared) else port.get_any_name(),
+            )
+            for i, port in enumerate(self._compiled.outputs)
+        ]
         self._request = self._compiled.create_infer_request()
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -184,7 +192,7 @@ class OpenVinoSession:
             "INFERENCE_NUM_THREADS",
         ):
             try:
-                info[key.lower()] = str(self._compiled.get_property(key))
+                info[key.lower()] = _property_text(self._compiled.get_property(key))
             except RuntimeError:
                 continue
         try:
@@ -209,6 +217,12 @@ def _unsupported(model: ov.Model, query: Mapping[str, str]) -> tuple[str, ...]:
             }
         )
     )
+
+
+def _property_text(value: object) -> str:
+    # precisions come back as ov.Type, whose str() is "<Type: 'float32'>"; to_string() is "f32"
+    to_string = getattr(value, "to_string", None)
+    return str(to_string()) if callable(to_string) else str(value)
 
 
 def _short(exc: BaseException) -> str:

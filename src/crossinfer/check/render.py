@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from crossinfer.check.runner import CheckReport, CheckRow, Verdict
@@ -46,7 +47,9 @@ def render_check(report: CheckReport, console: Console) -> None:
     )
     for row in report.rows:
         if row.reason and not (row.passed and row.is_reference):
-            console.print(f"[{_STYLES[row.verdict]}]{row.target}[/]: {row.reason}", highlight=False)
+            console.print(
+                f"[{_STYLES[row.verdict]}]{row.target}[/]: {escape(row.reason)}", highlight=False
+            )
         worst = row.worst()
         if worst is not None and not row.is_reference:
             console.print(
@@ -57,9 +60,9 @@ def render_check(report: CheckReport, console: Console) -> None:
                 highlight=False,
             )
         if row.unsupported_ops:
-            console.print(f"  unsupported ops: {', '.join(row.unsupported_ops)}")
+            console.print(f"  unsupported ops: {escape(', '.join(row.unsupported_ops))}")
         if row.stderr_tail and row.verdict in (Verdict.CRASHED, Verdict.TIMEOUT):
-            console.print(f"  last stderr: {row.stderr_tail[-400:]}", highlight=False)
+            console.print(f"  last stderr: {escape(row.stderr_tail[-400:])}", highlight=False)
         precisions = row.session.get("runtime_precisions")
         if isinstance(precisions, dict) and precisions:
             ran = ", ".join(f"{k}: {v}" for k, v in precisions.items())
@@ -92,4 +95,4 @@ def _cells(row: CheckRow) -> list[str]:
 
 
 def _short_device(name: str) -> str:
-    return name.removesuffix("ExecutionProvider")
+    return "numpy" if name == "reference" else name.removesuffix("ExecutionProvider")
