@@ -119,6 +119,10 @@ def check(
     threads: Annotated[
         int | None, typer.Option(min=1, help="Intra-op threads per runtime.")
     ] = None,
+    hint: Annotated[
+        str | None,
+        typer.Option(help="OpenVINO performance hint: LATENCY or THROUGHPUT."),
+    ] = None,
     timeout: Annotated[
         float, typer.Option(min=1, help="Seconds each row may take before it is killed.")
     ] = 600.0,
@@ -158,7 +162,7 @@ def check(
             input_source=source,
             precision=prec,
             tolerance=tol,
-            options=SessionOptions(threads=threads),
+            options=SessionOptions(threads=threads, performance_hint=_hint(hint)),
             timeout_s=timeout,
             on_row=None if as_json else _print_progress,
         )
@@ -189,6 +193,14 @@ def _precision(text: str) -> Precision:
         raise UsageError(
             f"--precision '{text}' is not one of {', '.join(p.value for p in Precision)}"
         ) from None
+
+
+def _hint(text: str | None) -> str | None:
+    if text is None:
+        return None
+    if text.upper() not in ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
+        raise UsageError(f"--hint '{text}' is not LATENCY, THROUGHPUT or CUMULATIVE_THROUGHPUT")
+    return text.upper()
 
 
 def _parse_dims(items: list[str]) -> dict[str, int]:

@@ -221,10 +221,11 @@ def test_openvino_reports_the_precision_that_ran(linear_path: Path) -> None:
     fp32.close()
 
 
-def test_onnxruntime_names_the_missing_kernel(tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_unknown_op_is_named_in_the_compile_error(backend_name: str, tmp_path: Path) -> None:
     from crossinfer.errors import CompileError
 
-    # a real op in a domain onnxruntime's CPU provider has no kernel for
+    # a custom-domain op that no runtime has a kernel or conversion rule for
     model = make_model(
         [helper.make_node("Relu", ["x"], ["y"], name="custom_relu", domain="com.example")],
         [_vi("x", F, [2])],
@@ -234,6 +235,50 @@ def test_onnxruntime_names_the_missing_kernel(tmp_path: Path) -> None:
     path = tmp_path / "custom.onnx"
     onnx.save(model, path)
     artifact = load_model(path)
-    with pytest.raises(CompileError) as info:
-        get_backend("onnxruntime").prepare(artifact, "cpu")
-    assert "could not load" in str(info.value)
+    backend = get_backend(backend_name)
+    compat = backend.supports(artifact, "cpu")
+    if compat.supported:
+        with pytest.raises(CompileError) as info:
+            backend.prepare(artifact, "cpu")
+        unsupported = info.value.unsupported_ops
+    else:
+        unsupported = compat.unsupported_ops
+    assert unsupported == ("com.example:Relu",)
+
+
+def test_openvino_auto_reports_the_device_it_picked(linear_path: Path) -> None:
+    pytest.importorskip(
+        "openvino", reason="openvino not installed: pip install 'crossinfer[openvino]'"
+    )
+    session = get_backend("openvino").prepare(load_model(linear_path), "auto")
+    info = session.describe()
+    placement = session.placement()
+    assert info["execution_devices"] == ["CPU"]
+    assert placement.primary == "CPU" and set(placement.node_devices.values()) == {"CPU"}
+    session.close()
+
+
+def test_openvino_bf16_is_what_its_cpu_default_would_silently_give() -> None:
+    """On AVX512_BF16/AMX CPUs OpenVINO picks BF16 unasked: FP32 parity needs the f32 hint."""
+    pytest.importorskip(
+        "openvino", reason="openvino not installed: pip install 'crossinfer[openvino]'"
+    )
+    import openvino as ov
+
+    if str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")) not in (
+        "bf16",
+        "<Type: 'bfloat16'>",
+    ):
+        pytest.skip("this CPU's OpenVINO default precision is not BF16 (no AVX512_BF16 or AMX)")
+    artifact = load_model("zoo:resnet18")
+    feeds = random_inputs(artifact.inputs, batch=1, seed=0)
+    reference = get_backend("reference").prepare(artifact, "cpu").run(feeds)
+    session = get_backend("openvino").prepare(
+        artifact, "cpu", SessionOptions(precision=Precision.BF16)
+    )
+    outputs = session.run(feeds)
+    assert session.describe()["runtime_precisions"].get("bf16", 0) > 0
+    (as_bf16,) = compare_outputs(outputs, reference, default_tolerance(Precision.BF16))
+    (as_fp32,) = compare_outputs(outputs, reference, default_tolerance(Precision.FP32))
+    assert as_bf16.passed, as_bf16.reason
+    assert not as_fp32.passed and as_fp32.max_abs_error > 1e-3

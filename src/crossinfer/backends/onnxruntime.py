@@ -58,6 +58,7 @@ _OPT_LEVELS = {
 _NO_KERNEL = re.compile(
     r"Could not find an implementation for (\w+)\((\d+)\) node with name '([^']*)'"
 )
+_NOT_REGISTERED = re.compile(r"([\w.]+:)?(\w+)\((-?\d+)\) is not a registered function/op")
 _ASSIGNMENT_KEY = "session.record_ep_graph_assignment_info"
 
 
@@ -146,14 +147,22 @@ class OnnxRuntimeSession:
             self._ignored.append("performance_hint")
         if options.streams is not None:
             self._ignored.append("streams")
-        # The precision is the model's own: ORT runs the types stored in the graph.
-        self._precision = options.precision
+        # ORT runs the types stored in the graph: it has no precision switch on the CPU.
+        if options.precision is not Precision.FP32:
+            self._ignored.append(
+                f"precision={options.precision.value} (ORT runs the model's own types)"
+            )
         providers = [provider] if provider == PROVIDERS["cpu"] else [provider, PROVIDERS["cpu"]]
         try:
             self._session = ort.InferenceSession(str(artifact.path), so, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
-            missing = _NO_KERNEL.findall(str(exc))
-            ops = tuple(sorted({f"{op}({ver})" for op, ver, _ in missing}))
+            text = str(exc)
+            ops = tuple(
+                sorted(
+                    {f"{op}({ver})" for op, ver, _ in _NO_KERNEL.findall(text)}
+                    | {f"{dom}{op}" for dom, op, _ in _NOT_REGISTERED.findall(text)}
+                )
+            )
             message = f"onnxruntime:{device} could not load {artifact.source}: {_short(exc)}"
             raise CompileError(message, unsupported_ops=ops) from exc
 
@@ -185,7 +194,7 @@ class OnnxRuntimeSession:
         return {
             "runtime": f"onnxruntime {ort.__version__}",
             "providers": self._session.get_providers(),
-            "precision": f"{self._precision.value} (as stored in the model)",
+            "precision": "as stored in the model",
             "ignored_options": list(self._ignored),
         }
 

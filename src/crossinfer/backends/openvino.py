@@ -54,8 +54,13 @@ class OpenVinoBackend:
         try:
             ov_device = self._device(device)
             model = self._core.read_model(str(artifact.path))
-            query = self._core.query_model(model, ov_device)
         except (RuntimeError, DeviceUnavailableError, UsageError) as exc:
+            return Compatibility(False, _short(exc), unsupported_ops=_unconverted(str(exc)))
+        if ov_device.split(".")[0] in _VIRTUAL:
+            return Compatibility(True)  # AUTO decides at compile time; prepare() reports it
+        try:
+            query = self._core.query_model(model, ov_device)
+        except RuntimeError as exc:
             return Compatibility(False, _short(exc))
         unsupported = _unsupported(model, query)
         if unsupported:
@@ -120,18 +125,17 @@ class OpenVinoSession:
         if options.graph_optimization_level is not None:
             self._ignored.append("graph_optimization_level")
         config.update(options.extra)
-        if device.split(".")[0] in _VIRTUAL:
-            # AUTO and friends take only their own keys; the precision hint goes to the CPU below.
-            config.pop("INFERENCE_PRECISION_HINT", None)
         try:
             self._model = core.read_model(str(artifact.path))
-            self._query = core.query_model(self._model, device)
             self._compiled = core.compile_model(self._model, device, config)
+            # AUTO cannot be queried itself: ask the device it picked
+            self._executed_on = [str(d) for d in self._compiled.get_property("EXECUTION_DEVICES")]
+            queried = self._executed_on[0] if device.split(".")[0] in _VIRTUAL else device
+            self._query = core.query_model(self._model, queried)
         except RuntimeError as exc:
-            unsupported = _unsupported(self._model, {}) if "query" in str(exc) else ()
             raise CompileError(
                 f"openvino:{device.lower()} could not compile {artifact.source}: {_short(exc)}",
-                unsupported_ops=unsupported,
+                unsupported_ops=_unconverted(str(exc)),
             ) from exc
         self._device = device
         # a port can carry several tensor names after OpenVINO's fusions: pick the model's own
@@ -164,11 +168,13 @@ class OpenVinoSession:
             if op.get_type_name() not in _SKIP_OPS
         }
         primary = self._device.split(".")[0]
+        if primary in _VIRTUAL:
+            primary = self._executed_on[0].split(".")[0]
         fallback = tuple(sorted(n for n, d in nodes.items() if d.split(".")[0] != primary))
         return Placement(
             node_devices=nodes,
-            primary=self._device,
-            fallback_nodes=fallback if primary not in _VIRTUAL else (),
+            primary=primary,
+            fallback_nodes=fallback,
             unsupported_ops=_unsupported(self._model, self._query),
             note="OpenVINO Core.query_model on the model as read (before its own fusions)",
         )
@@ -184,7 +190,11 @@ class OpenVinoSession:
         return dict(counts)
 
     def describe(self) -> dict[str, Any]:
-        info: dict[str, Any] = {"runtime": f"openvino {ov.get_version()}", "device": self._device}
+        info: dict[str, Any] = {
+            "runtime": f"openvino {ov.get_version()}",
+            "device": self._device,
+            "execution_devices": self._executed_on,
+        }
         for key in (
             "INFERENCE_PRECISION_HINT",
             "PERFORMANCE_HINT",
@@ -217,6 +227,17 @@ def _unsupported(model: ov.Model, query: Mapping[str, str]) -> tuple[str, ...]:
             }
         )
     )
+
+
+def _unconverted(message: str) -> tuple[str, ...]:
+    # "No conversion rule found for operations: com.example.Relu, Foo" from the ONNX frontend
+    marker = "No conversion rule found for operations:"
+    if marker not in message:
+        return ()
+    listed = message.split(marker, 1)[1].splitlines()[0]
+    ops = (op.strip() for op in listed.split(",") if op.strip())
+    # the frontend writes domain.Op; crossinfer writes domain:Op everywhere
+    return tuple(sorted(":".join(op.rsplit(".", 1)) for op in ops))
 
 
 def _property_text(value: object) -> str:

@@ -5,6 +5,7 @@ Slow (pure numpy, one op at a time) but independent of every optimizing runtime.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from crossinfer.backends.base import (
     Compatibility,
     DeviceInfo,
     Placement,
+    Precision,
     SessionOptions,
     Target,
     validate_feeds,
@@ -53,7 +55,9 @@ class ReferenceSession:
         self.outputs = artifact.outputs
         self._model = artifact.source
         self._proto = artifact.load_proto()
-        self._precision = options.precision
+        self._ignored = ["threads", "graph_optimization_level", "performance_hint", "streams"]
+        if options.precision is not Precision.FP32:
+            self._ignored.append(f"precision={options.precision.value}")
         try:
             self._evaluator = ReferenceEvaluator(self._proto)
         except Exception as exc:  # the evaluator raises NotImplementedError, TypeError, ...
@@ -81,23 +85,18 @@ class ReferenceSession:
     def describe(self) -> dict[str, Any]:
         return {
             "runtime": f"onnx {onnx.__version__} ReferenceEvaluator",
-            "precision": f"{self._precision.value} (as stored in the model)",
-            "ignored_options": [
-                "threads",
-                "graph_optimization_level",
-                "performance_hint",
-                "streams",
-            ],
+            "precision": "as stored in the model",
+            "ignored_options": list(self._ignored),
         }
 
     def close(self) -> None:
         del self._evaluator
 
 
+_UNKNOWN_NODE = re.compile(r"Node type '(\w+)' from domain '([\w.]*)' is unknown")
+
+
 def _unknown_ops(exc: BaseException) -> tuple[str, ...]:
-    # "No implementation for operator 'Foo' (domain '', ...)"-style messages
-    text = str(exc)
-    marker = "operator '"
-    if marker in text:
-        return (text.split(marker, 1)[1].split("'", 1)[0],)
-    return ()
+    return tuple(
+        f"{domain}:{op}" if domain else op for op, domain in _UNKNOWN_NODE.findall(str(exc))
+    )

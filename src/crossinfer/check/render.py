@@ -63,6 +63,9 @@ def render_check(report: CheckReport, console: Console) -> None:
             console.print(f"  unsupported ops: {escape(', '.join(row.unsupported_ops))}")
         if row.stderr_tail and row.verdict in (Verdict.CRASHED, Verdict.TIMEOUT):
             console.print(f"  last stderr: {escape(row.stderr_tail[-400:])}", highlight=False)
+        ignored = row.session.get("ignored_options")
+        if ignored and not row.is_reference:
+            console.print(f"  {row.target} ignored: {escape(', '.join(ignored))}", highlight=False)
         precisions = row.session.get("runtime_precisions")
         if isinstance(precisions, dict) and precisions:
             ran = ", ".join(f"{k}: {v}" for k, v in precisions.items())

@@ -20,7 +20,7 @@ from crossinfer.hardware.discover import (
     SystemReport,
 )
 
-_FEATURE_COLUMNS = 4
+_FEATURE_COLUMNS = 3  # fits an 80-column terminal inside the CPU panel
 
 
 def _gib(size: int) -> str:
@@ -33,7 +33,7 @@ def _plain(value: str, style: str = "") -> Text:
 
 
 def _feature_grid(features: dict[str, bool]) -> RenderableType:
-    grid = Table.grid(padding=(0, 3))
+    grid = Table.grid(padding=(0, 2))
     for _ in range(_FEATURE_COLUMNS):
         grid.add_column(no_wrap=True)
     cells: list[Text] = []
@@ -119,26 +119,31 @@ def _runtime_details(runtime: RuntimeInfo) -> Text:
         lines.append(_plain(runtime.reason, "yellow"))
     if not runtime.usable and runtime.install_hint:
         lines.append(_plain(f"install: {runtime.install_hint}", "cyan"))
-    lines.extend(_plain(f"- {note}", "dim") for note in runtime.notes)
-    return Text("\n").join(lines)
+    lines.extend(_plain(note, "dim") for note in runtime.notes)
+    return Text("; ").join(lines)
 
 
-def _runtimes_table(runtimes: tuple[RuntimeInfo, ...]) -> Table:
-    table = Table(title="Runtimes", title_justify="left", box=box.SIMPLE_HEAD, expand=True)
+def _runtimes_table(runtimes: tuple[RuntimeInfo, ...]) -> Group:
+    # Narrow columns for the facts, then the reasons and hints as full-width lines below:
+    # squeezed into a column they wrap into one word per line on an 80-column terminal.
+    table = Table(title="Runtimes", title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("Runtime", style="bold", no_wrap=True)
     table.add_column("Status", no_wrap=True)
-    table.add_column("Version", overflow="fold")
-    table.add_column("Devices / execution providers", overflow="fold", ratio=2)
-    table.add_column("Notes", overflow="fold", ratio=3)
+    table.add_column("Version", no_wrap=True)
+    table.add_column("Devices / execution providers", overflow="fold")
     for runtime in runtimes:
         table.add_row(
             runtime.name,
             _status(runtime),
-            _plain(runtime.version or "-"),
-            _plain("\n".join(runtime.devices) if runtime.devices else "none"),
-            _runtime_details(runtime),
+            _plain(runtime.version.split("-")[0] if runtime.version else "-"),
+            _plain(", ".join(runtime.devices) if runtime.devices else "none"),
         )
-    return table
+    details: list[RenderableType] = []
+    for runtime in runtimes:
+        text = _runtime_details(runtime)
+        if text.plain:
+            details.append(Text.assemble(Text(f"{runtime.name}: ", style="bold"), text))
+    return Group(table, *details)
 
 
 def _onnx_line(onnx: OnnxInfo) -> Text:
