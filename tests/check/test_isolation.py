@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -85,5 +86,9 @@ def test_missing_device_is_an_unavailable_row(linear_path: Path) -> None:
         in cuda.reason
     )
     npu = report.row("openvino:npu")
-    assert npu.verdict == Verdict.UNSUPPORTED
-    assert "OpenVINO device NPU is not available here" in npu.reason
+    if importlib.util.find_spec("openvino") is None:  # the core install, without the extra
+        assert npu.verdict == Verdict.UNAVAILABLE
+        assert "pip install 'crossinfer[openvino]'" in npu.reason
+    else:
+        assert npu.verdict == Verdict.UNSUPPORTED
+        assert "OpenVINO device NPU is not available here" in npu.reason
