@@ -459,19 +459,25 @@ def _write_package(root: Path, dotted: str, body: str) -> None:
 def test_runtime_that_fails_to_import(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, clean_modules: None
 ) -> None:
+    # shadow a runtime that is not really installed here (a real one may already be imported)
+    modules = {"jax": "jax", "torch": "torch", "iree": "iree.runtime"}
+    absent = [n for n in modules if importlib.util.find_spec(n) is None]
+    if not absent:
+        pytest.skip("iree, jax and torch are all installed: none can be faked as broken")
+    name = absent[0]
     _write_package(
         tmp_path,
-        "jax",
-        'raise ImportError("libjaxlib.so: cannot open shared object file")\n',
+        modules[name],
+        'raise ImportError("libfake.so: cannot open shared object file")\n',
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    info = probe_runtime("jax")
+    info = probe_runtime(name)
     assert info.installed is True
     assert info.usable is False
     assert info.reason == (
-        "installed but failed to import: ImportError: libjaxlib.so: cannot open shared object file"
+        "installed but failed to import: ImportError: libfake.so: cannot open shared object file"
     )
-    assert info.install_hint == "pip install 'crossinfer[jax]'"
+    assert info.install_hint == f"pip install 'crossinfer[{name}]'"
 
 
 def test_runtime_whose_device_probe_fails(
