@@ -79,3 +79,12 @@ class InferenceError(BackendError):
 
 class UsageError(CrossinferError):
     """A command-line value that cannot be understood."""
+
+
+def short_message(exc: BaseException, limit: int = 400) -> str:
+    """A runtime's exception text on one line, without OpenVINO's source-location preamble."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # OpenVINO prefixes "Exception from src/...cpp:NNN:" lines; the reason comes after them
+    useful = [line for line in lines if not line.startswith("Exception from ")] or lines
+    text = " ".join(" ".join(useful).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -21,7 +21,13 @@ from crossinfer.backends.base import (
     Target,
     validate_feeds,
 )
-from crossinfer.errors import CompileError, DeviceUnavailableError, InferenceError, UsageError
+from crossinfer.errors import (
+    CompileError,
+    DeviceUnavailableError,
+    InferenceError,
+    UsageError,
+    short_message,
+)
 from crossinfer.model import ModelArtifact
 
 # crossinfer device name -> ORT execution provider. Azure is a remote-call EP, not a device.
@@ -163,7 +169,7 @@ class OnnxRuntimeSession:
                     | {f"{dom}{op}" for dom, op, _ in _NOT_REGISTERED.findall(text)}
                 )
             )
-            message = f"onnxruntime:{device} could not load {artifact.source}: {_short(exc)}"
+            message = f"onnxruntime:{device} could not load {artifact.source}: {short_message(exc)}"
             raise CompileError(message, unsupported_ops=ops) from exc
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -171,7 +177,9 @@ class OnnxRuntimeSession:
         try:
             values = self._session.run(None, arrays)
         except Exception as exc:
-            raise InferenceError(f"onnxruntime:{self.target.device} failed: {_short(exc)}") from exc
+            raise InferenceError(
+                f"onnxruntime:{self.target.device} failed: {short_message(exc)}"
+            ) from exc
         names = [o.name for o in self._session.get_outputs()]
         return {name: np.asarray(v) for name, v in zip(names, values, strict=True)}
 
@@ -200,11 +208,6 @@ class OnnxRuntimeSession:
 
     def close(self) -> None:
         del self._session
-
-
-def _short(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if len(text) <= 400 else text[:397] + "..."
 
 
 __all__ = ["PROVIDERS", "OnnxRuntimeBackend", "OnnxRuntimeSession", "Precision"]

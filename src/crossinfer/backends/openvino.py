@@ -21,7 +21,13 @@ from crossinfer.backends.base import (
     Target,
     validate_feeds,
 )
-from crossinfer.errors import CompileError, DeviceUnavailableError, InferenceError, UsageError
+from crossinfer.errors import (
+    CompileError,
+    DeviceUnavailableError,
+    InferenceError,
+    UsageError,
+    short_message,
+)
 from crossinfer.model import ModelArtifact
 
 # OpenVINO's CPU plugin picks BF16 by itself on AVX512_BF16/AMX CPUs: ask for what we mean.
@@ -55,13 +61,13 @@ class OpenVinoBackend:
             ov_device = self._device(device)
             model = self._core.read_model(str(artifact.path))
         except (RuntimeError, DeviceUnavailableError, UsageError) as exc:
-            return Compatibility(False, _short(exc), unsupported_ops=_unconverted(str(exc)))
+            return Compatibility(False, short_message(exc), unsupported_ops=_unconverted(str(exc)))
         if ov_device.split(".")[0] in _VIRTUAL:
             return Compatibility(True)  # AUTO decides at compile time; prepare() reports it
         try:
             query = self._core.query_model(model, ov_device)
         except RuntimeError as exc:
-            return Compatibility(False, _short(exc))
+            return Compatibility(False, short_message(exc))
         unsupported = _unsupported(model, query)
         if unsupported:
             return Compatibility(
@@ -134,7 +140,7 @@ class OpenVinoSession:
             self._query = core.query_model(self._model, queried)
         except RuntimeError as exc:
             raise CompileError(
-                f"openvino:{device.lower()} could not compile {artifact.source}: {_short(exc)}",
+                f"openvino:{device.lower()} could not compile {artifact.source}: {short_message(exc)}",
                 unsupported_ops=_unconverted(str(exc)),
             ) from exc
         self._device = device
@@ -154,7 +160,9 @@ class OpenVinoSession:
         try:
             result = self._request.infer(arrays)
         except RuntimeError as exc:
-            raise InferenceError(f"openvino:{self.target.device} failed: {_short(exc)}") from exc
+            raise InferenceError(
+                f"openvino:{self.target.device} failed: {short_message(exc)}"
+            ) from exc
         # share_outputs is off by default, so these arrays are ours to keep
         return {
             name: np.asarray(result[port])
@@ -244,11 +252,3 @@ def _property_text(value: object) -> str:
     # precisions come back as ov.Type, whose str() is "<Type: 'float32'>"; to_string() is "f32"
     to_string = getattr(value, "to_string", None)
     return str(to_string()) if callable(to_string) else str(value)
-
-
-def _short(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    # OpenVINO prefixes "Exception from src/...cpp:NNN:" lines; the reason is after them
-    useful = [line for line in lines if not line.startswith("Exception from ")] or lines
-    text = " ".join(useful)
-    return text if len(text) <= 400 else text[:397] + "..."
