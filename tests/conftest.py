@@ -50,9 +50,11 @@ def linear_path(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def zoo_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """One zoo cache for the whole run (resnet50 is built once), never the user's own."""
+    """One zoo cache and results store for the whole run (resnet50 is built once), never the user's own."""
     path = tmp_path_factory.mktemp("zoo-cache")
     mp = pytest.MonkeyPatch()
     mp.setenv("CROSSINFER_CACHE_DIR", str(path))
+    # and the results store: tests never write the user's own
+    mp.setenv("CROSSINFER_STORE", str(tmp_path_factory.mktemp("store") / "results.sqlite"))
     yield path
     mp.undo()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,8 @@ from crossinfer.errors import CrossinferError, UsageError
 
 if TYPE_CHECKING:
     from crossinfer.backends.base import Precision
+    from crossinfer.bench.result import BenchResult
+    from crossinfer.bench.runner import BenchError
     from crossinfer.check import CheckRow
 
 app = typer.Typer(
@@ -213,6 +216,221 @@ def _parse_dims(items: list[str]) -> dict[str, int]:
             )
         dims[name] = int(value)
     return dims
+
+
+@app.command()
+def bench(
+    model: ModelArg,
+    backend: Annotated[
+        str, typer.Option("--backend", "-b", help="BACKEND:DEVICE to measure.")
+    ] = "onnxruntime:cpu",
+    scenario: Annotated[
+        str, typer.Option(help="offline, server, singlestream, multistream, a comma list, or all.")
+    ] = "offline",
+    batch: Annotated[
+        str, typer.Option(help="Batch sizes for Offline and Server, e.g. 1,8,32.")
+    ] = "1",
+    threads: Annotated[int | None, typer.Option(min=1, help="Intra-op threads.")] = None,
+    instances: Annotated[
+        int, typer.Option(min=1, help="Worker threads issuing to the session.")
+    ] = 1,
+    hint: Annotated[
+        str | None, typer.Option(help="OpenVINO performance hint: LATENCY or THROUGHPUT.")
+    ] = None,
+    precision: Annotated[
+        str, typer.Option(help="fp32, fp16, bf16, ...: what the runtime is asked for.")
+    ] = "fp32",
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="Short runs (about 1 s each): not a compliant MLPerf run."),
+    ] = False,
+    server_latency_ms: Annotated[
+        float | None,
+        typer.Option(help="Server p99 bound; default MLPerf's for the model family, else 10 ms."),
+    ] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            help="Results store (SQLite); default under the user data dir or $CROSSINFER_STORE."
+        ),
+    ] = None,
+    no_store: Annotated[bool, typer.Option("--no-store", help="Do not keep the results.")] = False,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Compare with the last matching stored result; exit 1 on a regression.",
+        ),
+    ] = False,
+    log_dir: Annotated[
+        Path | None, typer.Option(help="Where LoadGen's logs go; default next to the store.")
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds each batch size may take before it is killed.")
+    ] = 1800.0,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure MLPerf LoadGen scenarios on one backend x device and keep the results."""
+    import datetime
+
+    from crossinfer.backends.base import SessionOptions, Target
+    from crossinfer.bench.render import render_comparisons, render_results
+    from crossinfer.bench.result import SCENARIOS
+    from crossinfer.bench.runner import BenchPlan, find_baseline, run_benchmark, settings_changes
+    from crossinfer.bench.stats import compare_results
+    from crossinfer.model import load_model
+    from crossinfer.store import ResultStore, default_store_path
+
+    try:
+        target = Target.parse(backend)
+        names = (
+            SCENARIOS
+            if scenario == "all"
+            else tuple(s.strip().lower() for s in scenario.split(","))
+        )
+        plan = BenchPlan(
+            scenarios=names,
+            batch_sizes=_parse_batches(batch),
+            quick=quick,
+            instances=instances,
+            server_latency_ms=server_latency_ms,
+        )
+        options = SessionOptions(
+            precision=_precision(precision), threads=threads, performance_hint=_hint(hint)
+        )
+        artifact = load_model(model)
+        store_path = store or default_store_path()
+        results_store = None if no_store else ResultStore(store_path)
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        logs = log_dir or store_path.parent / "logs" / artifact.short_hash / stamp
+        if not as_json:
+            err_console.print(
+                f"bench {artifact.source} on {target}: {', '.join(plan.scenarios)}, batch "
+                f"{','.join(map(str, plan.batch_sizes))}{' (quick)' if quick else ''}",
+                highlight=False,
+            )
+        run = run_benchmark(
+            artifact,
+            target,
+            plan=plan,
+            options=options,
+            log_root=logs,
+            timeout_s=timeout,
+            on_result=None if as_json else _print_result,
+            on_error=None if as_json else _print_bench_error,
+        )
+    except CrossinferError as exc:
+        _fail(exc)
+
+    regressions = 0
+    comparisons: list[dict[str, Any]] = []
+    if results_store is not None:
+        with results_store:
+            for result in run.results:
+                if compare:
+                    base = find_baseline(results_store, result)
+                    found = compare_results(result, base.result) if base else []
+                    changes = settings_changes(result, base.result) if base else []
+                    regressions += sum(c.regressed for c in found)
+                    comparisons.append(
+                        {
+                            "scenario": result.scenario,
+                            "batch_size": result.batch_size,
+                            "baseline_id": base.id if base else None,
+                            "changes": changes,
+                            "comparisons": [dataclasses.asdict(c) for c in found],
+                        }
+                    )
+                    if not as_json:
+                        render_comparisons(
+                            result, base.id if base else None, found, changes, console
+                        )
+            results_store.add_many(run.results)
+    if as_json:
+        _print_json(
+            {
+                "results": [r.to_dict() for r in run.results],
+                "errors": [dataclasses.asdict(e) for e in run.errors],
+                "comparisons": comparisons,
+                "store": None if results_store is None else str(results_store.path),
+            }
+        )
+    else:
+        render_results(run.results, console, title=f"{artifact.source} on {target}")
+        if results_store is not None:
+            console.print(
+                f"stored in {results_store.path}: crossinfer history {model}", highlight=False
+            )
+    if run.errors or regressions:
+        raise typer.Exit(1)
+
+
+def _print_result(result: BenchResult) -> None:
+    err_console.print(
+        f"  {result.scenario} batch {result.batch_size}: {result.loadgen_result}, "
+        f"{result.throughput:,.1f} samples/s, p99 {result.latency.p99_ms:.2f} ms",
+        highlight=False,
+    )
+
+
+def _print_bench_error(error: BenchError) -> None:
+    err_console.print(
+        f"  [red]{', '.join(error.scenarios)} batch {error.batch_size} failed:[/red] {escape(error.reason)}",
+        highlight=False,
+    )
+
+
+def _parse_batches(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or any(size < 1 for size in sizes):
+        raise UsageError(f"--batch '{text}' is not a comma list of positive integers, e.g. 1,8,32")
+    return sizes
+
+
+@app.command()
+def history(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="Only this model (path or zoo:NAME), matched by content hash."),
+    ] = None,
+    backend: Annotated[
+        str | None, typer.Option("--backend", "-b", help="Only this BACKEND:DEVICE.")
+    ] = None,
+    scenario: Annotated[str | None, typer.Option(help="Only this scenario.")] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many rows, newest first.")] = 50,
+    store: Annotated[Path | None, typer.Option(help="Results store (SQLite).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List stored benchmark results, newest first."""
+    from crossinfer.backends.base import Target
+    from crossinfer.bench.render import render_history
+    from crossinfer.model import load_model
+    from crossinfer.store import ResultStore, default_store_path
+
+    try:
+        path = store or default_store_path()
+        if not path.exists():
+            raise UsageError(
+                f"no results store at {path} yet: run crossinfer bench first (or pass --store)"
+            )
+        target = Target.parse(backend) if backend else None
+        with ResultStore(path) as results:
+            rows = results.query(
+                model_sha256=load_model(model).sha256 if model else None,
+                backend=target.backend if target else None,
+                device=target.device if target else None,
+                scenario=scenario,
+                limit=limit,
+            )
+    except CrossinferError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json([{"id": r.id, **r.result.to_dict()} for r in rows])
+    else:
+        render_history(rows, console)
 
 
 @app.command()

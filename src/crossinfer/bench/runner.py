@@ -1,0 +1,373 @@
+"""`crossinfer bench`: every scenario x batch size on one backend x device, each setting in a child
+process (a crashing runtime becomes an error row, and peak memory is the child's own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crossinfer import __version__
+from crossinfer.backends.base import (
+    BackendEntry,
+    SessionOptions,
+    Target,
+    backend_entry,
+    load_backend,
+)
+from crossinfer.bench.energy import EnergyMeter
+from crossinfer.bench.fingerprint import fingerprint_key, hardware_fingerprint, runtime_versions
+from crossinfer.bench.loadgen import (
+    LoadGenSettings,
+    SamplePool,
+    ScenarioOutcome,
+    check_batchable,
+    find_server_qps,
+    quick_settings,
+    run_scenario,
+)
+from crossinfer.bench.memory import PeakMemory
+from crossinfer.bench.result import SCENARIOS, BenchResult, EnergyReading, LatencyStats
+from crossinfer.bench.stats import latency_stats, stability
+from crossinfer.check.isolate import run_isolated
+from crossinfer.errors import CrossinferError, InferenceError, UsageError
+from crossinfer.model import ModelArtifact
+from crossinfer.store import ResultStore, StoredResult
+
+NOT_COMPLIANT = "quick run: not a compliant MLPerf run"
+# MLPerf's Server p99 bounds for the models it defines (../shared/REFERENCE.md); 10 ms otherwise
+SERVER_LATENCY_MS = {"resnet": 15.0, "mobilenet": 15.0, "bert": 130.0}
+MULTISTREAM_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What to measure: scenarios, batch sizes and the knobs of each run."""
+
+    scenarios: tuple[str, ...] = SCENARIOS
+    batch_sizes: tuple[int, ...] = (1,)
+    quick: bool = False
+    instances: int = 1
+    server_latency_ms: float | None = None  # None: MLPerf's bound for the model family, else 10
+    max_server_steps: int | None = None  # None: 4 for quick runs, 8 otherwise
+    pool_size: int = 64
+    min_duration_ms: int | None = None  # None: 1 s for quick runs, MLPerf's 600 s otherwise
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.scenarios if s not in SCENARIOS]
+        if unknown:
+            raise UsageError(
+                f"unknown scenario(s) {', '.join(unknown)}: choose from {', '.join(SCENARIOS)} or all"
+            )
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise UsageError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+
+
+@dataclass(frozen=True)
+class BenchError:
+    """A setting that could not be measured, with the reason (crash, timeout, runtime error)."""
+
+    target: str
+    batch_size: int
+    scenarios: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    results: tuple[BenchResult, ...]
+    errors: tuple[BenchError, ...] = field(default=())
+
+
+def server_latency_for(artifact: ModelArtifact) -> float:
+    name = artifact.source.lower()
+    for family, bound in SERVER_LATENCY_MS.items():
+        if family in name:
+            return bound
+    return 10.0
+
+
+def run_benchmark(
+    artifact: ModelArtifact,
+    target: Target,
+    *,
+    plan: BenchPlan,
+    options: SessionOptions | None = None,
+    log_root: Path,
+    timeout_s: float = 1800.0,
+    on_result: Callable[[BenchResult], None] | None = None,
+    on_error: Callable[[BenchError], None] | None = None,
+) -> BenchRun:
+    """Measure every scenario of `plan` at every batch size; one child process per batch size.
+
+    SingleStream (one sample per query) and MultiStream (8 per query) do not depend on the batch
+    size asked for: they run once, with the first batch size's child.
+    """
+    options = options or SessionOptions()
+    entry = backend_entry(target.backend)
+    latency_bound = plan.server_latency_ms or server_latency_for(artifact)
+    results: list[BenchResult] = []
+    errors: list[BenchError] = []
+    for i, batch in enumerate(plan.batch_sizes):
+        scenarios = tuple(s for s in plan.scenarios if s in ("offline", "server") or i == 0)
+        if not scenarios:
+            continue
+        outcome = run_isolated(
+            bench_in_child,
+            entry,
+            dataclasses.replace(artifact, proto=None),
+            target.device,
+            options,
+            plan,
+            batch,
+            scenarios,
+            latency_bound,
+            log_root / f"{target.backend}-{target.device}" / f"batch-{batch}",
+            timeout_s=timeout_s,
+        )
+        if outcome.ok:
+            child: ChildBench = outcome.value
+            for result in child.results:
+                results.append(result)
+                if on_result:
+                    on_result(result)
+            for error in child.errors:
+                errors.append(error)
+                if on_error:
+                    on_error(error)
+            continue
+        reason = outcome.message or outcome.error_type
+        if outcome.status == "error":
+            reason = f"{outcome.error_type}: {outcome.message}"
+        error = BenchError(str(target), batch, scenarios, f"{outcome.status}: {reason}")
+        errors.append(error)
+        if on_error:
+            on_error(error)
+    return BenchRun(tuple(results), tuple(errors))
+
+
+@dataclass(frozen=True)
+class ChildBench:
+    results: tuple[BenchResult, ...]
+    errors: tuple[BenchError, ...]
+
+
+def bench_in_child(
+    entry: BackendEntry,
+    artifact: ModelArtifact,
+    device: str,
+    options: SessionOptions,
+    plan: BenchPlan,
+    batch: int,
+    scenarios: Sequence[str],
+    server_latency_ms: float,
+    log_dir: Path,
+) -> ChildBench:
+    """Runs in the child process: prepare once, then each scenario through LoadGen."""
+    target = f"{entry.name}:{device}"
+    hardware = hardware_fingerprint()
+    versions = runtime_versions()
+    results: list[BenchResult] = []
+    errors: list[BenchError] = []
+    with PeakMemory(gpu=device not in ("cpu",)) as memory:
+        backend = load_backend(entry)
+        start = time.perf_counter()
+        session = backend.prepare(artifact, device, options)
+        load_s = time.perf_counter() - start
+        pool = SamplePool.random(artifact.inputs, count=plan.pool_size, seed=0)
+        start = time.perf_counter()
+        session.run(pool.batch([0]))
+        first_ms = (time.perf_counter() - start) * 1e3
+        described = session.describe()
+        for scenario in scenarios:
+            settings = _settings(plan, scenario, batch, server_latency_ms, artifact)
+            try:
+                check_batchable(session.inputs, settings.batch_size, model=artifact.source)
+                with EnergyMeter(gpu_indices=None if device != "cpu" else ()) as meter:
+                    outcome, server_qps = _measure(
+                        session, pool, settings, plan, log_dir / scenario
+                    )
+            except CrossinferError as exc:
+                errors.append(BenchError(target, settings.batch_size, (scenario,), str(exc)))
+                continue
+            energy = meter.reading(outcome.samples_completed)
+            results.append(
+                _result(
+                    artifact,
+                    entry.name,
+                    device,
+                    options,
+                    settings,
+                    outcome,
+                    server_qps,
+                    load_s,
+                    first_ms,
+                    memory,
+                    energy,
+                    hardware,
+                    versions,
+                    described,
+                )
+            )
+        session.close()
+    # the peak belongs to the whole child: every row of it shares the figure
+    final = tuple(
+        dataclasses.replace(
+            r, peak_rss_mb=memory.peak_rss_mb, peak_device_mem_mb=memory.peak_device_mem_mb
+        )
+        for r in results
+    )
+    return ChildBench(final, tuple(errors))
+
+
+def _settings(
+    plan: BenchPlan, scenario: str, batch: int, latency_ms: float, artifact: ModelArtifact
+) -> LoadGenSettings:
+    if scenario == "singlestream":
+        batch = 1
+    elif scenario == "multistream":
+        batch = MULTISTREAM_SAMPLES if _batchable(artifact) else 1
+    if plan.quick:
+        settings = quick_settings(
+            scenario,
+            batch_size=batch,
+            instances=plan.instances,
+            min_duration_ms=plan.min_duration_ms or 1000,
+        )
+    else:
+        settings = LoadGenSettings(
+            scenario=scenario,
+            min_duration_ms=plan.min_duration_ms or 600_000,
+            batch_size=batch,
+            instances=plan.instances,
+        )
+    return dataclasses.replace(settings, server_target_latency_ms=latency_ms)
+
+
+def _batchable(artifact: ModelArtifact) -> bool:
+    return all(s.shape and not isinstance(s.shape[0], int) for s in artifact.inputs)
+
+
+def _measure(
+    session: Any, pool: SamplePool, settings: LoadGenSettings, plan: BenchPlan, log_dir: Path
+) -> tuple[ScenarioOutcome, float | None]:
+    if settings.scenario != "server":
+        return run_scenario(session, pool, settings, log_dir=log_dir), None
+    steps = plan.max_server_steps or (4 if plan.quick else 8)
+    search = find_server_qps(session, pool, settings, log_root=log_dir, max_steps=steps)
+    if search.best is not None:
+        return search.best, search.best_qps
+    # no target QPS met the bound: report the lowest one tried, INVALID as LoadGen said
+    lowest = min(search.steps, key=lambda s: s.target_qps)
+    retry = dataclasses.replace(settings, target_qps=lowest.target_qps)
+    outcome = run_scenario(session, pool, retry, log_dir=log_dir / "lowest")
+    return outcome, None
+
+
+def _result(
+    artifact: ModelArtifact,
+    backend: str,
+    device: str,
+    options: SessionOptions,
+    settings: LoadGenSettings,
+    outcome: ScenarioOutcome,
+    server_qps: float | None,
+    load_s: float,
+    first_ms: float,
+    memory: PeakMemory,
+    energy: EnergyReading,
+    hardware: dict[str, Any],
+    versions: dict[str, str],
+    described: dict[str, Any],
+) -> BenchResult:
+    if not outcome.latencies_ns:
+        raise InferenceError(f"{settings.scenario}: LoadGen completed no queries")
+    latency: LatencyStats = latency_stats(outcome.latencies_ns)
+    notes = list(outcome.notes)
+    if settings.quick:
+        notes.insert(0, NOT_COMPLIANT)
+    if outcome.latency_unit != "query":
+        notes.append(f"latency per {outcome.latency_unit} (Offline issues one query)")
+    notes.extend(outcome.loadgen_errors[:3])
+    return BenchResult(
+        model_source=artifact.source,
+        model_sha256=artifact.sha256,
+        backend=backend,
+        device=device,
+        precision=options.precision.value,
+        scenario=settings.scenario,
+        batch_size=settings.batch_size,
+        settings={
+            "threads": options.threads,
+            "streams": options.streams,
+            "performance_hint": options.performance_hint,
+            "instances": settings.instances,
+            "max_queue_delay_ms": settings.max_queue_delay_ms
+            if settings.scenario == "server"
+            else None,
+            "runtime": described,
+        },
+        latency=latency,
+        throughput=outcome.throughput,
+        server_qps=server_qps,
+        target_latency_ms=settings.server_target_latency_ms
+        if settings.scenario == "server"
+        else None,
+        first_inference_ms=first_ms,
+        load_s=load_s,
+        peak_rss_mb=memory.peak_rss_mb,
+        peak_device_mem_mb=memory.peak_device_mem_mb,
+        energy=energy,
+        loadgen_result=outcome.result or "INVALID",
+        loadgen_log_dir=str(outcome.log_dir),
+        compliant=not settings.quick and outcome.valid,
+        stability=stability(outcome.window_throughputs),
+        hardware=hardware,
+        runtime_versions=versions,
+        crossinfer_version=__version__,
+        created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        notes=tuple(notes),
+    )
+
+
+def find_baseline(store: ResultStore, result: BenchResult) -> StoredResult | None:
+    """The newest earlier run of the same model, target, precision, scenario and batch size on
+    the same hardware, whatever its settings: a change of threads is what --compare must catch.
+    """
+    key = fingerprint_key(result.hardware)
+    for stored in store.query(
+        model_sha256=result.model_sha256,
+        backend=result.backend,
+        device=result.device,
+        scenario=result.scenario,
+    ):
+        old = stored.result
+        if (
+            old.precision == result.precision
+            and old.batch_size == result.batch_size
+            and fingerprint_key(old.hardware) == key
+            and old.created_at <= result.created_at
+        ):
+            return stored
+    return None
+
+
+def settings_changes(new: BenchResult, old: BenchResult) -> list[str]:
+    """Settings that differ between two runs, as "threads 2 -> 1" (runtime details left out)."""
+    changes = []
+    for name in sorted(set(new.settings) | set(old.settings)):
+        if name == "runtime":
+            continue
+        before, after = old.settings.get(name), new.settings.get(name)
+        if before != after:
+            changes.append(f"{name} {before} -> {after}")
+    for name in sorted(set(new.runtime_versions) | set(old.runtime_versions)):
+        before, after = old.runtime_versions.get(name), new.runtime_versions.get(name)
+        if before != after:
+            changes.append(f"{name} {before} -> {after}")
+    return changes
