@@ -181,7 +181,8 @@ def test_same_figures_are_no_regression() -> None:
         assert not comparison.improved
         assert comparison.ratio == 1.0
         assert comparison.change_pct == 0.0
-        assert comparison.allowed_pct == 5.0
+    # p99 rests on the slowest few queries: it is allowed twice the throughput's change
+    assert [c.allowed_pct for c in comparisons] == [5.0, 10.0]
 
 
 def test_halved_throughput_is_a_regression_with_the_reason() -> None:
@@ -215,8 +216,10 @@ def test_latency_up_beyond_the_spread_is_flagged() -> None:
     p99 = by_metric(new, old)["p99 latency"]
     assert p99.regressed
     assert p99.reason == (
-        "p99 latency 12.4 ms vs 10.0 ms (+24.0%), beyond the allowed 5.0% (run-to-run spread 3.0%)"
+        "p99 latency 12.4 ms vs 10.0 ms (+24.0%), beyond the allowed 10.0% (run-to-run spread 3.0%)"
     )
+    within = by_metric(bench_result(p99_ms=10.8, spread_pct=3.0), old)["p99 latency"]
+    assert not within.regressed  # +8% is inside twice the 5% floor
 
 
 def test_an_improvement_is_improved_not_regressed() -> None:

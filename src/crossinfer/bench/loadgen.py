@@ -58,6 +58,7 @@ _LOADGEN_NAMES = {
 }
 # The fewest queries with which LoadGen 6.0's early stopping can call a run VALID when no query
 # is slow (its summary says so: SingleStream p90 64, MultiStream p99 662, Server p99 459).
+QUICK_QUERY_BUDGET_S = 12.0
 EARLY_STOPPING_MIN_QUERIES = {"singlestream": 64, "multistream": 662, "server": 459, "offline": 1}
 # LoadGen builds every query of a run up front (2x what the expected latency predicts), a few
 # hundred bytes each: this caps that memory, at the price of an INVALID "ran out of generated
@@ -100,6 +101,9 @@ class LoadGenSettings:
     instances: int = 1  # worker threads for Server and Offline
     max_queue_delay_ms: float = 1.0  # Server: how long a worker waits to fill a batch
     stability_windows: int = 5  # equal windows over the run for the throughput stability check
+    # quick runs: lower min_query_count (below early stopping's minimum, if need be) so that a
+    # slow model's run takes about this long; None keeps the minimum whatever it costs
+    query_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -156,6 +160,7 @@ def quick_settings(
         target_qps=target_qps,
         batch_size=batch_size,
         instances=instances,
+        query_budget_s=QUICK_QUERY_BUDGET_S,
     )
 
 
@@ -702,6 +707,7 @@ def _test_settings(
             # stops at min_duration, so a faster-than-measured SUT must not run out of them.
             expected_ns = per_query / 2
         expected = max(int(expected_ns), int(floor_ns), 1)
+        _fit_budget(ts, told, settings, 2 * expected / 1e9)
         if settings.scenario == "singlestream":
             ts.single_stream_expected_latency_ns = expected
             told["single_stream_expected_latency_ns"] = expected
@@ -717,6 +723,7 @@ def _test_settings(
             assert calibration is not None
             qps = calibration.throughput / 2
         ts.server_target_qps = qps
+        _fit_budget(ts, told, settings, 1.0 / qps)
         ts.server_target_latency_ns = int(settings.server_target_latency_ms * 1_000_000)
         # One sample per IssueQuery: the dynamic batcher, not LoadGen, decides what runs together.
         ts.server_coalesce_queries = False
@@ -736,6 +743,20 @@ def _test_settings(
         ts.offline_expected_qps = qps
         told["offline_expected_qps"] = qps
     return ts, told
+
+
+def _fit_budget(ts: Any, told: dict[str, Any], settings: LoadGenSettings, query_s: float) -> None:
+    """Quick runs: no more queries than fit in the budget (32 at least), early stopping or not."""
+    if not settings.quick or settings.query_budget_s is None or settings.min_query_count is None:
+        return
+    fits = max(32, int(settings.query_budget_s / max(query_s, 1e-9)))
+    if fits < settings.min_query_count:
+        ts.min_query_count = fits
+        told["min_query_count"] = fits
+        told["min_query_count_note"] = (
+            f"lowered from {settings.min_query_count} to fit the quick budget of "
+            f"{settings.query_budget_s:g} s: LoadGen's early stopping may call the run INVALID"
+        )
 
 
 def _expected_query_ns(settings: LoadGenSettings, calibration: Calibration) -> float:
@@ -763,6 +784,8 @@ def _outcome(
         notes.append("latencies are per batch run (Offline issues one query)")
     if settings.scenario in ("singlestream", "multistream") and settings.instances > 1:
         notes.append("instances ignored: SingleStream/MultiStream queries run one at a time")
+    if "min_query_count_note" in told:
+        notes.append(f"min_query_count {told['min_query_count']}: {told['min_query_count_note']}")
     return ScenarioOutcome(
         scenario=settings.scenario,
         settings=settings,
@@ -787,16 +810,32 @@ def _outcome(
     )
 
 
+_MIN_COMPLETIONS_PER_WINDOW = 4
+
+
 def _windows(
     completions: Sequence[tuple[int, int]], start: int | None, end: int | None, n: int
 ) -> tuple[float, ...]:
+    """Throughput of up to `n` consecutive windows holding equal numbers of completions.
+
+    Equal counts, not equal times: a window of fixed length that catches 1 or 2 of a slow
+    model's batches swings by 100% for no reason but where the batch ends fell.
+    """
     if start is None or end is None or end <= start:
         return ()
-    width = (end - start) / n
-    counts = [0] * n
-    for t, samples in completions:
-        counts[min(int((t - start) / width), n - 1)] += samples
-    return tuple(c / (width / _NS) for c in counts)
+    windows = min(n, len(completions) // _MIN_COMPLETIONS_PER_WINDOW)
+    if windows < 1:
+        return ()
+    bounds = [round(i * len(completions) / windows) for i in range(windows + 1)]
+    out = []
+    previous = start
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        group = completions[lo:hi]
+        stop = group[-1][0]
+        samples = sum(count for _, count in group)
+        out.append(samples / ((stop - previous) / _NS) if stop > previous else 0.0)
+        previous = stop
+    return tuple(out)
 
 
 _SUMMARY_LINE = re.compile(r"^\s*([^:*=][^:]*?)\s*:\s*(.*?)\s*$")
@@ -907,6 +946,8 @@ class ServerSearch:
     best: ScenarioOutcome | None
     estimate_qps: float  # from the direct throughput measurement the search started from
     target_latency_ms: float
+    last: ScenarioOutcome | None = None  # the newest step's run, VALID or not
+    note: str = ""
 
 
 def find_server_qps(
@@ -948,6 +989,18 @@ def find_server_qps(
     bad: float | None = None
     steps: list[ServerStep] = []
     best: ScenarioOutcome | None = None
+    last: ScenarioOutcome | None = None
+    note = ""
+    bound_ns = settings.server_target_latency_ms * 1e6
+    if calibration.latency_ns > bound_ns:
+        # one sample alone takes longer than the p99 bound: no target QPS can meet it, so one
+        # run at a modest rate gives LoadGen's verdict and the search stops there
+        note = (
+            f"a single sample takes {calibration.latency_ns / 1e6:.1f} ms (median), more than "
+            f"the p99 bound of {settings.server_target_latency_ms:g} ms: no QPS can meet it"
+        )
+        max_steps = 1
+        qps = max(min(estimate * 0.5, ceiling), 1e-3)
     for i in range(max_steps):
         step_settings = dataclasses.replace(
             settings,
@@ -958,6 +1011,7 @@ def find_server_qps(
         outcome = run_scenario(
             session, pool, step_settings, log_dir=log_root / f"step-{i}", calibration=calibration
         )
+        last = outcome
         p99 = outcome.summary_ns("99.00 percentile latency (ns)")
         steps.append(
             ServerStep(
@@ -985,6 +1039,8 @@ def find_server_qps(
         best=best,
         estimate_qps=estimate,
         target_latency_ms=settings.server_target_latency_ms,
+        last=last,
+        note=note,
     )
 
 

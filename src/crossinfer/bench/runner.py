@@ -262,11 +262,10 @@ def _measure(
     search = find_server_qps(session, pool, settings, log_root=log_dir, max_steps=steps)
     if search.best is not None:
         return search.best, search.best_qps
-    # no target QPS met the bound: report the lowest one tried, INVALID as LoadGen said
-    lowest = min(search.steps, key=lambda s: s.target_qps)
-    retry = dataclasses.replace(settings, target_qps=lowest.target_qps)
-    outcome = run_scenario(session, pool, retry, log_dir=log_dir / "lowest")
-    return outcome, None
+    # no target QPS met the bound: report the last run, INVALID as LoadGen said, and why
+    assert search.last is not None
+    why = search.note or f"no target QPS of {len(search.steps)} tried met the p99 bound"
+    return dataclasses.replace(search.last, notes=(*search.last.notes, why)), None
 
 
 def _result(
@@ -291,8 +290,6 @@ def _result(
     notes = list(outcome.notes)
     if settings.quick:
         notes.insert(0, NOT_COMPLIANT)
-    if outcome.latency_unit != "query":
-        notes.append(f"latency per {outcome.latency_unit} (Offline issues one query)")
     notes.extend(outcome.loadgen_errors[:3])
     return BenchResult(
         model_source=artifact.source,
