@@ -25,11 +25,15 @@ DEFAULT_MODELS = "zoo:mobilenetv2,zoo:resnet50,zoo:bert-base?seq=128&layers=12"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=DEFAULT_MODELS)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "check_zoo.json")
+    parser.add_argument(
+        "--out", type=Path, default=Path(__file__).parent / "results" / "check_zoo.json"
+    )
     args = parser.parse_args()
 
     system = discover()
-    machine = f"{system.cpu.model_name}, {system.cpu.logical_cores} logical cores, {platform.platform()}"
+    machine = (
+        f"{system.cpu.model_name}, {system.cpu.logical_cores} logical cores, {platform.platform()}"
+    )
     rows = []
     for source in args.models.split(","):
         start = time.perf_counter()
@@ -47,7 +51,9 @@ def main() -> None:
                     "verdict": row.verdict.value,
                     "load_s": row.load_s,
                     "warm_run_ms": None if row.run_s is None else row.run_s * 1e3,
-                    "max_abs_error": None if worst is None or row.is_reference else worst.max_abs_error,
+                    "max_abs_error": None
+                    if worst is None or row.is_reference
+                    else worst.max_abs_error,
                     "nodes": (row.placement or {}).get("nodes"),
                     "precisions": row.session.get("runtime_precisions"),
                 }

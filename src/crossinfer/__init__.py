@@ -1,10 +1,13 @@
 """crossinfer: find, prove and serve the best way to run one ONNX model on the hardware at hand.
 
 The public API: load a model (`load_model`), list backends and devices (`get_backend`,
-`discover`), and check a model everywhere (`check_model`).
+`discover`), check a model everywhere (`check_model`), measure it (`run_benchmark`) and keep
+the results (`ResultStore`).
 """
 
 from __future__ import annotations
+
+__version__ = "0.1.0"  # before the imports: modules below read it
 
 from crossinfer.backends.base import (
     Backend,
@@ -17,6 +20,8 @@ from crossinfer.backends.base import (
     Target,
     get_backend,
 )
+from crossinfer.bench.result import BenchResult, EnergyReading, LatencyStats, Stability
+from crossinfer.bench.runner import BenchPlan, BenchRun, run_benchmark
 from crossinfer.check import (
     CheckReport,
     CheckRow,
@@ -45,15 +50,17 @@ from crossinfer.errors import (
 )
 from crossinfer.hardware import SystemReport, discover
 from crossinfer.model import ModelArtifact, TensorSpec, load_model
+from crossinfer.store import ResultStore, StoreError
 from crossinfer.zoo import ZOO_MODELS, ZooDataset, zoo_dataset, zoo_model_path
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ZOO_MODELS",
     "Backend",
     "BackendError",
     "BackendUnavailableError",
+    "BenchPlan",
+    "BenchResult",
+    "BenchRun",
     "CheckReport",
     "CheckRow",
     "Compatibility",
@@ -61,8 +68,10 @@ __all__ = [
     "CrossinferError",
     "DeviceInfo",
     "DeviceUnavailableError",
+    "EnergyReading",
     "InferenceError",
     "InputError",
+    "LatencyStats",
     "ModelArtifact",
     "ModelError",
     "ModelFormatError",
@@ -70,8 +79,11 @@ __all__ = [
     "ModelValidationError",
     "Placement",
     "Precision",
+    "ResultStore",
     "Session",
     "SessionOptions",
+    "Stability",
+    "StoreError",
     "SystemReport",
     "Target",
     "TensorSpec",
@@ -88,6 +100,7 @@ __all__ = [
     "load_inputs",
     "load_model",
     "random_inputs",
+    "run_benchmark",
     "zoo_dataset",
     "zoo_model_path",
 ]

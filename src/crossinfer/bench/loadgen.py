@@ -7,6 +7,7 @@ keeps LoadGen's own logs next to the latencies our SUT measured.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import queue
 import re
@@ -829,7 +830,7 @@ def _windows(
     bounds = [round(i * len(completions) / windows) for i in range(windows + 1)]
     out = []
     previous = start
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in itertools.pairwise(bounds):
         group = completions[lo:hi]
         stop = group[-1][0]
         samples = sum(count for _, count in group)

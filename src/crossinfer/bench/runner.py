@@ -290,6 +290,10 @@ def _result(
     notes = list(outcome.notes)
     if settings.quick:
         notes.insert(0, NOT_COMPLIANT)
+    elif settings.min_duration_ms < 600_000:
+        notes.insert(
+            0, f"{settings.min_duration_ms / 1000:g} s run: not a compliant MLPerf run (600 s)"
+        )
     notes.extend(outcome.loadgen_errors[:3])
     return BenchResult(
         model_source=artifact.source,
@@ -322,7 +326,8 @@ def _result(
         energy=energy,
         loadgen_result=outcome.result or "INVALID",
         loadgen_log_dir=str(outcome.log_dir),
-        compliant=not settings.quick and outcome.valid,
+        # MLPerf's rules: 600 s at least, and LoadGen's VALID
+        compliant=not settings.quick and settings.min_duration_ms >= 600_000 and outcome.valid,
         stability=stability(outcome.window_throughputs),
         hardware=hardware,
         runtime_versions=versions,
