@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -309,16 +310,22 @@ def bench(
                 f"{','.join(map(str, plan.batch_sizes))}{' (quick)' if quick else ''}",
                 highlight=False,
             )
-        run = run_benchmark(
-            artifact,
-            target,
-            plan=plan,
-            options=options,
-            log_root=logs,
-            timeout_s=timeout,
-            on_result=None if as_json else _print_result,
-            on_error=None if as_json else _print_bench_error,
+        status = (
+            contextlib.nullcontext()
+            if as_json
+            else err_console.status("measuring through LoadGen ...")
         )
+        with status:
+            run = run_benchmark(
+                artifact,
+                target,
+                plan=plan,
+                options=options,
+                log_root=logs,
+                timeout_s=timeout,
+                on_result=None if as_json else _print_result,
+                on_error=None if as_json else _print_bench_error,
+            )
     except CrossinferError as exc:
         _fail(exc)
 
