@@ -25,6 +25,9 @@ def _figure(result: BenchResult) -> str:
 
 
 def render_results(results: Sequence[BenchResult], console: Console, *, title: str) -> None:
+    if not results:
+        console.print(f"{title}: no results, every setting failed (reasons above)", highlight=False)
+        return
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for column, justify in (
         ("scenario", "left"),

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import crossinfer.errors
 from crossinfer import __version__
 from crossinfer.backends.base import (
     BackendEntry,
@@ -141,10 +142,13 @@ def run_benchmark(
                 if on_error:
                     on_error(error)
             continue
-        reason = outcome.message or outcome.error_type
         if outcome.status == "error":
-            reason = f"{outcome.error_type}: {outcome.message}"
-        error = BenchError(str(target), batch, scenarios, f"{outcome.status}: {reason}")
+            # our own errors already say what went wrong; a foreign one needs its type named
+            own = hasattr(crossinfer.errors, outcome.error_type)
+            reason = outcome.message if own else f"{outcome.error_type}: {outcome.message}"
+        else:
+            reason = f"{outcome.status}: {outcome.message}"
+        error = BenchError(str(target), batch, scenarios, reason)
         errors.append(error)
         if on_error:
             on_error(error)
