@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from crossinfer.model import ModelArtifact, load_model
+from crossinfer.model import ModelArtifact
 
 PROVENANCE_SUFFIX = ".provenance.json"
 
@@ -99,11 +99,6 @@ def read_provenance(model_path: Path) -> dict[str, Any] | None:
         return None
     data: dict[str, Any] = json.loads(path.read_text())
     return data
-
-
-def load_output(path: Path, pass_name: str) -> ModelArtifact:
-    """Load and validate what a pass wrote; a pass that writes an invalid model is a bug."""
-    return load_model(path)
 
 
 def _plain(value: Any) -> Any:
