@@ -78,6 +78,9 @@ def write_provenance(
     extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """The provenance file next to a pass's output: parent hash, pass, config, tool versions."""
+    settings = config
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        settings = dataclasses.asdict(config)
     record = {
         "pass": pass_name,
         "parent": {"source": parent.source, "sha256": parent.sha256},
