@@ -84,9 +84,7 @@ def write_provenance(
     record = {
         "pass": pass_name,
         "parent": {"source": parent.source, "sha256": parent.sha256},
-        "config": _plain(dataclasses.asdict(config))
-        if dataclasses.is_dataclass(config)
-        else config,
+        "config": _plain(settings),
         "tools": dict(tools),
         "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         **(dict(extra) if extra else {}),
