@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
+import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     from crossinfer.bench.result import BenchResult
     from crossinfer.bench.runner import BenchError
     from crossinfer.check import CheckRow
+    from crossinfer.model import ModelArtifact
+    from crossinfer.passes.pipeline import LabelledSet, StepReport
 
 app = typer.Typer(
     name="crossinfer",
@@ -438,6 +441,142 @@ def history(
         _print_json([{"id": r.id, **r.result.to_dict()} for r in rows])
     else:
         render_history(rows, console)
+
+
+@app.command()
+def optimize(
+    model: ModelArg,
+    target: Annotated[
+        str, typer.Option("--target", "-t", help="BACKEND:DEVICE the model is optimized for.")
+    ] = "onnxruntime:cpu",
+    passes: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma list: simplify, fp16, int8-dynamic, int8-static, int8-nncf, prune."
+        ),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="Shortcut that picks the passes for the target: fp16, bf16, int8."),
+    ] = None,
+    calibration: Annotated[
+        str | None,
+        typer.Option(
+            help="Calibration data: an .npz, a folder of .npz, or 'synthetic'; default: the zoo model's data set."
+        ),
+    ] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labelled .npz (model inputs plus 'labels') for top-1 accuracy; default: the zoo model's."
+        ),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float, typer.Option(min=0, help="Top-1 drop allowed, as a fraction (0.01 = 1 point).")
+    ] = 0.01,
+    keep_regressions: Annotated[
+        bool,
+        typer.Option(
+            "--keep-regressions", help="Keep a pass that is slower or less accurate than allowed."
+        ),
+    ] = False,
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Output folder for every step's model and the report."),
+    ] = Path("crossinfer-optimized"),
+    batch: Annotated[
+        int, typer.Option(min=1, help="Batch size of the throughput measurement.")
+    ] = 8,
+    seconds: Annotated[float, typer.Option(min=0.2, help="Seconds of measurement per step.")] = 2.0,
+    threads: Annotated[int | None, typer.Option(min=1, help="Intra-op threads.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply optimization passes for a target and re-prove parity, accuracy and speed after each."""
+    from crossinfer.backends.base import Precision, SessionOptions, Target
+    from crossinfer.model import load_model
+    from crossinfer.passes.pipeline import optimize as run_optimize
+    from crossinfer.passes.pipeline import preset
+    from crossinfer.passes.render import render_optimize
+
+    try:
+        tgt = Target.parse(target)
+        if passes and precision:
+            raise UsageError("give --passes or --precision, not both")
+        if not passes and not precision:
+            raise UsageError(
+                "say what to do: --precision fp16|bf16|int8 or --passes simplify,int8-static,..."
+            )
+        runtime = Precision.FP32
+        if precision:
+            names, runtime = preset(tgt, precision)
+        else:
+            names = tuple(p.strip() for p in (passes or "").split(",") if p.strip())
+        artifact = load_model(model)
+        calib = None
+        if any(n in ("int8-static", "int8-nncf") for n in names):
+            from crossinfer.passes.calibration import load_calibration
+
+            calib = load_calibration(calibration, artifact)
+        labelled = _labelled_set(dataset, artifact)
+        status = contextlib.nullcontext() if as_json else err_console.status("optimizing ...")
+        with status:
+            report = run_optimize(
+                artifact,
+                target=tgt,
+                passes=[(n, None) for n in names],
+                out_dir=out,
+                runtime_precision=runtime,
+                calibration=calib,
+                dataset=labelled,
+                max_accuracy_drop=max_accuracy_drop,
+                keep_regressions=keep_regressions,
+                options=SessionOptions(threads=threads),
+                measure_batch=batch,
+                measure_seconds=seconds,
+                on_step=None if as_json else _print_step,
+            )
+    except CrossinferError as exc:
+        _fail(exc)
+    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        render_optimize(report, console)
+    if any(step.regression and step.kept for step in report.steps):
+        raise typer.Exit(1)
+
+
+def _print_step(step: StepReport) -> None:
+    m = step.measurement
+    figures = f"{m.throughput:,.1f} samples/s" if m else "not measured"
+    state = "" if step.kept else " (dropped)"
+    err_console.print(f"  {step.pass_name}: {figures}{state}", highlight=False)
+
+
+def _labelled_set(path: Path | None, artifact: ModelArtifact) -> LabelledSet | None:
+    from crossinfer.passes.pipeline import LabelledSet
+
+    if path is None:
+        if not artifact.source.startswith("zoo:"):
+            return None
+        from crossinfer.zoo import zoo_dataset
+
+        data = zoo_dataset(artifact.source)
+        return None if data is None else LabelledSet(data.inputs, data.labels, data.description)
+    from crossinfer.errors import InputError
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--dataset '{path}' is not a readable .npz: {exc}") from exc
+    if "labels" not in arrays:
+        raise InputError(f"--dataset '{path}' has no 'labels' array: save one next to the inputs")
+    labels = arrays.pop("labels")
+    from crossinfer.backends.base import validate_feeds
+
+    inputs = validate_feeds(artifact.inputs, arrays, model=f"{artifact.source} (--dataset {path})")
+    return LabelledSet(inputs, labels, f"{path} ({len(labels)} labelled samples)")
 
 
 @app.command()

@@ -1,0 +1,476 @@
+"""`crossinfer optimize`: run passes one after another and re-prove each on its target.
+
+After every pass: parity against the original model's reference outputs (at the tolerance of the
+precision the pass produces), top-1 accuracy when labels exist, and a short latency/throughput
+measurement on the target, each in a child process. A pass that is slower or less accurate than
+the budget is a regression with its likely cause, and is dropped unless kept on purpose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossinfer.backends.base import (
+    BackendEntry,
+    Precision,
+    SessionOptions,
+    Target,
+    backend_entry,
+    load_backend,
+)
+from crossinfer.check.isolate import run_isolated
+from crossinfer.check.parity import OutputComparison, compare_outputs, default_tolerance
+from crossinfer.errors import CrossinferError, InferenceError, UsageError
+from crossinfer.model import ModelArtifact, load_model
+from crossinfer.passes.base import CalibrationData, OptimizationPass, PassContext
+
+# name -> (module, class, the precision its output runs at)
+PASSES: dict[str, tuple[str, str, Precision]] = {
+    "simplify": ("crossinfer.passes.simplify", "SimplifyPass", Precision.FP32),
+    "fp16": ("crossinfer.passes.fp16", "Fp16Pass", Precision.FP16),
+    "int8-dynamic": ("crossinfer.passes.int8_dynamic", "Int8DynamicPass", Precision.INT8),
+    "int8-static": ("crossinfer.passes.int8_static", "Int8StaticPass", Precision.INT8),
+    "int8-nncf": ("crossinfer.passes.int8_nncf", "Int8NncfPass", Precision.INT8),
+    "prune": ("crossinfer.passes.prune", "PrunePass", Precision.FP32),
+}
+
+# --precision shortcuts: the passes that suit each backend, and the runtime precision to ask for
+PRESETS: dict[tuple[str, str], tuple[tuple[str, ...], Precision]] = {
+    ("onnxruntime", "fp16"): (("simplify", "fp16"), Precision.FP32),
+    ("onnxruntime", "int8"): (("simplify", "int8-static"), Precision.FP32),
+    ("openvino", "int8"): (("int8-nncf",), Precision.FP32),
+    # OpenVINO converts at compile time: no pass, the runtime is asked for the precision
+    ("openvino", "bf16"): ((), Precision.BF16),
+    ("openvino", "fp16"): ((), Precision.FP16),
+}
+NOISE_PCT = 5.0  # a speed change within this is not called a regression
+
+
+def get_pass(name: str) -> OptimizationPass:
+    try:
+        module, attribute, _ = PASSES[name]
+    except KeyError:
+        raise UsageError(f"unknown pass '{name}': choose from {', '.join(PASSES)}") from None
+    cls = getattr(importlib.import_module(module), attribute)
+    instance: OptimizationPass = cls()
+    return instance
+
+
+def preset(target: Target, precision: str) -> tuple[tuple[str, ...], Precision]:
+    key = (target.backend, precision.lower())
+    if key not in PRESETS:
+        known = ", ".join(sorted(p for b, p in PRESETS if b == target.backend)) or "none"
+        raise UsageError(
+            f"--precision {precision} has no recipe for {target.backend}: available there: {known}"
+            + (
+                "; BF16 on the CPU: --target openvino:cpu --precision bf16"
+                if precision.lower() == "bf16"
+                else ""
+            )
+        )
+    return PRESETS[key]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One model measured on the target."""
+
+    latency_ms: float  # median, batch 1
+    throughput: float  # samples/s at the measurement batch size
+    batch_size: int
+    accuracy: float | None  # top-1 on the labelled set, when there is one
+    session: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    pass_name: str  # "baseline" for the original model
+    artifact: ModelArtifact
+    precision: Precision
+    measurement: Measurement | None
+    comparisons: tuple[OutputComparison, ...] = ()
+    parity_passed: bool = True
+    speedup: float | None = None  # throughput vs the baseline's
+    accuracy_drop: float | None = None
+    regression: bool = False
+    reasons: tuple[str, ...] = ()
+    kept: bool = True
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "pass": self.pass_name,
+            "model": str(self.artifact.path),
+            "sha256": self.artifact.sha256,
+            "file_size": self.artifact.file_size,
+            "precision": self.precision.value,
+            "measurement": dataclasses.asdict(self.measurement) if self.measurement else None,
+            "parity_passed": self.parity_passed,
+            "outputs": [c.to_dict() for c in self.comparisons],
+            "speedup": self.speedup,
+            "accuracy_drop": self.accuracy_drop,
+            "regression": self.regression,
+            "reasons": list(self.reasons),
+            "kept": self.kept,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class OptimizeReport:
+    target: str
+    steps: tuple[StepReport, ...]
+    final: ModelArtifact
+    out_dir: Path
+    calibration_source: str | None
+    dataset: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "final_model": str(self.final.path),
+            "final_sha256": self.final.sha256,
+            "calibration": self.calibration_source,
+            "dataset": self.dataset,
+            "steps": [s.to_dict() for s in self.steps],
+        }
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    inputs: Mapping[str, np.ndarray]
+    labels: np.ndarray
+    description: str
+
+
+def optimize(
+    artifact: ModelArtifact,
+    *,
+    target: Target,
+    passes: Sequence[tuple[str, Any]],
+    out_dir: Path,
+    runtime_precision: Precision = Precision.FP32,
+    calibration: CalibrationData | None = None,
+    dataset: LabelledSet | None = None,
+    max_accuracy_drop: float = 0.01,
+    keep_regressions: bool = False,
+    options: SessionOptions | None = None,
+    measure_batch: int = 8,
+    measure_seconds: float = 2.0,
+    timeout_s: float = 900.0,
+    on_step: Callable[[StepReport], None] | None = None,
+) -> OptimizeReport:
+    """Apply `passes` (name, config or None) in order, proving each on `target`."""
+    entry = backend_entry(target.backend)
+    options = dataclasses.replace(options or SessionOptions(), precision=Precision.FP32)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    feeds = _parity_feeds(artifact)
+    reference = _reference_outputs(artifact, feeds, timeout_s)
+
+    baseline_m = _measure(
+        entry,
+        artifact,
+        target.device,
+        options,
+        feeds,
+        dataset,
+        measure_batch,
+        measure_seconds,
+        timeout_s,
+    )
+    baseline = StepReport("baseline", artifact, Precision.FP32, baseline_m[0])
+    steps = [baseline]
+    if on_step:
+        on_step(baseline)
+    current = artifact
+    run_options = dataclasses.replace(options, precision=runtime_precision)
+    plan = list(passes)
+    if runtime_precision is not Precision.FP32 and not plan:
+        plan = [("runtime-" + runtime_precision.value, None)]
+    for index, (name, config) in enumerate(plan, start=1):
+        if name.startswith("runtime-"):
+            produced, precision = current, runtime_precision
+        else:
+            try:
+                produced, precision = _apply(
+                    name, config, current, target, calibration, out_dir, index
+                )
+            except CrossinferError as exc:
+                step = StepReport(
+                    name,
+                    current,
+                    Precision.FP32,
+                    None,
+                    kept=False,
+                    regression=True,
+                    reasons=(str(exc),),
+                    error=str(exc),
+                )
+                steps.append(step)
+                if on_step:
+                    on_step(step)
+                continue
+            precision = max(precision, runtime_precision, key=_looseness)
+        measured, outputs = _measure(
+            entry,
+            produced,
+            target.device,
+            run_options,
+            feeds,
+            dataset,
+            measure_batch,
+            measure_seconds,
+            timeout_s,
+        )
+        step = _judge(
+            name,
+            produced,
+            precision,
+            measured,
+            outputs,
+            reference,
+            baseline,
+            max_accuracy_drop,
+            target,
+        )
+        if step.regression and not keep_regressions:
+            step = dataclasses.replace(step, kept=False)
+        else:
+            current = produced
+        steps.append(step)
+        if on_step:
+            on_step(step)
+
+    final_path = out_dir / "model.onnx"
+    if current is not artifact:
+        _copy_model(current.path, final_path)
+        final = load_model(final_path)
+    else:
+        final = artifact
+    return OptimizeReport(
+        target=str(target),
+        steps=tuple(steps),
+        final=final,
+        out_dir=out_dir,
+        calibration_source=calibration.source if calibration else None,
+        dataset=dataset.description if dataset else None,
+    )
+
+
+def _looseness(precision: Precision) -> int:
+    return [Precision.FP32, Precision.TF32, Precision.FP16, Precision.BF16, Precision.INT8].index(
+        precision
+    )
+
+
+def _apply(
+    name: str,
+    config: Any,
+    current: ModelArtifact,
+    target: Target,
+    calibration: CalibrationData | None,
+    out_dir: Path,
+    index: int,
+) -> tuple[ModelArtifact, Precision]:
+    optimization = get_pass(name)
+    if target.backend not in optimization.targets:
+        raise UsageError(
+            f"pass '{name}' makes models for {', '.join(optimization.targets)}, not {target.backend}"
+        )
+    config = config if config is not None else optimization.config_type()
+    out_path = out_dir / f"{index:02d}-{name}.onnx"
+    context = PassContext(target=str(target), calibration=calibration, work_dir=out_dir / "work")
+    written = optimization.apply(current, config, out_path, context)
+    return load_model(written), PASSES[name][2]
+
+
+def _copy_model(src: Path, dst: Path) -> None:
+    shutil.copyfile(src, dst)
+    for extra in src.parent.glob(src.name + ".*"):
+        shutil.copyfile(extra, dst.parent / (dst.name + extra.name[len(src.name) :]))
+
+
+def _parity_feeds(artifact: ModelArtifact) -> dict[str, np.ndarray]:
+    from crossinfer.check.inputs import random_inputs
+
+    return random_inputs(artifact.inputs, batch=2, seed=0)
+
+
+def _reference_outputs(
+    artifact: ModelArtifact, feeds: Mapping[str, np.ndarray], timeout_s: float
+) -> dict[str, np.ndarray]:
+    outcome = run_isolated(
+        _run_reference, dataclasses.replace(artifact, proto=None), dict(feeds), timeout_s=timeout_s
+    )
+    if not outcome.ok:
+        raise InferenceError(
+            f"the reference evaluator could not run {artifact.source} ({outcome.status}): "
+            f"{outcome.message}"
+        )
+    outputs: dict[str, np.ndarray] = outcome.value
+    return outputs
+
+
+def _run_reference(artifact: ModelArtifact, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    from crossinfer.backends.base import get_backend
+
+    return get_backend("reference").prepare(artifact, "cpu").run(feeds)
+
+
+def _measure(
+    entry: BackendEntry,
+    artifact: ModelArtifact,
+    device: str,
+    options: SessionOptions,
+    feeds: Mapping[str, np.ndarray],
+    dataset: LabelledSet | None,
+    batch: int,
+    seconds: float,
+    timeout_s: float,
+) -> tuple[Measurement | None, dict[str, np.ndarray] | None]:
+    outcome = run_isolated(
+        measure_in_child,
+        entry,
+        dataclasses.replace(artifact, proto=None),
+        device,
+        options,
+        dict(feeds),
+        dataset,
+        batch,
+        seconds,
+        timeout_s=timeout_s,
+    )
+    if not outcome.ok:
+        raise InferenceError(
+            f"measuring {artifact.path.name} on {entry.name}:{device} failed ({outcome.status}): "
+            f"{outcome.message or outcome.error_type}"
+        )
+    measured: tuple[Measurement, dict[str, np.ndarray]] = outcome.value
+    return measured
+
+
+def measure_in_child(
+    entry: BackendEntry,
+    artifact: ModelArtifact,
+    device: str,
+    options: SessionOptions,
+    feeds: dict[str, np.ndarray],
+    dataset: LabelledSet | None,
+    batch: int,
+    seconds: float,
+) -> tuple[Measurement, dict[str, np.ndarray]]:
+    """Runs in a child: parity outputs, accuracy, median batch-1 latency, batch throughput."""
+    from crossinfer.check.inputs import random_inputs
+
+    session = load_backend(entry).prepare(artifact, device, options)
+    try:
+        outputs = session.run(feeds)
+        accuracy = None
+        if dataset is not None:
+            logits = next(iter(session.run(dict(dataset.inputs)).values()))
+            accuracy = float(np.mean(np.argmax(logits, axis=-1) == dataset.labels))
+        batchable = all(s.shape and not isinstance(s.shape[0], int) for s in artifact.inputs)
+        size = batch if batchable else 1
+        one = random_inputs(artifact.inputs, batch=1, seed=1)
+        many = random_inputs(artifact.inputs, batch=size, seed=2)
+        session.run(one)
+        session.run(many)
+        latencies = _timed(lambda: session.run(one), seconds / 2)
+        batch_times = _timed(lambda: session.run(many), seconds / 2)
+        return (
+            Measurement(
+                latency_ms=statistics.median(latencies) * 1e3,
+                throughput=size / statistics.median(batch_times),
+                batch_size=size,
+                accuracy=accuracy,
+                session=session.describe(),
+            ),
+            outputs,
+        )
+    finally:
+        session.close()
+
+
+def _timed(fn: Callable[[], object], seconds: float) -> list[float]:
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 1000):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _judge(
+    name: str,
+    artifact: ModelArtifact,
+    precision: Precision,
+    measured: Measurement | None,
+    outputs: dict[str, np.ndarray] | None,
+    reference: Mapping[str, np.ndarray],
+    baseline: StepReport,
+    max_accuracy_drop: float,
+    target: Target,
+) -> StepReport:
+    assert measured is not None and outputs is not None and baseline.measurement is not None
+    comparisons = tuple(compare_outputs(outputs, reference, default_tolerance(precision)))
+    parity = all(c.passed for c in comparisons)
+    speedup = measured.throughput / baseline.measurement.throughput
+    drop = None
+    if measured.accuracy is not None and baseline.measurement.accuracy is not None:
+        drop = baseline.measurement.accuracy - measured.accuracy
+    reasons: list[str] = []
+    if speedup < 1 - NOISE_PCT / 100:
+        reasons.append(
+            f"{speedup:.2f}x the baseline's throughput on {target}: {_likely_cause(name, precision, artifact, target)}"
+        )
+    if drop is not None and drop > max_accuracy_drop:
+        reasons.append(
+            f"top-1 accuracy drops {drop * 100:.2f} points, more than the {max_accuracy_drop * 100:.2f} allowed"
+        )
+    if not parity and name != "prune":
+        failed = [c for c in comparisons if not c.passed]
+        reasons.append(
+            f"parity at {precision.value} tolerance fails: {failed[0].name}: {failed[0].reason}"
+        )
+    return StepReport(
+        pass_name=name,
+        artifact=artifact,
+        precision=precision,
+        measurement=measured,
+        comparisons=comparisons,
+        parity_passed=parity,
+        speedup=speedup,
+        accuracy_drop=drop,
+        regression=bool(reasons),
+        reasons=tuple(reasons),
+    )
+
+
+def _likely_cause(name: str, precision: Precision, artifact: ModelArtifact, target: Target) -> str:
+    if precision is Precision.INT8 and target.device == "cpu":
+        from crossinfer.hardware import discover_cpu
+
+        features = discover_cpu().features
+        if not any(features.get(f) for f in ("avx512_vnni", "avx_vnni", "amx_int8")):
+            return "this CPU has no AVX512-VNNI, AVX-VNNI or AMX-INT8: INT8 runs on slower paths"
+        ops = artifact.op_histogram
+        if name == "int8-dynamic" and ops.get("ConvInteger"):
+            return f"{ops['ConvInteger']} ConvInteger nodes: ORT's dynamic INT8 convolution is slow; use int8-static"
+        qdq = ops.get("QuantizeLinear", 0)
+        if qdq:
+            return f"{qdq} QuantizeLinear nodes: QDQ pairs the runtime does not fuse run as float with extra work"
+        return "the runtime ran this model's INT8 ops on slower kernels"
+    if precision is Precision.FP16 and target.device == "cpu":
+        return "onnxruntime's CPU provider has few FP16 kernels: it casts back to FP32 around them"
+    return "the rewritten graph runs slower on this runtime"

@@ -1,0 +1,68 @@
+"""Terminal view of an OptimizeReport: the before/after table and each regression's cause."""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from crossinfer.passes.pipeline import OptimizeReport, StepReport
+
+
+def render_optimize(report: OptimizeReport, console: Console) -> None:
+    table = Table(
+        title=f"optimize on {report.target}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    for column, justify in (
+        ("step", "left"),
+        ("prec", "left"),
+        ("parity", "left"),
+        ("top-1", "right"),
+        ("lat ms", "right"),
+        ("samples/s", "right"),
+        ("speedup", "right"),
+        ("MB", "right"),
+        ("kept", "left"),
+    ):
+        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for step in report.steps:
+        table.add_row(*_cells(step))
+    console.print(table)
+    for step in report.steps:
+        for reason in step.reasons:
+            style = "red" if not step.kept else "yellow"
+            console.print(f"[{style}]{step.pass_name}[/]: {escape(reason)}", highlight=False)
+    if report.dataset:
+        console.print(f"accuracy on: {escape(report.dataset)}", highlight=False)
+    if report.calibration_source:
+        console.print(f"calibrated on: {escape(report.calibration_source)}", highlight=False)
+    console.print(
+        f"final model: {report.final.path} (sha256 {report.final.short_hash})", highlight=False
+    )
+
+
+def _cells(step: StepReport) -> list[str]:
+    m = step.measurement
+    if m is None:
+        return [step.pass_name, step.precision.value, "-", "-", "-", "-", "-", "-", "failed"]
+    worst = max((c.max_abs_error for c in step.comparisons), default=0.0)
+    parity = (
+        "-"
+        if step.pass_name == "baseline"
+        else ("pass" if step.parity_passed else "FAIL") + f" {worst:.0e}"
+    )
+    return [
+        step.pass_name,
+        step.precision.value,
+        parity,
+        "-" if m.accuracy is None else f"{m.accuracy * 100:.2f}%",
+        f"{m.latency_ms:.2f}",
+        f"{m.throughput:,.1f}",
+        "-" if step.speedup is None else f"{step.speedup:.2f}x",
+        f"{step.artifact.file_size / 2**20:.1f}",
+        "yes" if step.kept else "no",
+    ]

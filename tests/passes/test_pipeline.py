@@ -1,0 +1,137 @@
+"""The optimize pipeline on real onnxruntime: each step re-proved, regressions caught and dropped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from crossinfer.backends.base import Precision, Target
+from crossinfer.cli import app
+from crossinfer.errors import UsageError
+from crossinfer.model import load_model
+from crossinfer.passes import pipeline
+from crossinfer.passes.base import read_provenance
+from crossinfer.passes.pipeline import LabelledSet, optimize, preset
+from crossinfer.zoo import zoo_dataset
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def fake_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(
+        pipeline.PASSES, "slowdown", ("fake_passes", "SlowdownPass", Precision.FP32)
+    )
+    monkeypatch.setitem(pipeline.PASSES, "noise", ("fake_passes", "NoisePass", Precision.FP32))
+
+
+def _digits_set() -> LabelledSet:
+    data = zoo_dataset("zoo:digits")
+    assert data is not None
+    return LabelledSet(data.inputs, data.labels, data.description)
+
+
+def test_a_slower_pass_is_a_regression_and_is_dropped(tmp_path: Path, fake_passes: None) -> None:
+    artifact = load_model("zoo:digits")
+    report = optimize(
+        artifact,
+        target=Target("onnxruntime", "cpu"),
+        passes=[("slowdown", None)],
+        out_dir=tmp_path,
+        dataset=_digits_set(),
+        measure_seconds=1.0,
+        measure_batch=64,
+    )
+    baseline, slow = report.steps
+    assert baseline.measurement is not None and baseline.measurement.accuracy is not None
+    assert baseline.measurement.accuracy > 0.9
+    assert slow.parity_passed  # same outputs: only the speed is worse
+    assert slow.speedup is not None and slow.speedup < 0.95
+    assert slow.regression and not slow.kept
+    assert "the baseline's throughput on onnxruntime:cpu" in slow.reasons[0]
+    assert report.final.sha256 == artifact.sha256  # nothing kept: the original stays
+    provenance = read_provenance(tmp_path / "01-slowdown.onnx")
+    assert provenance is not None and provenance["parent"]["sha256"] == artifact.sha256
+
+
+def test_a_pass_that_breaks_accuracy_is_flagged_and_kept_only_on_request(
+    tmp_path: Path, fake_passes: None
+) -> None:
+    artifact = load_model("zoo:digits")
+    report = optimize(
+        artifact,
+        target=Target("onnxruntime", "cpu"),
+        passes=[("noise", None)],
+        out_dir=tmp_path,
+        dataset=_digits_set(),
+        max_accuracy_drop=0.01,
+        keep_regressions=True,
+        measure_seconds=0.4,
+    )
+    noisy = report.steps[1]
+    assert noisy.accuracy_drop is not None and noisy.accuracy_drop > 0.01
+    assert not noisy.parity_passed
+    assert any("top-1 accuracy drops" in r for r in noisy.reasons)
+    assert any("parity at fp32 tolerance fails" in r for r in noisy.reasons)
+    assert noisy.kept and report.final.path == tmp_path / "model.onnx"
+    assert report.final.sha256 == noisy.artifact.sha256
+
+
+def test_presets_and_unknown_names() -> None:
+    assert preset(Target("onnxruntime", "cpu"), "int8") == (
+        ("simplify", "int8-static"),
+        Precision.FP32,
+    )
+    assert preset(Target("openvino", "cpu"), "bf16") == ((), Precision.BF16)
+    with pytest.raises(
+        UsageError, match="--precision bf16 has no recipe for onnxruntime.*openvino:cpu"
+    ):
+        preset(Target("onnxruntime", "cpu"), "bf16")
+    with pytest.raises(UsageError, match="unknown pass 'magic'"):
+        pipeline.get_pass("magic")
+
+
+def test_openvino_bf16_runtime_step(tmp_path: Path) -> None:
+    pytest.importorskip(
+        "openvino", reason="openvino not installed: pip install 'crossinfer[openvino]'"
+    )
+    report = optimize(
+        load_model("zoo:digits"),
+        target=Target("openvino", "cpu"),
+        passes=[],
+        out_dir=tmp_path,
+        runtime_precision=Precision.BF16,
+        dataset=_digits_set(),
+        measure_seconds=0.4,
+    )
+    step = report.steps[1]
+    assert step.pass_name == "runtime-bf16" and step.precision is Precision.BF16
+    assert step.measurement is not None and step.measurement.accuracy is not None
+
+
+def test_cli_optimize_needs_a_plan_and_writes_a_report(tmp_path: Path, fake_passes: None) -> None:
+    result = runner.invoke(app, ["optimize", "zoo:digits", "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "say what to do" in result.stderr
+    result = runner.invoke(
+        app,
+        [
+            "optimize",
+            "zoo:digits",
+            "--passes",
+            "slowdown",
+            "--seconds",
+            "0.4",
+            "--batch",
+            "64",
+            "-o",
+            str(tmp_path),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output  # the regression was dropped, not kept
+    data = json.loads(result.stdout)
+    assert [s["pass"] for s in data["steps"]] == ["baseline", "slowdown"]
+    assert json.loads((tmp_path / "report.json").read_text())["steps"][1]["kept"] is False
