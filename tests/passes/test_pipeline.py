@@ -87,7 +87,7 @@ def test_presets_and_unknown_names() -> None:
     )
     assert preset(Target("openvino", "cpu"), "bf16") == ((), Precision.BF16)
     with pytest.raises(
-        UsageError, match="--precision bf16 has no recipe for onnxruntime.*openvino:cpu"
+        UsageError, match=r"--precision bf16 has no recipe for onnxruntime.*openvino:cpu"
     ):
         preset(Target("onnxruntime", "cpu"), "bf16")
     with pytest.raises(UsageError, match="unknown pass 'magic'"):
