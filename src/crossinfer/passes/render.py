@@ -21,11 +21,10 @@ def render_optimize(report: OptimizeReport, console: Console) -> None:
         ("step", "left"),
         ("prec", "left"),
         ("parity", "left"),
-        ("top-1", "right"),
+        ("top-1 %", "right"),
         ("lat ms", "right"),
         ("samples/s", "right"),
         ("speedup", "right"),
-        ("MB", "right"),
         ("kept", "left"),
     ):
         table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
@@ -33,6 +32,14 @@ def render_optimize(report: OptimizeReport, console: Console) -> None:
         table.add_row(*_cells(step))
     console.print(table)
     for step in report.steps:
+        if step.comparisons and step.pass_name != "baseline":
+            worst = max(step.comparisons, key=lambda c: c.max_abs_error)
+            console.print(
+                f"{step.pass_name}: {step.artifact.path.name}, {step.artifact.file_size / 2**20:.1f} MiB; "
+                f"max abs err {worst.max_abs_error:.2e}, cosine {min(c.cosine for c in step.comparisons):.5f} "
+                f"at {step.precision.value} tolerance",
+                highlight=False,
+            )
         for reason in step.reasons:
             style = "red" if not step.kept else "yellow"
             console.print(f"[{style}]{step.pass_name}[/]: {escape(reason)}", highlight=False)
@@ -48,21 +55,15 @@ def render_optimize(report: OptimizeReport, console: Console) -> None:
 def _cells(step: StepReport) -> list[str]:
     m = step.measurement
     if m is None:
-        return [step.pass_name, step.precision.value, "-", "-", "-", "-", "-", "-", "failed"]
-    worst = max((c.max_abs_error for c in step.comparisons), default=0.0)
-    parity = (
-        "-"
-        if step.pass_name == "baseline"
-        else ("pass" if step.parity_passed else "FAIL") + f" {worst:.0e}"
-    )
+        return [step.pass_name, step.precision.value, "-", "-", "-", "-", "-", "failed"]
+    parity = "-" if step.pass_name == "baseline" else ("pass" if step.parity_passed else "FAIL")
     return [
         step.pass_name,
         step.precision.value,
         parity,
-        "-" if m.accuracy is None else f"{m.accuracy * 100:.2f}%",
+        "-" if m.accuracy is None else f"{m.accuracy * 100:.2f}",
         f"{m.latency_ms:.2f}",
-        f"{m.throughput:,.1f}",
+        f"{m.throughput:,.0f}" if m.throughput >= 100 else f"{m.throughput:.1f}",
         "-" if step.speedup is None else f"{step.speedup:.2f}x",
-        f"{step.artifact.file_size / 2**20:.1f}",
         "yes" if step.kept else "no",
     ]
