@@ -92,3 +92,17 @@ def test_tolerances_loosen_with_precision() -> None:
     (fp32,) = compare_outputs({"y": actual}, {"y": expected}, default_tolerance(Precision.FP32))
     (bf16,) = compare_outputs({"y": actual}, {"y": expected}, default_tolerance(Precision.BF16))
     assert not fp32.passed and bf16.passed
+
+
+def test_int8_atol_scales_with_the_tensor_range() -> None:
+    tol = default_tolerance(Precision.INT8)
+    assert tol.atol_scaled
+    # an error of 0.4 is 2% of a range of 20: fine for INT8; on a range of 2 it is 20%: not fine
+    big = np.linspace(-20, 20, 101).astype(np.float32)
+    small = big / 10
+    bump = np.zeros(101, np.float32)
+    bump[50] = 0.4  # on the element whose reference is 0, where rtol gives nothing
+    (wide,) = compare_outputs({"y": big + bump}, {"y": big}, tol)
+    (narrow,) = compare_outputs({"y": small + bump}, {"y": small}, tol)
+    assert wide.passed
+    assert not narrow.passed and "(0.05·max|ref|)" in narrow.reason
