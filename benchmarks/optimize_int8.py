@@ -15,12 +15,13 @@ import platform
 import tempfile
 from pathlib import Path
 
-from crossinfer.passes.calibration import load_calibration
 from rich.console import Console
 from rich.table import Table
 
 from crossinfer import Target, discover, load_model
-from crossinfer.passes.pipeline import LabelledSet, optimize, preset
+from crossinfer.passes.base import LabelledSet
+from crossinfer.passes.calibration import load_calibration
+from crossinfer.passes.pipeline import optimize, preset
 from crossinfer.zoo import zoo_dataset
 
 

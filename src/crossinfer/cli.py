@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from crossinfer.bench.runner import BenchError
     from crossinfer.check import CheckRow
     from crossinfer.model import ModelArtifact
-    from crossinfer.passes.pipeline import LabelledSet, StepReport
+    from crossinfer.passes.base import LabelledSet
+    from crossinfer.passes.pipeline import StepReport
 
 app = typer.Typer(
     name="crossinfer",
@@ -554,7 +555,7 @@ def _print_step(step: StepReport) -> None:
 
 
 def _labelled_set(path: Path | None, artifact: ModelArtifact) -> LabelledSet | None:
-    from crossinfer.passes.pipeline import LabelledSet
+    from crossinfer.passes.base import LabelledSet
 
     if path is None:
         if not artifact.source.startswith("zoo:"):

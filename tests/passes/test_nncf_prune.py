@@ -16,8 +16,8 @@ from onnx import numpy_helper
 from crossinfer.backends.base import Precision, SessionOptions, Target, get_backend
 from crossinfer.errors import InputError, UsageError
 from crossinfer.model import ModelArtifact, load_model
-from crossinfer.passes.base import CalibrationData, PassContext, read_provenance
-from crossinfer.passes.pipeline import LabelledSet, optimize
+from crossinfer.passes.base import CalibrationData, LabelledSet, PassContext, read_provenance
+from crossinfer.passes.pipeline import optimize
 from crossinfer.passes.prune import PruneConfig, PrunePass
 from crossinfer.zoo import zoo_dataset
 

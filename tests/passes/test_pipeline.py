@@ -13,8 +13,8 @@ from crossinfer.cli import app
 from crossinfer.errors import UsageError
 from crossinfer.model import load_model
 from crossinfer.passes import pipeline
-from crossinfer.passes.base import read_provenance
-from crossinfer.passes.pipeline import LabelledSet, optimize, preset
+from crossinfer.passes.base import LabelledSet, read_provenance
+from crossinfer.passes.pipeline import optimize, preset
 from crossinfer.zoo import zoo_dataset
 
 runner = CliRunner()

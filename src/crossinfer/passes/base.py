@@ -35,12 +35,23 @@ class CalibrationData:
 
 
 @dataclass(frozen=True)
+class LabelledSet:
+    """Inputs (batched, model input names) and one label per row: what top-1 accuracy is measured on."""
+
+    inputs: Mapping[str, np.ndarray]
+    labels: np.ndarray
+    description: str
+
+
+@dataclass(frozen=True)
 class PassContext:
-    """What a pass may need beyond its config: the target and calibration data."""
+    """What a pass may need beyond its config: the target, calibration and labelled data."""
 
     target: str  # "onnxruntime:cpu"
     calibration: CalibrationData | None = None
     work_dir: Path | None = None  # scratch space for intermediate files
+    dataset: LabelledSet | None = None  # for passes that keep accuracy within a budget
+    max_accuracy_drop: float = 0.01  # top-1, as a fraction
 
 
 class OptimizationPass(Protocol):

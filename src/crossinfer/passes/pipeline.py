@@ -32,7 +32,7 @@ from crossinfer.check.isolate import run_isolated
 from crossinfer.check.parity import OutputComparison, compare_outputs, default_tolerance
 from crossinfer.errors import CrossinferError, InferenceError, UsageError
 from crossinfer.model import ModelArtifact, load_model
-from crossinfer.passes.base import CalibrationData, OptimizationPass, PassContext
+from crossinfer.passes.base import CalibrationData, LabelledSet, OptimizationPass, PassContext
 
 # name -> (module, class, the precision its output runs at)
 PASSES: dict[str, tuple[str, str, Precision]] = {
@@ -42,12 +42,18 @@ PASSES: dict[str, tuple[str, str, Precision]] = {
     "int8-static": ("crossinfer.passes.int8_static", "Int8StaticPass", Precision.INT8),
     "int8-nncf": ("crossinfer.passes.int8_nncf", "Int8NncfPass", Precision.INT8),
     "prune": ("crossinfer.passes.prune", "PrunePass", Precision.FP32),
+    "int8-accuracy-aware": (
+        "crossinfer.passes.int8_accuracy_aware",
+        "Int8AccuracyAwarePass",
+        Precision.INT8,
+    ),
 }
 
 # --precision shortcuts: the passes that suit each backend, and the runtime precision to ask for
 PRESETS: dict[tuple[str, str], tuple[tuple[str, ...], Precision]] = {
     ("onnxruntime", "fp16"): (("simplify", "fp16"), Precision.FP32),
     ("onnxruntime", "int8"): (("simplify", "int8-static"), Precision.FP32),
+    ("onnxruntime", "int8-accuracy-aware"): (("simplify", "int8-accuracy-aware"), Precision.FP32),
     ("openvino", "int8"): (("int8-nncf",), Precision.FP32),
     # OpenVINO converts at compile time: no pass, the runtime is asked for the precision
     ("openvino", "bf16"): ((), Precision.BF16),
@@ -144,13 +150,6 @@ class OptimizeReport:
             "dataset": self.dataset,
             "steps": [s.to_dict() for s in self.steps],
         }
-
-
-@dataclass(frozen=True)
-class LabelledSet:
-    inputs: Mapping[str, np.ndarray]
-    labels: np.ndarray
-    description: str
 
 
 def optimize(
@@ -281,6 +280,8 @@ def _apply(
     calibration: CalibrationData | None,
     out_dir: Path,
     index: int,
+    dataset: LabelledSet | None = None,
+    max_accuracy_drop: float = 0.01,
 ) -> tuple[ModelArtifact, Precision]:
     optimization = get_pass(name)
     if target.backend not in optimization.targets:
@@ -289,7 +290,13 @@ def _apply(
         )
     config = config if config is not None else optimization.config_type()
     out_path = out_dir / f"{index:02d}-{name}.onnx"
-    context = PassContext(target=str(target), calibration=calibration, work_dir=out_dir / "work")
+    context = PassContext(
+        target=str(target),
+        calibration=calibration,
+        work_dir=out_dir / "work",
+        dataset=dataset,
+        max_accuracy_drop=max_accuracy_drop,
+    )
     written = optimization.apply(current, config, out_path, context)
     return load_model(written), PASSES[name][2]
 
