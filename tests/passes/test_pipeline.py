@@ -94,6 +94,27 @@ def test_presets_and_unknown_names() -> None:
         pipeline.get_pass("magic")
 
 
+def test_a_bad_plan_is_refused_before_measuring(tmp_path: Path) -> None:
+    artifact = load_model("zoo:digits")
+    with pytest.raises(UsageError, match="unknown pass 'magic'"):
+        optimize(
+            artifact,
+            target=Target("onnxruntime", "cpu"),
+            passes=[("magic", None)],
+            out_dir=tmp_path,
+        )
+    with pytest.raises(
+        UsageError, match="pass 'int8-nncf' makes models for openvino, not onnxruntime"
+    ):
+        optimize(
+            artifact,
+            target=Target("onnxruntime", "cpu"),
+            passes=[("int8-nncf", None)],
+            out_dir=tmp_path,
+        )
+    assert not any(tmp_path.iterdir())
+
+
 def test_openvino_bf16_runtime_step(tmp_path: Path) -> None:
     pytest.importorskip(
         "openvino", reason="openvino not installed: pip install 'crossinfer[openvino]'"

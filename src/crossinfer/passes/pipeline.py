@@ -171,6 +171,12 @@ def optimize(
 ) -> OptimizeReport:
     """Apply `passes` (name, config or None) in order, proving each on `target`."""
     entry = backend_entry(target.backend)
+    for name, _ in passes:  # refuse a bad plan before minutes of measuring
+        if target.backend not in get_pass(name).targets:
+            raise UsageError(
+                f"pass '{name}' makes models for {', '.join(get_pass(name).targets)}, "
+                f"not {target.backend}"
+            )
     options = dataclasses.replace(options or SessionOptions(), precision=Precision.FP32)
     out_dir.mkdir(parents=True, exist_ok=True)
     feeds = _parity_feeds(artifact, dataset, calibration)
