@@ -520,7 +520,8 @@ def optimize(
             calib = load_calibration(calibration, artifact)
         labelled = _labelled_set(dataset, artifact)
         status = contextlib.nullcontext() if as_json else err_console.status("optimizing ...")
-        with status:
+        # calibration tools (NNCF, ORT's calibrators) draw progress on stdout: keep it for results
+        with status, contextlib.redirect_stdout(sys.stderr):
             report = run_optimize(
                 artifact,
                 target=tgt,

@@ -156,3 +156,30 @@ def test_cli_optimize_needs_a_plan_and_writes_a_report(tmp_path: Path, fake_pass
     data = json.loads(result.stdout)
     assert [s["pass"] for s in data["steps"]] == ["baseline", "slowdown"]
     assert json.loads((tmp_path / "report.json").read_text())["steps"][1]["kept"] is False
+
+
+def test_cli_optimize_json_is_clean_with_nncf_progress(tmp_path: Path) -> None:
+    pytest.importorskip("nncf", reason="nncf not installed: pip install 'crossinfer[openvino]'")
+    result = runner.invoke(
+        app,
+        [
+            "optimize",
+            "zoo:digits",
+            "-t",
+            "openvino:cpu",
+            "--precision",
+            "int8",
+            "--seconds",
+            "0.4",
+            "-o",
+            str(tmp_path),
+            "--json",
+        ],
+    )
+    assert result.exit_code in (0, 1), result.output
+    data = json.loads(result.stdout)  # NNCF's progress bars went to stderr
+    assert [s["pass"] for s in data["steps"]] == ["baseline", "int8-nncf"]
+    assert (
+        data["steps"][1]["measurement"]["accuracy"]
+        >= data["steps"][0]["measurement"]["accuracy"] - 0.01
+    )
