@@ -514,7 +514,7 @@ def optimize(
             names = tuple(p.strip() for p in (passes or "").split(",") if p.strip())
         artifact = load_model(model)
         calib = None
-        if any(n in ("int8-static", "int8-nncf") for n in names):
+        if any(n in ("int8-static", "int8-nncf", "int8-accuracy-aware") for n in names):
             from crossinfer.passes.calibration import load_calibration
 
             calib = load_calibration(calibration, artifact)
@@ -544,7 +544,7 @@ def optimize(
         _print_json(report.to_dict())
     else:
         render_optimize(report, console)
-    if any(step.regression and step.kept for step in report.steps):
+    if any((step.regression and step.kept) or step.error for step in report.steps):
         raise typer.Exit(1)
 
 

@@ -183,3 +183,28 @@ def test_cli_optimize_json_is_clean_with_nncf_progress(tmp_path: Path) -> None:
         data["steps"][1]["measurement"]["accuracy"]
         >= data["steps"][0]["measurement"]["accuracy"] - 0.01
     )
+
+
+def test_cli_accuracy_aware_int8_on_digits(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "optimize",
+            "zoo:digits",
+            "--precision",
+            "int8-accuracy-aware",
+            "--seconds",
+            "0.4",
+            "-o",
+            str(tmp_path),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    steps = json.loads(result.stdout)["steps"]
+    assert [s["pass"] for s in steps] == ["baseline", "simplify", "int8-accuracy-aware"]
+    quantized = steps[2]
+    assert quantized["error"] == "" and quantized["precision"] == "int8"
+    assert quantized["accuracy_drop"] is not None and quantized["accuracy_drop"] <= 0.01
+    provenance = read_provenance(tmp_path / "02-int8-accuracy-aware.onnx")
+    assert provenance is not None and provenance["budget_met"] is True

@@ -208,7 +208,15 @@ def optimize(
         else:
             try:
                 produced, precision = _apply(
-                    name, config, current, target, calibration, out_dir, index
+                    name,
+                    config,
+                    current,
+                    target,
+                    calibration,
+                    out_dir,
+                    index,
+                    dataset=dataset,
+                    max_accuracy_drop=max_accuracy_drop,
                 )
             except CrossinferError as exc:
                 step = StepReport(
