@@ -607,8 +607,10 @@ def demo(
         _fail(exc)
     render_check(report, console)
     console.print(
-        f"\nnext: [bold]crossinfer inspect {model}[/bold], "
-        f"[bold]crossinfer check MODEL.onnx --require onnxruntime:cpu[/bold]"
+        f"\nnext: crossinfer bench {model} --scenario all --quick; "
+        f"crossinfer optimize {model} --precision int8 -o optimized/; "
+        "crossinfer check MODEL.onnx --require onnxruntime:cpu",
+        highlight=False,
     )
 
 
