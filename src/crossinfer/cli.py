@@ -514,7 +514,7 @@ def optimize(
             names = tuple(p.strip() for p in (passes or "").split(",") if p.strip())
         artifact = load_model(model)
         calib = None
-        if any(n in ("int8-static", "int8-nncf", "int8-accuracy-aware") for n in names):
+        if any(n.startswith(("int8-static", "int8-nncf", "int8-accuracy")) for n in names):
             from crossinfer.passes.calibration import load_calibration
 
             calib = load_calibration(calibration, artifact)

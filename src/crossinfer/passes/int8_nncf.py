@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -77,7 +78,8 @@ class Int8NncfPass:
         subset = min(config.subset_size, len(items))
         with tempfile.TemporaryDirectory(dir=_scratch(context)) as scratch:
             model = _fold_batchnorm(artifact, Path(scratch)) if folded else artifact.load_proto()
-            quantized = nncf.quantize(
+            quantized = self._quantize(
+                nncf,
                 model,
                 nncf.Dataset(items),
                 subset_size=subset,
@@ -88,6 +90,8 @@ class Int8NncfPass:
                 ),
                 model_type=nncf.ModelType.TRANSFORMER if transformer else None,
                 fast_bias_correction=config.fast_bias_correction,
+                context=context,
+                scratch=Path(scratch),
             )
         _drop_unused_opsets(quantized)
         quantized.ir_version = min(quantized.ir_version, _MAX_IR_VERSION)
@@ -113,9 +117,25 @@ class Int8NncfPass:
                 "batchnorm_folded": folded,
                 "model_type": "transformer" if transformer else "default",
                 "qdq_nodes": ops,
+                **self._extra,
             },
         )
         return out_path
+
+    _extra: dict[str, Any] = {}  # noqa: RUF012  # subclasses record what their quantizer decided
+
+    def _quantize(
+        self,
+        nncf: Any,
+        model: onnx.ModelProto,
+        dataset: Any,
+        *,
+        context: PassContext,
+        scratch: Path,
+        **kwargs: Any,
+    ) -> onnx.ModelProto:
+        quantized: onnx.ModelProto = nncf.quantize(model, dataset, **kwargs)
+        return quantized
 
 
 def _check_config(config: NncfInt8Config) -> None:

@@ -42,6 +42,11 @@ PASSES: dict[str, tuple[str, str, Precision]] = {
     "int8-static": ("crossinfer.passes.int8_static", "Int8StaticPass", Precision.INT8),
     "int8-nncf": ("crossinfer.passes.int8_nncf", "Int8NncfPass", Precision.INT8),
     "prune": ("crossinfer.passes.prune", "PrunePass", Precision.FP32),
+    "int8-nncf-accuracy-aware": (
+        "crossinfer.passes.int8_nncf_accuracy",
+        "Int8NncfAccuracyAwarePass",
+        Precision.INT8,
+    ),
     "int8-accuracy-aware": (
         "crossinfer.passes.int8_accuracy_aware",
         "Int8AccuracyAwarePass",
@@ -55,6 +60,7 @@ PRESETS: dict[tuple[str, str], tuple[tuple[str, ...], Precision]] = {
     ("onnxruntime", "int8"): (("simplify", "int8-static"), Precision.FP32),
     ("onnxruntime", "int8-accuracy-aware"): (("simplify", "int8-accuracy-aware"), Precision.FP32),
     ("openvino", "int8"): (("int8-nncf",), Precision.FP32),
+    ("openvino", "int8-accuracy-aware"): (("int8-nncf-accuracy-aware",), Precision.FP32),
     # OpenVINO converts at compile time: no pass, the runtime is asked for the precision
     ("openvino", "bf16"): ((), Precision.BF16),
     ("openvino", "fp16"): ((), Precision.FP16),
