@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import numpy as np
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -21,8 +20,6 @@ if TYPE_CHECKING:
     from crossinfer.bench.result import BenchResult
     from crossinfer.bench.runner import BenchError
     from crossinfer.check import CheckRow
-    from crossinfer.model import ModelArtifact
-    from crossinfer.passes.base import LabelledSet
     from crossinfer.passes.pipeline import StepReport
 
 app = typer.Typer(
@@ -518,7 +515,9 @@ def optimize(
             from crossinfer.passes.calibration import load_calibration
 
             calib = load_calibration(calibration, artifact)
-        labelled = _labelled_set(dataset, artifact)
+        from crossinfer.passes.calibration import load_labelled_set
+
+        labelled = load_labelled_set(dataset, artifact)
         status = contextlib.nullcontext() if as_json else err_console.status("optimizing ...")
         # calibration tools (NNCF, ORT's calibrators) draw progress on stdout: keep it for results
         with status, contextlib.redirect_stdout(sys.stderr):
@@ -553,32 +552,6 @@ def _print_step(step: StepReport) -> None:
     figures = f"{m.throughput:,.1f} samples/s" if m else "not measured"
     state = "" if step.kept else " (dropped)"
     err_console.print(f"  {step.pass_name}: {figures}{state}", highlight=False)
-
-
-def _labelled_set(path: Path | None, artifact: ModelArtifact) -> LabelledSet | None:
-    from crossinfer.passes.base import LabelledSet
-
-    if path is None:
-        if not artifact.source.startswith("zoo:"):
-            return None
-        from crossinfer.zoo import zoo_dataset
-
-        data = zoo_dataset(artifact.source)
-        return None if data is None else LabelledSet(data.inputs, data.labels, data.description)
-    from crossinfer.errors import InputError
-
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--dataset '{path}' is not a readable .npz: {exc}") from exc
-    if "labels" not in arrays:
-        raise InputError(f"--dataset '{path}' has no 'labels' array: save one next to the inputs")
-    labels = arrays.pop("labels")
-    from crossinfer.backends.base import validate_feeds
-
-    inputs = validate_feeds(artifact.inputs, arrays, model=f"{artifact.source} (--dataset {path})")
-    return LabelledSet(inputs, labels, f"{path} ({len(labels)} labelled samples)")
 
 
 @app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -208,3 +209,44 @@ def test_cli_accuracy_aware_int8_on_digits(tmp_path: Path) -> None:
     assert quantized["accuracy_drop"] is not None and quantized["accuracy_drop"] <= 0.01
     provenance = read_provenance(tmp_path / "02-int8-accuracy-aware.onnx")
     assert provenance is not None and provenance["budget_met"] is True
+
+
+def test_cli_dataset_file_and_its_errors(tmp_path: Path) -> None:
+    data = zoo_dataset("zoo:digits")
+    assert data is not None
+    good = tmp_path / "val.npz"
+    np.savez(good, pixels=data.inputs["pixels"][:100], labels=data.labels[:100])
+    result = runner.invoke(
+        app,
+        [
+            "optimize",
+            "zoo:digits",
+            "--passes",
+            "simplify",
+            "--dataset",
+            str(good),
+            "--seconds",
+            "0.4",
+            "-o",
+            str(tmp_path / "out"),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["dataset"].endswith("(100 labelled samples)")
+    assert report["steps"][0]["measurement"]["accuracy"] > 0.9
+
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, pixels=data.inputs["pixels"][:10])
+    result = runner.invoke(
+        app, ["optimize", "zoo:digits", "--passes", "simplify", "--dataset", str(unlabelled)]
+    )
+    assert result.exit_code == 2 and "has no 'labels' array" in result.stderr
+
+    short = tmp_path / "short.npz"
+    np.savez(short, pixels=data.inputs["pixels"][:10], labels=data.labels[:9])
+    result = runner.invoke(
+        app, ["optimize", "zoo:digits", "--passes", "simplify", "--dataset", str(short)]
+    )
+    assert result.exit_code == 2 and "has 9 labels but input rows" in result.stderr

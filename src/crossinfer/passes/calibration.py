@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from crossinfer.backends.base import validate_feeds
 from crossinfer.check.inputs import random_inputs
 from crossinfer.errors import InputError
 from crossinfer.model import ModelArtifact, TensorSpec
-from crossinfer.passes.base import CalibrationData
+from crossinfer.passes.base import CalibrationData, LabelledSet
+from crossinfer.zoo import zoo_dataset
 
 SYNTHETIC = "synthetic"
 LABELS = "labels"  # an optional array beside the inputs: one class per sample row
@@ -153,8 +155,6 @@ def _check_array(path: Path, spec: TensorSpec, array: np.ndarray) -> None:
 def _from_zoo(
     spec: str, artifact: ModelArtifact, max_samples: int, seed: int, *, asked: bool
 ) -> CalibrationData:
-    from crossinfer.zoo import zoo_dataset
-
     dataset = zoo_dataset(spec) if spec.startswith("zoo:") else None
     if dataset is None:
         what = f"{spec} has no data set" if asked else f"{spec} has no data set of its own"
@@ -215,3 +215,27 @@ def _subset(
 
 def _names(names: list[str]) -> str:
     return ", ".join(repr(name) for name in names)
+
+
+def load_labelled_set(path: Path | None, artifact: ModelArtifact) -> LabelledSet | None:
+    """The set top-1 accuracy is measured on: an .npz of inputs plus `labels`, or the zoo model's."""
+    if path is None:
+        if not artifact.source.startswith("zoo:"):
+            return None
+        data = zoo_dataset(artifact.source)
+        return None if data is None else LabelledSet(data.inputs, data.labels, data.description)
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--dataset '{path}' is not a readable .npz: {exc}") from exc
+    labels = arrays.pop(LABELS, None)
+    if labels is None:
+        raise InputError(f"--dataset '{path}' has no '{LABELS}' array: save one next to the inputs")
+    inputs = validate_feeds(artifact.inputs, arrays, model=f"{artifact.source} (--dataset {path})")
+    rows = {name: a.shape[0] for name, a in inputs.items()}
+    if any(n != len(labels) for n in rows.values()):
+        raise InputError(
+            f"--dataset '{path}' has {len(labels)} labels but input rows {rows}: one label per row"
+        )
+    return LabelledSet(inputs, labels, f"{path} ({len(labels)} labelled samples)")
