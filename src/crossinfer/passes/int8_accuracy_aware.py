@@ -5,8 +5,6 @@ Like NNCF's quantize_with_accuracy_control: quantize all, rank nodes, un-quantiz
 
 from __future__ import annotations
 
-import contextlib
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +13,14 @@ from typing import Any
 import numpy as np
 import onnx
 
-from crossinfer.errors import CompileError, InputError, UsageError
+from crossinfer.errors import InputError, UsageError
 from crossinfer.model import ModelArtifact
 from crossinfer.passes.base import LabelledSet, PassContext, tool_versions, write_provenance
 from crossinfer.passes.int8_static import (
     METHODS,
-    SampleReader,
     pre_process,
     quantization_counts,
+    quantize_qdq,
     scratch_dir,
 )
 from crossinfer.passes.simplify import finish_model
@@ -93,37 +91,16 @@ class _Evaluator:
         cached = self._cache.get(excluded)
         if cached is not None:
             return cached
-        from onnxruntime.quantization import (
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_static,
-        )
-
-        methods = {
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }
         out = self._tmp / f"attempt-{len(self._cache)}.onnx"
-        try:
-            # The entropy and percentile calibrators print progress: keep stdout for --json.
-            with contextlib.redirect_stdout(io.StringIO()):
-                quantize_static(
-                    str(self._source),
-                    str(out),
-                    SampleReader(self._samples),
-                    quant_format=QuantFormat.QDQ,
-                    per_channel=True,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=methods[self._method],
-                    nodes_to_exclude=sorted(excluded),
-                )
-        except Exception as exc:  # ORT's quantizer raises ValueError/RuntimeError/Fail
-            raise CompileError(
-                f"static INT8 quantization of {self._artifact.source} failed: {exc}"
-            ) from exc
+        quantize_qdq(
+            self._source,
+            out,
+            self._samples,
+            method=self._method,
+            per_channel=True,
+            model_name=self._artifact.source,
+            nodes_to_exclude=sorted(excluded),
+        )
         logits = self.logits(out)
         result = _Trial(
             excluded=excluded,

@@ -9,7 +9,7 @@ import collections
 import contextlib
 import io
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,19 +62,7 @@ class Int8StaticPass:
         out_path: Path,
         context: PassContext,
     ) -> Path:
-        from onnxruntime.quantization import (
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_static,
-        )
-
-        methods = {
-            "minmax": CalibrationMethod.MinMax,
-            "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile,
-        }
-        if config.method not in methods:
+        if config.method not in METHODS:
             raise UsageError(
                 f"calibration method '{config.method}' is unknown: choose from {', '.join(METHODS)}"
             )
@@ -91,24 +79,14 @@ class Int8StaticPass:
         with scratch_dir(context, "int8-static-") as tmp:
             source, pre_note = pre_process(artifact, tmp)
             quantized = tmp / "quantized.onnx"
-            try:
-                # The entropy and percentile calibrators print progress: keep stdout for --json.
-                with contextlib.redirect_stdout(io.StringIO()):
-                    quantize_static(
-                        str(source),
-                        str(quantized),
-                        SampleReader(samples),
-                        quant_format=QuantFormat.QDQ,
-                        per_channel=config.per_channel,
-                        # U8S8: what REFERENCE.md measured fast on VNNI CPUs (14-16 ms ResNet-50).
-                        activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8,
-                        calibrate_method=methods[config.method],
-                    )
-            except Exception as exc:  # ORT's quantizer raises ValueError/RuntimeError/Fail
-                raise CompileError(
-                    f"static INT8 quantization of {artifact.source} failed: {exc}"
-                ) from exc
+            quantize_qdq(
+                source,
+                quantized,
+                samples,
+                method=config.method,
+                per_channel=config.per_channel,
+                model_name=artifact.source,
+            )
             model = onnx.load(str(quantized))
         finish_model(model, artifact, out_path)
         write_provenance(
@@ -136,7 +114,7 @@ class SampleReader:
     no type stubs to subclass from under mypy strict.
     """
 
-    def __init__(self, samples: tuple[Mapping[str, np.ndarray], ...]) -> None:
+    def __init__(self, samples: Sequence[Mapping[str, np.ndarray]]) -> None:
         self._samples = samples
         self._iter = iter(samples)
 
@@ -205,3 +183,45 @@ def quantization_counts(model: onnx.ModelProto) -> dict[str, Any]:
         "quantized_nodes": quantized_nodes,
         "quantize_ops": {op: ops[op] for op in sorted(_QDQ_OPS | _INTEGER_OPS) if ops[op]},
     }
+
+
+def quantize_qdq(
+    source: Path,
+    out: Path,
+    samples: Sequence[Mapping[str, np.ndarray]],
+    *,
+    method: str,
+    per_channel: bool,
+    model_name: str,
+    nodes_to_exclude: Sequence[str] = (),
+) -> None:
+    """ORT static quantization to QDQ, U8S8, calibrated on `samples`; shared with accuracy-aware."""
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    try:
+        # The entropy and percentile calibrators print progress: keep stdout for --json.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(
+                str(source),
+                str(out),
+                SampleReader(samples),
+                quant_format=QuantFormat.QDQ,
+                per_channel=per_channel,
+                # U8S8: what REFERENCE.md measured fast on VNNI CPUs (14-16 ms ResNet-50).
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=methods[method],
+                nodes_to_exclude=sorted(nodes_to_exclude),
+            )
+    except Exception as exc:  # ORT's quantizer raises ValueError/RuntimeError/Fail
+        raise CompileError(f"static INT8 quantization of {model_name} failed: {exc}") from exc
