@@ -26,7 +26,7 @@ def test_every_scenario_quick_on_onnxruntime(tmp_path: Path) -> None:
     run = run_benchmark(
         artifact,
         Target("onnxruntime", "cpu"),
-        plan=BenchPlan(scenarios=SCENARIOS, batch_sizes=(1, 4), quick=True, max_server_steps=2),
+        plan=BenchPlan(scenarios=SCENARIOS, batch_sizes=(1, 4), quick=True, max_server_steps=3),
         options=SessionOptions(threads=1),
         log_root=tmp_path / "logs",
     )

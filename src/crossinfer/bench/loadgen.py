@@ -966,8 +966,9 @@ def find_server_qps(
     """Binary-search the Server target QPS for the highest VALID run, in at most `max_steps` runs.
 
     Starts at 80% of the directly measured throughput (capped to [low, high]; `high` defaults to
-    twice that measurement); doubles while VALID and below `high`, halves while INVALID and no
-    VALID step is known, then bisects until the bracket is narrower than `precision`. No step
+    twice that measurement); doubles while VALID and below `high`, divides by four while INVALID
+    and no VALID step is known (a noisy machine can miss the bound at 80% and at 40% of its
+    throughput alike, and a quick search has few steps), then bisects until the bracket is narrower than `precision`. No step
     starts after `time_budget_s`. Each step's LoadGen logs go to ``log_root/step-N``; an
     overloaded step ends early (LoadGen's server_max_async_queries) instead of draining.
     """
@@ -1053,7 +1054,7 @@ def _next_qps(good: float | None, bad: float | None, floor: float, ceiling: floa
     assert bad is not None
     if floor > 0 and bad <= floor:
         return None
-    return max(bad / 2, floor) if floor > 0 else bad / 2
+    return max(bad / 4, floor) if floor > 0 else bad / 4
 
 
 def _max_outstanding(settings: LoadGenSettings, qps: float) -> int:
