@@ -6,15 +6,17 @@ CPU parsing runs on embedded /proc/cpuinfo samples; GPUs and runtimes use the re
 from __future__ import annotations
 
 import ctypes
+import importlib
 import importlib.util
 import json
 import platform
 import re
 import sys
-import textwrap
 import types
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -425,14 +427,14 @@ def test_missing_pynvml(monkeypatch: pytest.MonkeyPatch) -> None:
 # --------------------------------------------------------------------------- runtimes
 
 
-@pytest.fixture
-def clean_modules() -> Iterator[None]:
-    """Drop the fake runtime packages a test imports, so later tests see the real state."""
-    before = set(sys.modules)
-    yield
-    for name in set(sys.modules) - before:
-        if name.split(".")[0] in {"jax", "iree", "torch"}:
-            del sys.modules[name]
+def _fake_import(monkeypatch: pytest.MonkeyPatch, dotted: str, load: Callable[[], Any]) -> None:
+    """Make importlib.import_module(dotted) call `load`, whatever is installed here."""
+    real = importlib.import_module
+
+    def import_module(name: str, package: str | None = None) -> Any:
+        return load() if name == dotted else real(name, package)
+
+    monkeypatch.setattr(importlib, "import_module", import_module)
 
 
 def test_missing_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -450,27 +452,16 @@ def test_missing_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
     assert info.devices == ()
 
 
-def _write_package(root: Path, dotted: str, body: str) -> None:
-    directory = root.joinpath(*dotted.split("."))
-    directory.mkdir(parents=True)
-    (directory / "__init__.py").write_text(textwrap.dedent(body), encoding="utf-8")
-
-
+@pytest.mark.parametrize(("name", "dotted"), [("torch", "torch"), ("jax", "jax")])
 def test_runtime_that_fails_to_import(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, clean_modules: None
+    monkeypatch: pytest.MonkeyPatch, name: str, dotted: str
 ) -> None:
-    # shadow a runtime that is not really installed here (a real one may already be imported)
-    modules = {"jax": "jax", "torch": "torch", "iree": "iree.runtime"}
-    absent = [n for n in modules if importlib.util.find_spec(n) is None]
-    if not absent:
-        pytest.skip("iree, jax and torch are all installed: none can be faked as broken")
-    name = absent[0]
-    _write_package(
-        tmp_path,
-        modules[name],
-        'raise ImportError("libfake.so: cannot open shared object file")\n',
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    def load() -> Any:
+        raise ImportError("libfake.so: cannot open shared object file")
+
+    if importlib.util.find_spec(dotted) is None:
+        pytest.skip(f"{name} is not installed: the missing case is tested above")
+    _fake_import(monkeypatch, dotted, load)
     info = probe_runtime(name)
     assert info.installed is True
     assert info.usable is False
@@ -480,23 +471,16 @@ def test_runtime_that_fails_to_import(
     assert info.install_hint == f"pip install 'crossinfer[{name}]'"
 
 
-def test_runtime_whose_device_probe_fails(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, clean_modules: None
-) -> None:
-    (tmp_path / "iree").mkdir()
-    _write_package(
-        tmp_path,
-        "iree.runtime",
-        """
-        import warnings
+def test_runtime_whose_device_probe_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    def query_available_drivers() -> list[str]:
+        raise RuntimeError("HAL registry is empty")
 
+    def load() -> Any:
         warnings.warn("old HAL API", DeprecationWarning, stacklevel=1)
+        return SimpleNamespace(query_available_drivers=query_available_drivers)
 
-        def query_available_drivers():
-            raise RuntimeError("HAL registry is empty")
-        """,
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, package=None: object())
+    _fake_import(monkeypatch, "iree.runtime", load)
     info = probe_runtime("iree")
     assert info.installed is True
     assert (
@@ -506,24 +490,18 @@ def test_runtime_whose_device_probe_fails(
     assert "warning: DeprecationWarning: old HAL API" in info.notes
 
 
-def test_runtime_with_fake_devices(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, clean_modules: None
-) -> None:
-    _write_package(
-        tmp_path,
-        "jax",
-        """
-        __version__ = "0.0.test"
+def test_runtime_with_fake_devices(monkeypatch: pytest.MonkeyPatch) -> None:
+    def device(platform: str, id: int, kind: str) -> Any:
+        return SimpleNamespace(platform=platform, id=id, device_kind=kind)
 
-        class _Device:
-            def __init__(self, platform, id, kind):
-                self.platform, self.id, self.device_kind = platform, id, kind
+    def load() -> Any:
+        return SimpleNamespace(
+            __version__="0.0.test",
+            devices=lambda: [device("gpu", 0, "NVIDIA H100"), device("cpu", 0, "cpu")],
+        )
 
-        def devices():
-            return [_Device("gpu", 0, "NVIDIA H100"), _Device("cpu", 0, "cpu")]
-        """,
-    )
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, package=None: object())
+    _fake_import(monkeypatch, "jax", load)
     info = probe_runtime("jax")
     assert info.usable
     assert info.devices == ("gpu:0 (NVIDIA H100)", "cpu:0")
