@@ -1,0 +1,1 @@
+"""Recommend the deployment that meets the user's constraints (`crossinfer tune`)."""
