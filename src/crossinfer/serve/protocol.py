@@ -22,6 +22,7 @@ from crossinfer.model import Dim, TensorSpec
 __all__ = [
     "DATATYPES",
     "HEADER_LENGTH",
+    "SERVER_EXTENSIONS",
     "InferRequest",
     "ProtocolError",
     "build_infer_response",
@@ -32,6 +33,7 @@ __all__ = [
     "model_metadata",
     "numpy_dtype_of",
     "parse_infer_request",
+    "server_metadata",
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -616,6 +618,23 @@ def _tensor_metadata(spec: TensorSpec) -> dict[str, Any]:
     # v2 has no way to say "rank unknown"; a single -1 is what Triton shows for such tensors
     shape = [-1] if spec.shape is None else [_v2_dim(d) for d in spec.shape]
     return {"name": spec.name, "datatype": datatype_of(spec.dtype), "shape": shape}
+
+
+SERVER_EXTENSIONS = (
+    "binary_tensor_data",
+    "model_configuration",
+    "model_repository",
+    "schedule_policy",
+    "statistics",
+)
+"""Triton protocol extensions crossinfer implements in full (perf_analyzer reads this list)."""
+
+
+def server_metadata() -> dict[str, Any]:
+    """The ``GET /v2`` answer: server name, version and the extensions it implements."""
+    from crossinfer import __version__
+
+    return {"name": "crossinfer", "version": __version__, "extensions": list(SERVER_EXTENSIONS)}
 
 
 def error_body(message: str) -> bytes:

@@ -1,0 +1,706 @@
+"""The model repository of `crossinfer serve`: which models exist, their state, and each one served.
+
+`ModelRepository` finds models (a directory, or sources given directly), loads them off the event
+loop, and answers `get(name, version)` with a ready `ServedModel` or the protocol error to send.
+Both front ends (HTTP in `app`, gRPC in `grpc`) code against this module only.
+
+A repository directory holds, per model, one of::
+
+    NAME.toml             a deployment spec written by `crossinfer tune`
+    NAME.onnx             a model served with the default settings
+    NAME/model.onnx       (or any single .onnx, or NAME/1/model.onnx as Triton lays it out)
+    NAME/config.toml      optional: backend, device, precision, max_batch_size, ... (CONFIG_KEYS)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import threading
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossinfer.backends.base import Precision, Session, SessionOptions, get_backend
+from crossinfer.errors import (
+    InferenceError,
+    InputError,
+    ModelNotFoundError,
+    UsageError,
+    short_message,
+)
+from crossinfer.model import ModelArtifact, TensorSpec, load_model
+from crossinfer.serve.batcher import (
+    DEFAULT_MAX_QUEUE_SIZE,
+    BatcherConfig,
+    BatcherStoppedError,
+    DynamicBatcher,
+    QueueFullError,
+    QueueTimeoutError,
+)
+from crossinfer.serve.events import log_event
+from crossinfer.serve.protocol import InferRequest, ProtocolError, datatype_of, model_metadata
+
+__all__ = [
+    "CONFIG_KEYS",
+    "DEFAULT_MAX_BATCH_SIZE",
+    "DELAY_SCHEDULER_ENV",
+    "ModelRepository",
+    "ModelSource",
+    "ServedModel",
+    "ServingConfig",
+    "model_name_for",
+    "open_repository",
+]
+
+DEFAULT_MAX_BATCH_SIZE = 8
+"""max_batch_size for a model whose config does not say, when every tensor has a variable dim 0."""
+
+DELAY_SCHEDULER_ENV = "CROSSINFER_DELAY_SCHEDULER"
+"""Triton's TRITONSERVER_DELAY_SCHEDULER: hold each model's batcher until N requests are queued."""
+
+MODEL_VERSION = "1"  # one version per model: a spec or a file is one artefact
+
+READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNLOADING"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
+
+
+# --- per-model settings --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """How one model is served: runtime, device, session options, batcher settings.
+
+    ``max_batch_size`` None means: DEFAULT_MAX_BATCH_SIZE when every input and output has a
+    variable first dim (the batch), else 0 (no batching).
+    """
+
+    backend: str = "onnxruntime"
+    device: str = "cpu"
+    options: SessionOptions = field(default_factory=SessionOptions)
+    max_batch_size: int | None = None
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    instances: int = 1
+    priority_levels: int = 1
+    default_priority: int = 1
+    default_timeout_us: int = 0
+
+
+_INT_KEYS = (
+    "max_batch_size",
+    "max_queue_delay_us",
+    "max_queue_size",
+    "instances",
+    "priority_levels",
+    "default_priority",
+    "default_timeout_us",
+)
+_OPTION_INT_KEYS = ("threads", "streams")
+_OPTION_TEXT_KEYS = ("graph_optimization_level", "performance_hint")
+CONFIG_KEYS: tuple[str, ...] = tuple(
+    sorted(
+        {"backend", "device", "precision", "preferred_batch_sizes", "extra", "model"}
+        | set(_INT_KEYS)
+        | set(_OPTION_INT_KEYS)
+        | set(_OPTION_TEXT_KEYS)
+    )
+)
+"""Keys of a model directory's config.toml (and of command-line overrides, except ``model``)."""
+
+
+def apply_config(base: ServingConfig, raw: Mapping[str, Any], where: str) -> ServingConfig:
+    """`base` with the keys of `raw` (a config.toml or command-line values) set; UsageError names `where`."""
+    unknown = sorted(set(raw) - set(CONFIG_KEYS))
+    if unknown:
+        raise UsageError(f"{where}: unknown key(s) {unknown}; known: {', '.join(CONFIG_KEYS)}")
+    changes: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in ("backend", "device"):
+            if not isinstance(value, str) or not value:
+                raise UsageError(f"{where}: {key} must be a non-empty string, got {value!r}")
+            changes[key] = value.lower()
+        elif key == "precision":
+            try:
+                options["precision"] = Precision(str(value).lower())
+            except ValueError:
+                known = ", ".join(p.value for p in Precision)
+                raise UsageError(f"{where}: precision {value!r} is not one of {known}") from None
+        elif key in _INT_KEYS or key in _OPTION_INT_KEYS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UsageError(f"{where}: {key} must be an integer, got {value!r}")
+            (options if key in _OPTION_INT_KEYS else changes)[key] = value
+        elif key in _OPTION_TEXT_KEYS:
+            if not isinstance(value, str):
+                raise UsageError(f"{where}: {key} must be a string, got {value!r}")
+            options[key] = value
+        elif key == "preferred_batch_sizes":
+            if not isinstance(value, list | tuple) or not all(
+                isinstance(v, int) and not isinstance(v, bool) for v in value
+            ):
+                raise UsageError(f"{where}: {key} must be a list of integers, got {value!r}")
+            changes[key] = tuple(value)
+        elif key == "extra":
+            if not isinstance(value, Mapping):
+                raise UsageError(f"{where}: extra must be a table of runtime settings")
+            options["extra"] = {str(k): str(v) for k, v in value.items()}
+        # "model" names the file; the caller reads it
+    if options:
+        changes["options"] = dataclasses.replace(base.options, **options)
+    return dataclasses.replace(base, **changes)
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where one model comes from: an .onnx path, ``zoo:NAME``, a deployment spec or a directory.
+
+    ``overrides`` (CONFIG_KEYS) win over what the files say: they are the command line's.
+    Files are read at every load, so an edited config takes effect on the next load.
+    """
+
+    location: str
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    def resolve(self) -> tuple[str, ServingConfig]:
+        """The model to load (path or zoo source) and its settings; raises CrossinferError."""
+        where = f"model source {self.location}"
+        if self.location.startswith("zoo:"):
+            return self.location, apply_config(ServingConfig(), self.overrides, where)
+        path = Path(self.location).expanduser()
+        if path.is_dir():
+            model, config = _read_model_dir(path)
+        elif path.suffix == ".toml" and path.is_file():
+            model, config = _read_spec(path)
+        elif path.is_file():
+            model, config = str(path), ServingConfig()
+        elif not path.exists():
+            raise ModelNotFoundError(
+                f"{path} does not exist: give an .onnx model, zoo:NAME, a deployment spec "
+                "(.toml) or a model repository directory"
+            )
+        else:
+            raise UsageError(f"{path} is neither a file nor a directory")
+        return model, apply_config(config, self.overrides, f"{where} (command line)")
+
+
+def _read_model_dir(path: Path) -> tuple[str, ServingConfig]:
+    config_path = path / "config.toml"
+    raw: dict[str, Any] = {}
+    if config_path.is_file():
+        try:
+            raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{config_path}: not valid TOML: {exc}") from exc
+    config = apply_config(ServingConfig(), raw, str(config_path))
+    if "model" in raw:
+        if not isinstance(raw["model"], str):
+            raise UsageError(f"{config_path}: model must be a file name, got {raw['model']!r}")
+        model = path / raw["model"]
+        if not model.is_file():
+            raise ModelNotFoundError(f"{config_path}: model {raw['model']!r} is not in {path}")
+        return str(model), config
+    found = sorted(path.glob("*.onnx")) or sorted(
+        p for p in path.glob("*/*.onnx") if p.parent.name.isdigit()
+    )
+    if not found:
+        raise ModelNotFoundError(
+            f"model directory {path} holds no .onnx file: put model.onnx in it"
+        )
+    if len(found) > 1:
+        names = ", ".join(str(p.relative_to(path)) for p in found)
+        raise UsageError(
+            f"model directory {path} holds {len(found)} .onnx files ({names}): name the one "
+            'to serve with model = "..." in its config.toml'
+        )
+    return str(found[0]), config
+
+
+def _read_spec(path: Path) -> tuple[str, ServingConfig]:
+    from crossinfer.tune.spec import load_spec
+
+    spec = load_spec(path)
+    batching = spec.batching
+    return str(spec.model), ServingConfig(
+        backend=spec.backend,
+        device=spec.device,
+        options=spec.options,
+        max_batch_size=batching.max_batch_size,
+        max_queue_delay_us=batching.max_queue_delay_us,
+        preferred_batch_sizes=batching.preferred_batch_sizes,
+        max_queue_size=batching.max_queue_size,
+        instances=batching.instances,
+    )
+
+
+def model_name_for(location: str) -> str:
+    """The name a model source is served under: ``zoo:mlp`` -> mlp, ``a/resnet.onnx`` -> resnet.
+
+    A deployment spec is served under the name it holds.
+    """
+    if location.startswith("zoo:"):
+        from crossinfer.zoo import parse_zoo_spec
+
+        return parse_zoo_spec(location).name
+    path = Path(location).expanduser()
+    if path.suffix == ".toml" and path.is_file():
+        from crossinfer.tune.spec import load_spec
+
+        return load_spec(path, check_hash=False).name
+    return path.stem if path.suffix in (".onnx", ".toml") else path.name
+
+
+# --- one served model -----------------------------------------------------------------------
+
+
+class ServedModel:
+    """One loaded model behind its dynamic batcher, answering in the protocol's terms."""
+
+    def __init__(
+        self,
+        name: str,
+        artifact: ModelArtifact,
+        config: ServingConfig,
+        *,
+        version: str = MODEL_VERSION,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.artifact = artifact
+        self.serving = config
+        self.inputs: tuple[TensorSpec, ...] = artifact.inputs
+        self.outputs: tuple[TensorSpec, ...] = artifact.outputs
+        self.platform = _PLATFORMS.get(config.backend, f"{config.backend}_onnx")
+        self.max_batch_size = _max_batch_size(artifact, config)
+        self._output_names = frozenset(spec.name for spec in self.outputs)
+        self._sessions: list[Session] = []
+        self._sessions_lock = threading.Lock()
+        self._ready = False
+        try:
+            batcher_config = BatcherConfig(
+                max_batch_size=self.max_batch_size,
+                max_queue_delay_us=config.max_queue_delay_us,
+                preferred_batch_sizes=config.preferred_batch_sizes,
+                max_queue_size=config.max_queue_size,
+                default_timeout_us=config.default_timeout_us,
+                priority_levels=config.priority_levels,
+                default_priority=config.default_priority,
+                instances=config.instances,
+            )
+        except ValueError as exc:
+            raise UsageError(f"model '{name}': {exc}") from None
+        self.batcher = DynamicBatcher(self._new_session, batcher_config, model_name=name)
+
+    def _new_session(self) -> Session:
+        # runs in the batcher's worker threads, once per instance
+        backend = get_backend(self.serving.backend)
+        session = backend.prepare(self.artifact, self.serving.device, self.serving.options)
+        with self._sessions_lock:
+            self._sessions.append(session)
+        return session
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    async def start(self) -> None:
+        """Prepare `instances` sessions (in worker threads) and start batching."""
+        try:
+            await self.batcher.start()
+        except BaseException:
+            await self.batcher.stop(drain=False)
+            self._close_sessions()
+            raise
+        self._ready = True
+        hold = os.environ.get(DELAY_SCHEDULER_ENV)
+        if hold and hold.isdigit() and int(hold) > 0:
+            self.batcher.hold_until(int(hold))
+
+    async def stop(self, drain: bool = True) -> None:
+        """Refuse new requests, finish (drain) or fail the queued ones, then free the sessions."""
+        self._ready = False
+        await self.batcher.stop(drain=drain)
+        self._close_sessions()
+
+    def _close_sessions(self) -> None:
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+        for session in sessions:
+            session.close()
+
+    def describe(self) -> dict[str, Any]:
+        """What runs this model (for logs): runtime, providers, ignored options, batching."""
+        with self._sessions_lock:
+            first = self._sessions[0].describe() if self._sessions else {}
+        return {
+            **first,
+            "target": f"{self.serving.backend}:{self.serving.device}",
+            "instances": self.batcher.instances,
+            "max_batch_size": self.max_batch_size,
+            "max_queue_delay_us": self.serving.max_queue_delay_us,
+        }
+
+    # --- protocol answers -------------------------------------------------------------------
+
+    def metadata(self) -> dict[str, Any]:
+        return model_metadata(self.name, [self.version], self.platform, self.inputs, self.outputs)
+
+    def config(self) -> dict[str, Any]:
+        """Triton's ModelConfig as JSON (what perf_analyzer reads before it sends load)."""
+        batching = self.max_batch_size > 0
+        serving = self.serving
+        doc: dict[str, Any] = {
+            "name": self.name,
+            "platform": self.platform,
+            "backend": serving.backend,
+            "version_policy": {"latest": {"num_versions": 1}},
+            "max_batch_size": self.max_batch_size,
+            "input": [_config_tensor(s, batching, is_input=True) for s in self.inputs],
+            "output": [_config_tensor(s, batching, is_input=False) for s in self.outputs],
+            "instance_group": [
+                {
+                    "name": f"{self.name}_0",
+                    "kind": "KIND_CPU" if serving.device == "cpu" else "KIND_GPU",
+                    "count": self.batcher.instances,
+                }
+            ],
+            "default_model_filename": self.artifact.path.name,
+            "model_transaction_policy": {"decoupled": False},
+            "parameters": {},
+        }
+        if batching:
+            doc["dynamic_batching"] = {
+                "preferred_batch_size": list(serving.preferred_batch_sizes),
+                "max_queue_delay_microseconds": serving.max_queue_delay_us,
+                "preserve_ordering": False,
+                "priority_levels": serving.priority_levels,
+                "default_priority_level": serving.default_priority,
+                "default_queue_policy": {
+                    "timeout_action": "REJECT",
+                    "default_timeout_microseconds": serving.default_timeout_us,
+                    "allow_timeout_override": True,
+                    "max_queue_size": serving.max_queue_size,
+                },
+            }
+        return doc
+
+    def statistics(self) -> dict[str, Any]:
+        """One entry of Triton's ``model_stats`` (exactly its fields)."""
+        stats = self.batcher.stats().to_dict()
+        return {
+            "name": self.name,
+            "version": self.version,
+            "last_inference": stats["last_inference"],
+            "inference_count": stats["inference_count"],
+            "execution_count": stats["execution_count"],
+            "inference_stats": stats["inference_stats"],
+            "batch_stats": stats["batch_stats"],
+        }
+
+    async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
+        """Run one parsed request through the batcher; the outputs asked for, in that order.
+
+        Every failure is a ProtocolError: 400 for the request's fault, 503 when the model cannot
+        take it now (queue full, timeout in the queue, unloading), 500 when the runtime failed.
+        """
+        try:
+            outputs = await self.batcher.infer(
+                request.inputs,
+                priority=request.priority or None,
+                timeout_us=request.timeout_us or None,
+            )
+        except QueueFullError:
+            raise ProtocolError(
+                503,
+                f"Exceeds maximum queue size: model '{self.name}' already has "
+                f"{self.serving.max_queue_size} requests queued (max_queue_size); retry later",
+            ) from None
+        except QueueTimeoutError as exc:
+            raise ProtocolError(503, f"Request timeout expired: {exc}") from None
+        except BatcherStoppedError as exc:
+            raise ProtocolError(503, str(exc)) from None
+        except InputError as exc:
+            raise ProtocolError(400, str(exc)) from None
+        except InferenceError as exc:
+            raise ProtocolError(500, str(exc)) from exc
+        if not request.requested_outputs:
+            return outputs
+        chosen = {}
+        for name in request.requested_outputs:
+            if name not in outputs:
+                raise ProtocolError(
+                    400,
+                    f"requested output '{name}' is not an output of model '{self.name}': its "
+                    f"outputs are {', '.join(repr(n) for n in outputs)}",
+                )
+            chosen[name] = outputs[name]
+        return chosen
+
+
+def _max_batch_size(artifact: ModelArtifact, config: ServingConfig) -> int:
+    unbatchable = [
+        spec
+        for spec in (*artifact.inputs, *artifact.outputs)
+        if not spec.shape or isinstance(spec.shape[0], int)
+    ]
+    if config.max_batch_size is None:
+        return 0 if unbatchable else DEFAULT_MAX_BATCH_SIZE
+    if config.max_batch_size > 0 and unbatchable:
+        spec = unbatchable[0]
+        raise UsageError(
+            f"max_batch_size {config.max_batch_size} batches along dim 0, but tensor "
+            f"'{spec.name}' has shape {spec.shape_str()} without a variable first dim: "
+            "set max_batch_size = 0, or export the model with a dynamic batch dim"
+        )
+    return config.max_batch_size
+
+
+def _config_tensor(spec: TensorSpec, batching: bool, *, is_input: bool) -> dict[str, Any]:
+    datatype = datatype_of(spec.dtype)
+    dims = [-1] if spec.shape is None else [d if isinstance(d, int) else -1 for d in spec.shape]
+    if batching:
+        dims = dims[1:]
+    doc: dict[str, Any] = {
+        "name": spec.name,
+        "data_type": "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}",
+        "dims": dims,
+    }
+    if is_input:
+        doc.update(format="FORMAT_NONE", is_shape_tensor=False, optional=False)
+    else:
+        doc.update(label_filename="", is_shape_tensor=False)
+    return doc
+
+
+# --- the repository -------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    state: str = UNAVAILABLE
+    reason: str = "not loaded"
+    model: ServedModel | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class ModelRepository:
+    """The models a server knows: a directory's entries plus `models` given directly.
+
+    `start()` loads every model; one that fails is listed UNAVAILABLE with its reason while the
+    others serve. `load`/`unload` serve the repository endpoints (Triton's explicit mode).
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        models: Mapping[str, ModelSource] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> None:
+        if path is not None and not path.is_dir():
+            raise ModelNotFoundError(f"model repository {path} is not a directory")
+        self.path = path
+        self._given = dict(models or {})
+        self._overrides = dict(overrides or {})
+        self._entries: dict[str, _Entry] = {}
+        self._stopping = False
+
+    # --- what exists ------------------------------------------------------------------------
+
+    def sources(self) -> dict[str, ModelSource | str]:
+        """Every model name -> its source, or the reason it cannot be one (a name clash)."""
+        found: dict[str, ModelSource | str] = {}
+        if self.path is not None:
+            for entry in sorted(self.path.iterdir()):
+                if entry.name.startswith((".", "_")):
+                    continue
+                if entry.is_dir():
+                    name = entry.name
+                elif entry.suffix in (".onnx", ".toml"):
+                    name = entry.stem
+                else:
+                    continue  # data files, READMEs: not models
+                if not _NAME.match(name):
+                    log_event(
+                        "model_skipped",
+                        logging.WARNING,
+                        path=str(entry),
+                        reason="a model name is letters, digits, '_', '.' or '-'",
+                    )
+                    continue
+                if name in found:
+                    found[name] = (
+                        f"two entries in {self.path} are named '{name}' "
+                        f"({_location(found[name])} and {entry}): keep one"
+                    )
+                else:
+                    found[name] = ModelSource(str(entry), self._overrides)
+        found.update(self._given)
+        return found
+
+    def index(self, *, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Triton's repository index: name, version, state, reason for every model."""
+        names = sorted(set(self.sources()) | set(self._entries))
+        rows = []
+        for name in names:
+            entry = self._entries.get(name) or _Entry()
+            if ready_only and entry.state != READY:
+                continue
+            rows.append(
+                {
+                    "name": name,
+                    "version": MODEL_VERSION,
+                    "state": entry.state,
+                    "reason": "" if entry.state == READY else entry.reason,
+                }
+            )
+        return rows
+
+    def get(self, name: str, version: str | None = None) -> ServedModel:
+        """The ready model, or ProtocolError 404 (unknown model or version) / 503 (not ready)."""
+        entry = self._entries.get(name)
+        if entry is None or entry.model is None or entry.state != READY:
+            if entry is None and name not in self.sources():
+                known = ", ".join(repr(n) for n in sorted(self.sources())) or "none"
+                raise ProtocolError(404, f"unknown model '{name}': this server has {known}")
+            reason = entry.reason if entry is not None else "not loaded"
+            state = entry.state.lower() if entry is not None else "unavailable"
+            raise ProtocolError(503, f"model '{name}' is not ready ({state}): {reason}")
+        if version not in (None, "", entry.model.version):
+            raise ProtocolError(
+                404,
+                f"model '{name}' has no version '{version}': it serves version "
+                f"{entry.model.version}",
+            )
+        return entry.model
+
+    def ready_models(self) -> list[ServedModel]:
+        return [e.model for _, e in sorted(self._entries.items()) if e.model and e.state == READY]
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load every model, one after another; failures are recorded, never raised."""
+        for name in self.sources():
+            # a failure is recorded in the index with its reason and logged by load()
+            with contextlib.suppress(ProtocolError):
+                await self.load(name)
+
+    async def stop(self) -> None:
+        """Unload every model, finishing (draining) each one's accepted requests."""
+        self._stopping = True
+        await asyncio.gather(*(self.unload(name) for name in list(self._entries)))
+
+    async def load(self, name: str) -> ServedModel:
+        """(Re)load `name` from its source; ProtocolError 404 if unknown, 400 if it fails.
+
+        A reload swaps the new model in before draining the old one; if the new one fails, the
+        old one keeps serving.
+        """
+        if self._stopping:
+            raise ProtocolError(503, f"cannot load model '{name}': the server is shutting down")
+        source = self.sources().get(name)
+        if source is None:
+            known = ", ".join(repr(n) for n in sorted(self.sources())) or "none"
+            raise ProtocolError(404, f"no model '{name}' in the repository: it has {known}")
+        entry = self._entries.setdefault(name, _Entry())
+        async with entry.lock:
+            old = entry.model if entry.state == READY else None
+            if old is None:
+                entry.state, entry.reason = LOADING, "loading"
+            log_event("model_loading", model=name, source=_location(source))
+            try:
+                if isinstance(source, str):
+                    raise UsageError(source)
+                model = await _build(name, source)
+                await model.start()
+            except Exception as exc:  # any failure is this model's state, never the server's
+                reason = short_message(exc)
+                log_event("model_load_failed", logging.ERROR, model=name, reason=reason)
+                if old is None:
+                    entry.state, entry.reason, entry.model = UNAVAILABLE, reason, None
+                raise ProtocolError(400, f"failed to load model '{name}': {reason}") from exc
+            entry.state, entry.reason, entry.model = READY, "", model
+            log_event("model_ready", model=name, **model.describe())
+        if old is not None:
+            await old.stop(drain=True)
+        return model
+
+    async def unload(self, name: str) -> None:
+        """Stop serving `name` after finishing its accepted requests; 404 if unknown."""
+        entry = self._entries.get(name)
+        if entry is None:
+            if name in self.sources():
+                return  # known but never loaded: already unloaded
+            raise ProtocolError(404, f"no model '{name}' in the repository")
+        async with entry.lock:
+            model = entry.model
+            if model is None:
+                return
+            entry.state, entry.reason = UNLOADING, "unloading: finishing accepted requests"
+            await model.stop(drain=True)
+            entry.state, entry.reason, entry.model = UNAVAILABLE, "unloaded", None
+            log_event("model_unloaded", model=name)
+
+
+async def _build(name: str, source: ModelSource) -> ServedModel:
+    """Read the source and the model off the event loop (ONNX checking can take seconds)."""
+
+    def build() -> ServedModel:
+        model, config = source.resolve()
+        artifact = load_model(model)
+        return ServedModel(name, artifact, config)
+
+    return await asyncio.to_thread(build)
+
+
+def _location(source: ModelSource | str) -> str:
+    return source.location if isinstance(source, ModelSource) else source
+
+
+def open_repository(
+    target: str,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    name: str | None = None,
+) -> ModelRepository:
+    """The repository for what the command line names: a directory, a spec, an .onnx or zoo:NAME.
+
+    `name` renames a single model (not allowed for a directory, whose entries name themselves).
+    """
+    overrides = dict(overrides or {})
+    path = Path(target).expanduser()
+    if not target.startswith("zoo:") and path.is_dir() and not _is_model_dir(path):
+        if name is not None:
+            raise UsageError(f"--name names one model; {path} is a repository of models")
+        return ModelRepository(path, overrides=overrides)
+    if not target.startswith("zoo:") and not path.exists():
+        raise ModelNotFoundError(
+            f"{target} does not exist: give an .onnx model, zoo:NAME, a deployment spec (.toml) "
+            "or a model repository directory"
+        )
+    served_name = name or model_name_for(target)
+    if not _NAME.match(served_name):
+        raise UsageError(
+            f"model name {served_name!r} must be letters, digits, '_', '.' or '-' (it is part "
+            "of the URL): choose one with --name"
+        )
+    return ModelRepository(None, models={served_name: ModelSource(target, overrides)})
+
+
+def _is_model_dir(path: Path) -> bool:
+    """A directory that is one model (holds .onnx or config.toml), not a repository of them."""
+    return (path / "config.toml").is_file() or any(path.glob("*.onnx"))
