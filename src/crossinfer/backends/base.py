@@ -219,6 +219,12 @@ for _entry in (
         "pip install 'crossinfer[openvino]'",
     ),
     BackendEntry(
+        "torch",
+        "crossinfer.backends.torch",
+        "TorchBackend",
+        "pip install 'crossinfer[torch]'",
+    ),
+    BackendEntry(
         "reference",
         "crossinfer.backends.reference",
         "ReferenceBackend",

@@ -1,0 +1,358 @@
+"""ONNX to ``torch.nn.Module``: onnx2torch, plus our own converters and graph rewrites it lacks.
+
+onnx2torch 1.5 covers 108 ONNX op types (about the opset-13 set, LayerNormalization 17 included);
+``CUSTOM_CONVERTERS`` adds what models exported at opset 18-20 use (Gelu, Reduce* with axes as
+an input, Mish, CastLike, GlobalMaxPool). Before conversion Conv+BatchNormalization pairs are
+folded (one convolution instead of two kernels), and for FP16/BF16 sessions Cast-to-float nodes
+are retargeted so converted weights and activations stay in one dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from onnx2torch import convert as _onnx2torch_convert
+from onnx2torch.node_converters.registry import add_converter, get_converter
+from onnx2torch.onnx_graph import OnnxGraph
+from onnx2torch.onnx_node import OnnxNode
+from onnx2torch.utils.common import (
+    OperationConverterResult,
+    get_const_value,
+    onnx_mapping_from_node,
+)
+from torch import fx, nn
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """A converted module and what was done to the graph on the way."""
+
+    module: fx.GraphModule
+    folded_batchnorms: int
+    retargeted_casts: int
+    custom_ops: tuple[str, ...]  # op types converted by crossinfer's own converters
+
+
+# --- our own converters -------------------------------------------------------------------
+
+
+class _Gelu(nn.Module):
+    def __init__(self, approximate: str) -> None:
+        super().__init__()
+        self.approximate = approximate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.gelu(x, approximate=self.approximate)
+
+
+class _Reduce(nn.Module):
+    """Reduce* from opset 18, where the axes arrive as a (constant) input, not an attribute."""
+
+    def __init__(self, kind: str, axes: tuple[int, ...] | None, keepdims: bool) -> None:
+        super().__init__()
+        self.kind = kind
+        self.axes = axes
+        self.keepdims = keepdims
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dims = list(self.axes) if self.axes is not None else list(range(x.dim()))
+        keep = self.keepdims
+        if self.kind == "ReduceMean":
+            return torch.mean(x, dim=dims, keepdim=keep)
+        if self.kind == "ReduceMax":
+            return torch.amax(x, dim=dims, keepdim=keep)
+        if self.kind == "ReduceMin":
+            return torch.amin(x, dim=dims, keepdim=keep)
+        if self.kind == "ReduceProd":
+            out = x
+            for dim in sorted(dims, reverse=True):
+                out = torch.prod(out, dim=dim, keepdim=keep)
+            return out
+        if self.kind == "ReduceSumSquare":
+            return torch.sum(x * x, dim=dims, keepdim=keep)
+        if self.kind == "ReduceL2":
+            return torch.sqrt(torch.sum(x * x, dim=dims, keepdim=keep))
+        if self.kind == "ReduceL1":
+            return torch.sum(torch.abs(x), dim=dims, keepdim=keep)
+        return torch.logsumexp(x, dim=dims, keepdim=keep)  # ReduceLogSumExp
+
+
+class _CastLike(nn.Module):
+    def forward(self, x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return x.to(like.dtype)
+
+
+class _GlobalMaxPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.amax(x, dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+def _result(
+    module: nn.Module, node: OnnxNode, inputs: int | None = None
+) -> OperationConverterResult:
+    mapping = onnx_mapping_from_node(node)
+    if inputs is not None:
+        mapping = mapping._replace(inputs=mapping.inputs[:inputs])
+    return OperationConverterResult(torch_module=module, onnx_mapping=mapping)
+
+
+def _convert_gelu(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    return _result(_Gelu(str(node.attributes.get("approximate", "none"))), node)
+
+
+def _convert_reduce(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    axes: tuple[int, ...] | None = None
+    if len(node.input_values) > 1 and node.input_values[1]:
+        try:
+            value = get_const_value(node.input_values[1], graph)
+        except KeyError as exc:
+            raise NotImplementedError(
+                f"{node.operation_type} '{node.name}' takes its axes from a computed tensor; "
+                "only constant axes can be converted"
+            ) from exc
+        axes = tuple(int(a) for a in torch.as_tensor(value).flatten().tolist())
+    if axes == () and node.attributes.get("noop_with_empty_axes", 0):
+        return _result(nn.Identity(), node, inputs=1)
+    module = _Reduce(node.operation_type, axes or None, bool(node.attributes.get("keepdims", 1)))
+    return _result(module, node, inputs=1)
+
+
+def _convert_mish(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    return _result(nn.Mish(), node)
+
+
+def _convert_cast_like(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    return _result(_CastLike(), node)
+
+
+def _convert_global_max_pool(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    return _result(_GlobalMaxPool(), node)
+
+
+_Converter = Callable[[OnnxNode, OnnxGraph], OperationConverterResult]
+_REDUCE_18 = (
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSumSquare",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSumExp",
+)
+# (op type, since-version) -> converter; the versions are the ONNX schema's since_version
+CUSTOM_CONVERTERS: dict[tuple[str, int], _Converter] = {
+    ("Gelu", 20): _convert_gelu,
+    ("Mish", 18): _convert_mish,
+    ("CastLike", 15): _convert_cast_like,
+    ("CastLike", 19): _convert_cast_like,
+    ("GlobalMaxPool", 1): _convert_global_max_pool,
+    **{(op, 18): _convert_reduce for op in _REDUCE_18},
+    ("ReduceMax", 20): _convert_reduce,
+    ("ReduceMin", 20): _convert_reduce,
+}
+
+
+def _register_custom_converters() -> tuple[tuple[str, int], ...]:
+    """Add ours where onnx2torch has none; a later onnx2torch that has one keeps its own."""
+    added = []
+    for (op, version), converter in CUSTOM_CONVERTERS.items():
+        if _has_converter(op, version, ""):
+            continue
+        add_converter(operation_type=op, version=version)(converter)
+        added.append((op, version))
+    return tuple(added)
+
+
+def _has_converter(op: str, version: int, domain: str) -> bool:
+    try:
+        get_converter(operation_type=op, version=version, domain=domain)
+    except NotImplementedError:
+        return False
+    return True
+
+
+_REGISTERED = _register_custom_converters()
+
+
+# --- coverage ----------------------------------------------------------------------------
+
+
+def op_name(op_type: str, domain: str) -> str:
+    """How crossinfer writes an op everywhere: ``Relu``, or ``com.example:Relu`` off the default domain."""
+    return op_type if domain in _DEFAULT_DOMAINS else f"{domain}:{op_type}"
+
+
+def unsupported_ops(model: onnx.ModelProto) -> tuple[str, ...]:
+    """Op types of the model that neither onnx2torch nor our converters can turn into torch."""
+    opsets = {op.domain: op.version for op in model.opset_import}
+    missing: set[str] = set()
+    for node in model.graph.node:
+        domain = "" if node.domain in _DEFAULT_DOMAINS else node.domain
+        version = opsets.get(node.domain, opsets.get(domain, 0))
+        if not _has_converter(node.op_type, version, domain):
+            missing.add(op_name(node.op_type, node.domain))
+    return tuple(sorted(missing))
+
+
+def custom_ops_used(model: onnx.ModelProto) -> tuple[str, ...]:
+    opsets = {op.domain: op.version for op in model.opset_import}
+    version = opsets.get("", opsets.get("ai.onnx", 0))
+    used = set()
+    for node in model.graph.node:
+        if node.domain not in _DEFAULT_DOMAINS:
+            continue
+        since = _since_version(node.op_type, version)
+        if (node.op_type, since) in _REGISTERED:
+            used.add(node.op_type)
+    return tuple(sorted(used))
+
+
+def _since_version(op_type: str, version: int) -> int:
+    try:
+        return int(onnx.defs.get_schema(op_type, max_inclusive_version=version).since_version)
+    except onnx.defs.SchemaError:
+        return version
+
+
+# --- graph rewrites before conversion ----------------------------------------------------------
+
+
+def fold_batch_norms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Fold inference BatchNormalization into the Conv before it: W' = W*s, b' = (b-mean)*s+beta.
+
+    Only where the Conv's output feeds that BatchNormalization alone and every parameter is an
+    initializer; everything else is left as it was. Returns a new model and how many were folded.
+    """
+    model = _copy(model)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    outputs = {o.name for o in graph.output}
+    producers = {out: node for node in graph.node for out in node.output}
+    removed: list[onnx.NodeProto] = []
+    folded = 0
+    for bn in list(graph.node):
+        if bn.op_type != "BatchNormalization" or bn.domain not in _DEFAULT_DOMAINS:
+            continue
+        if len(bn.output) != 1 or any(a.name == "training_mode" and a.i for a in bn.attribute):
+            continue
+        conv = producers.get(bn.input[0])
+        if conv is None or conv.op_type != "Conv" or len(conv.output) != 1:
+            continue
+        if consumers.get(conv.output[0], 0) != 1 or conv.output[0] in outputs:
+            continue
+        params = [inits.get(name) for name in bn.input[1:5]]
+        weight = inits.get(conv.input[1])
+        bias = inits.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
+        if weight is None or any(p is None for p in params):
+            continue
+        if len(conv.input) > 2 and conv.input[2] and bias is None:
+            continue
+        scale, beta, mean, var = (numpy_helper.to_array(p).astype(np.float64) for p in params)  # type: ignore[arg-type]
+        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+        w = numpy_helper.to_array(weight)
+        factor = scale / np.sqrt(var + eps)
+        new_w = (w.astype(np.float64) * factor.reshape(-1, *([1] * (w.ndim - 1)))).astype(w.dtype)
+        b = numpy_helper.to_array(bias).astype(np.float64) if bias is not None else 0.0
+        new_b = ((b - mean) * factor + beta).astype(w.dtype)
+        w_name = _fresh(inits, f"{conv.input[1]}_bnfolded")
+        b_name = _fresh(inits, f"{bn.output[0]}_bnfolded_bias")
+        for tensor in (
+            numpy_helper.from_array(new_w, w_name),
+            numpy_helper.from_array(new_b, b_name),
+        ):
+            graph.initializer.append(tensor)
+            inits[tensor.name] = tensor
+        data = conv.input[0]
+        del conv.input[:]
+        conv.input.extend([data, w_name, b_name])
+        conv.output[0] = bn.output[0]
+        removed.append(bn)
+        folded += 1
+    for node in removed:
+        graph.node.remove(node)
+    _drop_unused_initializers(graph)
+    return model, folded
+
+
+def retarget_float_casts(module: nn.Module, dtype: torch.dtype) -> int:
+    """Casts to FP32 in the converted module cast to `dtype` instead: weights then meet one dtype.
+
+    Without it a mask cast to float32 would promote attention scores back to FP32 and the next
+    MatMul would see FP16 and FP32 operands. (onnx2torch's Cast knows no BF16, so this is done
+    on the module, not on the ONNX graph.)
+    """
+    count = 0
+    for sub in module.modules():
+        if type(sub).__name__ == "OnnxCast" and getattr(sub, "torch_dtype", None) == torch.float32:
+            sub.torch_dtype = dtype
+            count += 1
+    return count
+
+
+def convert(
+    model: onnx.ModelProto, *, dtype: torch.dtype | None = None, fold_batchnorm: bool = True
+) -> Conversion:
+    """The whole path: rewrites, then onnx2torch, as an eval-mode ``fx.GraphModule`` on the CPU."""
+    folded = casts = 0
+    if fold_batchnorm:
+        model, folded = fold_batch_norms(model)
+    module = _onnx2torch_convert(model)
+    check_outputs(module, model)
+    if dtype is not None and dtype != torch.float32:
+        casts = retarget_float_casts(module, dtype)
+    return Conversion(module.eval(), folded, casts, custom_ops_used(model))
+
+
+def check_outputs(module: fx.GraphModule, model: onnx.ModelProto) -> None:
+    """onnx2torch returns one value per producing node: refuse graphs where that is ambiguous."""
+    producers: dict[str, onnx.NodeProto] = {out: n for n in model.graph.node for out in n.output}
+    seen: list[int] = []
+    for value in model.graph.output:
+        node = producers.get(value.name)
+        if node is None:
+            raise NotImplementedError(
+                f"graph output '{value.name}' is a graph input or an initializer, not a node's "
+                "output: onnx2torch cannot return it"
+            )
+        if len(node.output) > 1:
+            raise NotImplementedError(
+                f"graph output '{value.name}' is one of several outputs of {node.op_type} "
+                f"'{node.name}': onnx2torch returns that node's outputs together"
+            )
+        if id(node) in seen:
+            raise NotImplementedError(f"graph output '{value.name}' is listed twice")
+        seen.append(id(node))
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def _fresh(names: dict[str, Any], base: str) -> str:
+    name, index = base, 1
+    while name in names:
+        index += 1
+        name = f"{base}_{index}"
+    return name
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)

@@ -1,0 +1,564 @@
+"""PyTorch backend: an ONNX model converted to ``torch.nn.Module`` (or a user's own module), run on
+cpu, cuda[:N], mps or xpu in eager mode, under ``torch.compile`` or replayed from CUDA graphs.
+
+Precision: FP16/BF16 convert the weights (``module.to(dtype)``; float inputs cast on the device,
+outputs returned in their declared dtype), or with ``autocast=1`` keep FP32 weights under
+``torch.autocast``; TF32 keeps FP32 weights and lets matmuls and convolutions use TF32 cores.
+Knobs in ``SessionOptions.extra``: see ``TorchSettings``.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from crossinfer.backends.base import (
+    Compatibility,
+    DeviceInfo,
+    Placement,
+    Precision,
+    SessionOptions,
+    Target,
+    validate_feeds,
+)
+from crossinfer.errors import (
+    CompileError,
+    DeviceUnavailableError,
+    InferenceError,
+    UsageError,
+    short_message,
+)
+from crossinfer.model import ModelArtifact, TensorSpec
+
+MODES = ("eager", "compile", "cudagraphs")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+_DTYPES = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
+_KNOWN_EXTRA = ("mode", "compile_mode", "channels_last", "fold_batchnorm", "autocast")
+INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class TorchSettings:
+    """The torch knobs, read from ``SessionOptions.extra`` (strings, as the CLI passes them).
+
+    mode: eager | compile | cudagraphs (captured per input shape, CUDA only).
+    compile_mode: torch.compile's mode: default | reduce-overhead | max-autotune |
+        max-autotune-no-cudagraphs.
+    channels_last: 1 | 0 | auto (auto: on for models with convolutions on a GPU).
+    fold_batchnorm: 1 | 0, fold Conv+BatchNormalization before conversion (default 1).
+    autocast: 1 | 0, FP16/BF16 under torch.autocast with FP32 weights instead of converted weights.
+    """
+
+    mode: str = "eager"
+    compile_mode: str = "default"
+    channels_last: str = "auto"
+    fold_batchnorm: bool = True
+    autocast: bool = False
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, str]) -> TorchSettings:
+        unknown = sorted(set(extra) - set(_KNOWN_EXTRA))
+        if unknown:
+            raise UsageError(
+                f"torch does not know option(s) {', '.join(unknown)}: it takes "
+                f"{', '.join(_KNOWN_EXTRA)}"
+            )
+        mode = extra.get("mode", "eager").lower()
+        if mode not in MODES:
+            raise UsageError(f"torch mode '{mode}' is not one of {', '.join(MODES)}")
+        compile_mode = extra.get("compile_mode", "default").lower()
+        if compile_mode not in COMPILE_MODES:
+            raise UsageError(
+                f"torch compile_mode '{compile_mode}' is not one of {', '.join(COMPILE_MODES)}"
+            )
+        channels_last = extra.get("channels_last", "auto").lower()
+        if channels_last not in ("auto", "0", "1"):
+            raise UsageError(f"torch channels_last '{channels_last}' must be 0, 1 or auto")
+        return cls(
+            mode=mode,
+            compile_mode=compile_mode,
+            channels_last=channels_last,
+            fold_batchnorm=_flag(extra, "fold_batchnorm", True),
+            autocast=_flag(extra, "autocast", False),
+        )
+
+
+def _flag(extra: Mapping[str, str], key: str, default: bool) -> bool:
+    value = extra.get(key)
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise UsageError(f"torch option {key}={value!r} must be 0 or 1")
+
+
+def inductor_cache_dir() -> str:
+    """Where torch.compile keeps its artefacts: the user's choice, else under crossinfer's cache."""
+    from crossinfer.zoo import default_cache_dir
+
+    return os.environ.get(INDUCTOR_CACHE_ENV) or str(default_cache_dir() / "torchinductor")
+
+
+class TorchBackend:
+    name = "torch"
+
+    def version(self) -> str:
+        return str(torch.__version__)
+
+    def devices(self) -> list[DeviceInfo]:
+        found = [DeviceInfo(name="cpu", description=f"torch {torch.__version__} CPU")]
+        if torch.cuda.is_available():
+            for index in range(torch.cuda.device_count()):
+                found.append(
+                    DeviceInfo(
+                        name="cuda" if index == 0 else f"cuda:{index}",
+                        description=f"cuda:{index} ({torch.cuda.get_device_name(index)})",
+                    )
+                )
+        else:
+            found.append(
+                DeviceInfo(name="cuda", description="CUDA", available=False, reason=_no_cuda())
+            )
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            found.append(DeviceInfo(name="mps", description="Apple GPU (Metal)"))
+        xpu = getattr(torch, "xpu", None)
+        if xpu is not None and xpu.is_available():
+            for index in range(xpu.device_count()):
+                found.append(DeviceInfo(name="xpu" if index == 0 else f"xpu:{index}"))
+        return found
+
+    def supports(self, artifact: ModelArtifact, device: str) -> Compatibility:
+        try:
+            resolve_device(device)
+        except (DeviceUnavailableError, UsageError) as exc:
+            return Compatibility(False, str(exc))
+        if _native_module(artifact) is not None:
+            return Compatibility(True)
+        from crossinfer.backends.onnx_to_torch import unsupported_ops
+
+        missing = unsupported_ops(artifact.load_proto())
+        if missing:
+            return Compatibility(False, _unsupported_message(missing), unsupported_ops=missing)
+        return Compatibility(True)
+
+    def prepare(
+        self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None
+    ) -> TorchSession:
+        options = options or SessionOptions()
+        return TorchSession(
+            artifact,
+            device,
+            resolve_device(device),
+            options,
+            TorchSettings.from_extra(options.extra),
+        )
+
+
+def _unsupported_message(ops: Sequence[str]) -> str:
+    return (
+        f"no ONNX-to-torch converter for op type(s) {', '.join(ops)} (onnx2torch and crossinfer's "
+        "own converters): give the model as an nn.Module, or run it on another backend"
+    )
+
+
+def _no_cuda() -> str:
+    if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+        return (
+            f"torch {torch.__version__} is a CPU-only build: install a CUDA build "
+            "(pip install torch --index-url https://download.pytorch.org/whl/cu128)"
+        )
+    return (
+        f"torch {torch.__version__} (CUDA {torch.version.cuda}) finds no GPU: no NVIDIA GPU, "
+        "or its driver is missing (torch.cuda.is_available() is False)"
+    )
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N``, ``mps``, ``xpu[:N]`` -> a torch.device that exists here."""
+    kind, _, index_text = name.partition(":")
+    if kind not in ("cpu", "cuda", "mps", "xpu") or (index_text and not index_text.isdigit()):
+        raise UsageError(f"torch knows no device '{name}': use cpu, cuda, cuda:N, mps or xpu")
+    index = int(index_text) if index_text else None
+    if kind == "cpu":
+        return torch.device("cpu")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(_no_cuda())
+        count = torch.cuda.device_count()
+        if (index or 0) >= count:
+            raise DeviceUnavailableError(
+                f"torch sees {count} CUDA device(s); cuda:{index} is not one"
+            )
+        return torch.device("cuda", index or 0)
+    if kind == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DeviceUnavailableError(
+                "torch finds no Apple GPU (MPS needs macOS on Apple silicon)"
+            )
+        return torch.device("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is None or not xpu.is_available():
+        raise DeviceUnavailableError("torch finds no Intel GPU (xpu): install Intel's GPU build")
+    return torch.device("xpu", index or 0)
+
+
+def _native_module(artifact: ModelArtifact) -> torch.nn.Module | None:
+    native = getattr(artifact, "native", None)
+    return native if isinstance(native, torch.nn.Module) else None
+
+
+class TorchSession:
+    """One model on one torch device; ``run`` takes numpy, ``run_tensors`` device tensors."""
+
+    def __init__(
+        self,
+        artifact: ModelArtifact,
+        device_name: str,
+        device: torch.device,
+        options: SessionOptions,
+        settings: TorchSettings,
+    ) -> None:
+        self.target = Target("torch", device_name)
+        self.inputs = artifact.inputs
+        self.outputs = artifact.outputs
+        self.device = device
+        self.settings = settings
+        self.precision = options.precision
+        self._model_name = artifact.source
+        self._ignored: list[str] = []
+        self._lock = threading.Lock()
+        self.compile_s: dict[str, float] = {}  # input shapes -> first call (compile or capture)
+        self._seen_shapes: set[tuple[tuple[int, ...], ...]] = set()
+        self._check_options(options)
+        start = time.perf_counter()
+        self._module, self._conversion_info = self._build(artifact)
+        self.convert_s = time.perf_counter() - start
+        self._forward = self._make_forward()
+
+    # -- set-up --
+
+    def _check_options(self, options: SessionOptions) -> None:
+        if self.precision is Precision.INT8:
+            self._ignored.append("precision=int8 (torch runs the model's own types)")
+        if self.settings.mode == "cudagraphs" and self.device.type != "cuda":
+            raise UsageError(f"torch mode cudagraphs needs a CUDA device, not {self.device.type}")
+        if self.settings.autocast and self.precision not in _DTYPES:
+            self._ignored.append(f"autocast (precision {self.precision.value} has no autocast)")
+        if options.threads is not None:
+            if self.device.type == "cpu":
+                torch.set_num_threads(
+                    options.threads
+                )  # process-wide: torch has no per-module threads
+            else:
+                self._ignored.append("threads (a GPU session)")
+        for name in ("graph_optimization_level", "performance_hint", "streams"):
+            if getattr(options, name) is not None:
+                self._ignored.append(name)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype weights and float activations are held in."""
+        if self.precision in _DTYPES and not self.settings.autocast:
+            return _DTYPES[self.precision]
+        return torch.float32
+
+    def _build(self, artifact: ModelArtifact) -> tuple[torch.nn.Module, dict[str, Any]]:
+        native = _native_module(artifact)
+        info: dict[str, Any] = {}
+        if native is not None:
+            module = copy.deepcopy(native).eval()
+            info["source"] = f"nn.Module {type(native).__qualname__} (as given)"
+            has_conv = any(isinstance(m, torch.nn.modules.conv._ConvNd) for m in module.modules())
+        else:
+            from crossinfer.backends.onnx_to_torch import convert
+
+            proto = artifact.load_proto()
+            try:
+                conversion = convert(
+                    proto,
+                    dtype=self.compute_dtype if self.compute_dtype != torch.float32 else None,
+                    fold_batchnorm=self.settings.fold_batchnorm,
+                )
+            except (NotImplementedError, KeyError, ValueError, RuntimeError) as exc:
+                from crossinfer.backends.onnx_to_torch import unsupported_ops
+
+                missing = unsupported_ops(proto)
+                why = _unsupported_message(missing) if missing else short_message(exc)
+                raise CompileError(
+                    f"torch:{self.target.device} could not convert {artifact.source}: {why}",
+                    unsupported_ops=missing,
+                ) from exc
+            module = conversion.module
+            info["source"] = "onnx2torch"
+            info["folded_batchnorms"] = conversion.folded_batchnorms
+            info["retargeted_casts"] = conversion.retargeted_casts
+            info["crossinfer_converters"] = list(conversion.custom_ops)
+            has_conv = any(n.op_type.startswith("Conv") for n in proto.graph.node)
+        channels_last = self.settings.channels_last == "1" or (
+            self.settings.channels_last == "auto" and has_conv and self.device.type == "cuda"
+        )
+        self.channels_last = channels_last
+        module = module.to(self.device)
+        if self.compute_dtype != torch.float32:
+            module = module.to(self.compute_dtype)
+        if channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        return module, info
+
+    def _make_forward(self) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
+        if self.settings.mode == "compile":
+            os.environ.setdefault(INDUCTOR_CACHE_ENV, inductor_cache_dir())
+            compiled = torch.compile(
+                self._module, mode=self.settings.compile_mode, dynamic=False, fullgraph=False
+            )
+            return lambda tensors: _as_list(compiled(*tensors))
+        if self.settings.mode == "cudagraphs":
+            return _CudaGraphs(self._call_module)
+        return self._call_module
+
+    def _call_module(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        return _as_list(self._module(*tensors))
+
+    # -- running --
+
+    @contextmanager
+    def _context(self) -> Iterator[None]:
+        _set_tf32(self.device, self.precision is Precision.TF32)
+        autocast: Any = nullcontext()
+        if self.settings.autocast and self.precision in _DTYPES:
+            autocast = torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+        with torch.inference_mode(), autocast:
+            yield
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        arrays = validate_feeds(self.inputs, feeds, model=self._model_name)
+        try:
+            with self._lock, self._context():
+                tensors = [torch.from_numpy(arrays[spec.name]) for spec in self.inputs]
+                outputs = self._run_prepared([self._prepare_input(t) for t in tensors])
+                return {
+                    spec.name: _to_numpy(value, spec)
+                    for spec, value in zip(self.outputs, outputs, strict=True)
+                }
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise InferenceError(
+                f"torch:{self.target.device} failed: {short_message(exc)}"
+            ) from exc
+
+    def run_tensors(self, feeds: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Device tensors in, device tensors out: no host copies, for callers that hold them.
+
+        Inputs are cast to the session's dtype and layout where they are not already (a no-op
+        for inputs prepared with ``prepare_inputs``); outputs keep their declared dtype.
+        """
+        with self._lock, self._context():
+            tensors = [self._prepare_input(feeds[spec.name]) for spec in self.inputs]
+            outputs = self._run_prepared(tensors)
+            return {
+                spec.name: value.to(_torch_dtype(spec, value.dtype))
+                for spec, value in zip(self.outputs, outputs, strict=True)
+            }
+
+    def prepare_inputs(self, feeds: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        """Numpy feeds moved to the device in the session's dtype and layout, for ``run_tensors``."""
+        arrays = validate_feeds(self.inputs, feeds, model=self._model_name)
+        with torch.inference_mode():
+            return {
+                spec.name: self._prepare_input(torch.from_numpy(arrays[spec.name]))
+                for spec in self.inputs
+            }
+
+    def _prepare_input(self, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.to(self.device, non_blocking=True)
+        if tensor.is_floating_point() and tensor.dtype != self.compute_dtype:
+            tensor = tensor.to(self.compute_dtype)
+        if self.channels_last and tensor.dim() == 4:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+    def _run_prepared(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        shapes = tuple(tuple(t.shape) for t in tensors)
+        if shapes in self._seen_shapes or self.settings.mode == "eager":
+            return self._forward(tensors)
+        # the first call at a shape compiles or captures: time it apart from the runs after it
+        _synchronize(self.device)
+        start = time.perf_counter()
+        outputs = self._forward(tensors)
+        _synchronize(self.device)
+        self.compile_s[" ".join("x".join(map(str, s)) for s in shapes)] = (
+            time.perf_counter() - start
+        )
+        self._seen_shapes.add(shapes)
+        return outputs
+
+    # -- reporting --
+
+    def placement(self) -> Placement:
+        """Each converted node on the device torch reports for its weights (or its inputs')."""
+        nodes: dict[str, str] = {}
+        module = self._module
+        buffers = {name: str(b.device) for name, b in module.named_buffers()}
+        graph = getattr(module, "graph", None)
+        if graph is not None:
+            for node in graph.nodes:
+                if node.op != "call_module":
+                    continue
+                sub = module.get_submodule(node.target)
+                devices = {str(t.device) for t in (*sub.parameters(), *sub.buffers())}
+                devices |= {
+                    buffers[arg.target.replace("/", ".")]
+                    for arg in node.all_input_nodes
+                    if arg.op == "get_attr" and arg.target.replace("/", ".") in buffers
+                }
+                nodes[str(node.target)] = devices.pop() if len(devices) == 1 else str(self.device)
+            note = "torch: each converted node's weights' device; weightless nodes run where their inputs are"
+        else:
+            for name, sub in module.named_modules():
+                own = {str(t.device) for t in (*sub.parameters(False), *sub.buffers(False))}
+                if own:
+                    nodes[name or type(sub).__name__] = own.pop()
+            note = "torch: the device of each submodule's own weights"
+        primary = _device_text(self.device)
+        fallback = tuple(sorted(n for n, d in nodes.items() if d != primary))
+        return Placement(node_devices=nodes, primary=primary, fallback_nodes=fallback, note=note)
+
+    def describe(self) -> dict[str, Any]:
+        if self.precision in _DTYPES:
+            how = "autocast, FP32 weights" if self.settings.autocast else "converted weights"
+        elif self.precision is Precision.TF32:
+            how = "FP32 weights, TF32 matmul and convolution"
+        else:
+            how = "FP32 weights, IEEE FP32 matmul and convolution"
+        info: dict[str, Any] = {
+            "runtime": f"torch {torch.__version__}",
+            "device": _device_text(self.device),
+            "device_name": _device_name(self.device),
+            "precision": f"{self.precision.value} ({how})",
+            "mode": self.settings.mode,
+            "channels_last": self.channels_last,
+            "convert_s": round(self.convert_s, 3),
+            "compile_s": {k: round(v, 3) for k, v in self.compile_s.items()},
+            "ignored_options": list(self._ignored),
+        }
+        if self.settings.mode == "compile":
+            info["compile_mode"] = self.settings.compile_mode
+            info["inductor_cache"] = os.environ.get(INDUCTOR_CACHE_ENV, inductor_cache_dir())
+        info.update(self._conversion_info)
+        return info
+
+    def close(self) -> None:
+        self._forward = self._call_module
+        del self._module
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+class _CudaGraphs:
+    """Replays one CUDA graph per input shape; inputs are copied into the graph's static buffers.
+
+    The first call at a shape warms up on a side stream (cuDNN picks its algorithms there) and
+    captures; outputs are the graph's static tensors, valid until the next replay, so callers
+    copy them before the next call (TorchSession holds a lock across both).
+    """
+
+    def __init__(self, forward: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> None:
+        self._forward = forward
+        self._graphs: dict[
+            tuple[tuple[tuple[int, ...], torch.dtype], ...],
+            tuple[torch.cuda.CUDAGraph, list[torch.Tensor], list[torch.Tensor]],
+        ] = {}
+
+    def __call__(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        key = tuple((tuple(t.shape), t.dtype) for t in tensors)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._graphs[key] = self._capture(tensors)
+        graph, static_in, static_out = entry
+        for buffer, tensor in zip(static_in, tensors, strict=True):
+            buffer.copy_(tensor)
+        graph.replay()
+        return [out.clone() for out in static_out]
+
+    def _capture(
+        self, tensors: list[torch.Tensor]
+    ) -> tuple[torch.cuda.CUDAGraph, list[torch.Tensor], list[torch.Tensor]]:
+        static_in = [t.clone() for t in tensors]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._forward(static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self._forward(static_in)
+        return graph, static_in, static_out
+
+
+def _set_tf32(device: torch.device, enabled: bool) -> None:
+    """FP32 means IEEE FP32: cuDNN convolutions default to TF32 on Ampere and newer."""
+    if device.type != "cuda":
+        return
+    value = "tf32" if enabled else "ieee"
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the per-backend precision API
+        matmul.fp32_precision = value
+        torch.backends.cudnn.conv.fp32_precision = value
+    else:
+        matmul.allow_tf32 = enabled
+        torch.backends.cudnn.allow_tf32 = enabled
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _as_list(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):
+        return list(value.values())
+    return list(value)
+
+
+def _torch_dtype(spec: TensorSpec, fallback: torch.dtype) -> torch.dtype:
+    if spec.dtype == "bfloat16":
+        return torch.bfloat16
+    try:
+        return torch.from_numpy(np.zeros(0, spec.numpy_dtype)).dtype
+    except (TypeError, ValueError):
+        return fallback
+
+
+def _to_numpy(value: torch.Tensor, spec: TensorSpec) -> np.ndarray:
+    target = _torch_dtype(spec, value.dtype)
+    if target == torch.bfloat16:
+        target = torch.float32  # numpy has no bfloat16: hand back FP32
+    return np.asarray(value.to(target).cpu().numpy())
+
+
+def _device_text(device: torch.device) -> str:
+    return f"{device.type}:{device.index}" if device.index is not None else device.type
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return str(torch.cuda.get_device_name(device))
+    return device.type
+
+
+__all__ = ["COMPILE_MODES", "MODES", "TorchBackend", "TorchSession", "TorchSettings"]
