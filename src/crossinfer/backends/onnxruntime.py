@@ -25,6 +25,7 @@ from crossinfer.errors import (
     CompileError,
     DeviceUnavailableError,
     InferenceError,
+    InputError,
     UsageError,
     short_message,
 )
@@ -174,6 +175,7 @@ class OnnxRuntimeSession:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = validate_feeds(self.inputs, feeds, model=self._model)
+        arrays = {k: _text(v, k) if v.dtype == object else v for k, v in arrays.items()}
         try:
             values = self._session.run(None, arrays)
         except Exception as exc:
@@ -208,6 +210,20 @@ class OnnxRuntimeSession:
 
     def close(self) -> None:
         del self._session
+
+
+def _text(array: np.ndarray, name: str) -> np.ndarray:
+    """A string tensor with str elements: ORT turns a bytes element into its repr ("b'..'")."""
+    if not any(isinstance(v, bytes | bytearray) for v in array.flat):
+        return array
+    try:
+        values = [v.decode() if isinstance(v, bytes | bytearray) else v for v in array.flat]
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"input '{name}' holds bytes that are not UTF-8 ({exc.reason} at byte {exc.start}): "
+            "ONNX Runtime string tensors hold text"
+        ) from None
+    return np.array(values, dtype=object).reshape(array.shape)
 
 
 __all__ = ["PROVIDERS", "OnnxRuntimeBackend", "OnnxRuntimeSession", "Precision"]
