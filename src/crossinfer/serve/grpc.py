@@ -1,0 +1,486 @@
+"""The gRPC front end: Triton's `inference.GRPCInferenceService` over the model repository.
+
+Inference requests are checked by the same parser as HTTP (`protocol.parse_infer_request`), so both
+protocols refuse bad input with the same messages; answers always carry `raw_output_contents`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format, message
+
+from crossinfer.errors import CrossinferError, InputError
+from crossinfer.model import TensorSpec
+from crossinfer.serve import grpc_messages as pb
+from crossinfer.serve.batcher import ServingError
+from crossinfer.serve.protocol import (
+    DATATYPES,
+    InferRequest,
+    ProtocolError,
+    datatype_of,
+    encode_bytes_tensor,
+    parse_infer_request,
+    server_metadata,
+)
+from crossinfer.serve.repository import READY, ModelRepository, ServedModel
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "GRPC_CODES",
+    "grpc_code",
+    "start_grpc_server",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+"""Largest request or response message; gRPC's own default (4 MiB) is too small for image batches."""
+
+GRPC_CODES: Mapping[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    500: grpc.StatusCode.INTERNAL,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+"""The HTTP status a `ProtocolError` carries -> the gRPC status code Triton answers with."""
+
+
+def grpc_code(status: int) -> grpc.StatusCode:
+    """The gRPC code for an HTTP status (other 4xx: INVALID_ARGUMENT, other 5xx: INTERNAL)."""
+    code = GRPC_CODES.get(status)
+    if code is not None:
+        return code
+    return grpc.StatusCode.INVALID_ARGUMENT if status < 500 else grpc.StatusCode.INTERNAL
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def _parameter_value(param: message.Message) -> Any:
+    """The Python value of an InferParameter / ModelRepositoryParameter (None when unset)."""
+    which = param.WhichOneof("parameter_choice")
+    return None if which is None else getattr(param, which)
+
+
+def _parameters(entries: Mapping[str, message.Message]) -> dict[str, Any]:
+    return {key: _parameter_value(value) for key, value in entries.items()}
+
+
+# InferTensorContents field for each datatype that has one; FP16/BF16 have none (raw only)
+_CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+
+def _contents_bytes(tensor: Any) -> bytes:
+    """The binary form of an input sent as typed InferTensorContents."""
+    name, datatype = tensor.name, tensor.datatype
+    contents = tensor.contents
+    used = [f.name for f, _ in contents.ListFields()]
+    field = _CONTENTS_FIELD.get(datatype)
+    if datatype not in DATATYPES:
+        return b""  # the shared parser names the datatype the model expects
+    if field is None:
+        raise ProtocolError(
+            400,
+            f"input '{name}' is {datatype}, which has no typed contents field: send it in "
+            "raw_input_contents",
+        )
+    stray = [u for u in used if u != field]
+    if stray:
+        raise ProtocolError(
+            400,
+            f"input '{name}' is {datatype}: its values go in contents.{field}, got "
+            f"{', '.join(stray)}",
+        )
+    values = getattr(contents, field)
+    if datatype == "BYTES":
+        array = np.empty(len(values), dtype=object)
+        array[:] = list(values)
+        return encode_bytes_tensor(array)
+    dtype = DATATYPES[datatype]
+    wide = np.asarray(values)
+    if datatype != "BOOL" and dtype.kind in "iu" and wide.size:
+        info = np.iinfo(dtype)
+        low, high = int(wide.min()), int(wide.max())
+        if low < info.min or high > info.max:
+            bad = low if low < info.min else high
+            raise ProtocolError(
+                400,
+                f"input '{name}' is {datatype}: values must lie in [{info.min}, {info.max}], "
+                f"got {bad}",
+            )
+    return np.ascontiguousarray(wide, dtype=dtype.newbyteorder("<")).tobytes()
+
+
+def _fits(spec: TensorSpec, datatype: str, shape: Sequence[int]) -> bool:
+    """Whether the shared parser would accept this datatype and shape for ``spec``."""
+    if datatype_of(spec.dtype) != datatype:
+        return False
+    if spec.shape is None:
+        return True
+    return len(shape) == len(spec.shape) and all(
+        not isinstance(want, int) or want == got
+        for want, got in zip(spec.shape, shape, strict=True)
+    )
+
+
+def _check_raw_size(spec: TensorSpec | None, tensor: Any, size: int) -> None:
+    """A raw tensor of the wrong byte count, said in gRPC's words rather than binary_data_size."""
+    datatype, shape = tensor.datatype, list(tensor.shape)
+    if (
+        spec is None
+        or datatype in ("BYTES", "BOOL")
+        or datatype not in DATATYPES
+        or any(d < 0 for d in shape)
+        or not _fits(spec, datatype, shape)
+    ):
+        return  # the shared parser has the better message for these
+    expected = math.prod(shape) * DATATYPES[datatype].itemsize
+    if size != expected:
+        raise ProtocolError(
+            400,
+            f"input '{tensor.name}' has {size} bytes in raw_input_contents but {datatype} "
+            f"[{','.join(str(d) for d in shape)}] needs {expected} bytes",
+        )
+
+
+def decode_infer_request(request: Any, model: ServedModel) -> InferRequest:
+    """A ModelInferRequest as an `InferRequest`, checked against the model like an HTTP request.
+
+    The tensors are laid out as Triton's binary HTTP body (a JSON header, then the bytes) and
+    handed to `parse_infer_request`: one parser, one set of error messages for both protocols.
+    The raw bytes are copied once into that body; the arrays then borrow it.
+    """
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise ProtocolError(
+            400,
+            f"raw_input_contents holds {len(raw)} tensors but the request names "
+            f"{len(request.inputs)} inputs: send one raw tensor per input, in the inputs' order",
+        )
+    specs = {spec.name: spec for spec in model.inputs}
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for index, tensor in enumerate(request.inputs):
+        has_contents = tensor.HasField("contents")
+        if raw:
+            if has_contents:
+                raise ProtocolError(
+                    400,
+                    f"input '{tensor.name}' has contents while the request uses "
+                    "raw_input_contents: send every input one way",
+                )
+            blob = bytes(raw[index])
+            _check_raw_size(specs.get(tensor.name), tensor, len(blob))
+        elif has_contents:
+            blob = _contents_bytes(tensor)
+        else:
+            raise ProtocolError(
+                400, f"input '{tensor.name}' has neither contents nor raw_input_contents"
+            )
+        params = _parameters(tensor.parameters)
+        params["binary_data_size"] = len(blob)
+        entries.append(
+            {
+                "name": tensor.name,
+                "datatype": tensor.datatype,
+                "shape": list(tensor.shape),
+                "parameters": params,
+            }
+        )
+        blobs.append(blob)
+    header: dict[str, Any] = {
+        "inputs": entries,
+        "parameters": _parameters(request.parameters),
+    }
+    if request.id:
+        header["id"] = request.id
+    if request.outputs:
+        header["outputs"] = [
+            {"name": out.name, "parameters": _parameters(out.parameters)} for out in request.outputs
+        ]
+    head = json.dumps(header, separators=(",", ":")).encode()
+    body = b"".join([head, *blobs])
+    return parse_infer_request(
+        body,
+        header_length=len(head),
+        content_encoding=None,
+        inputs=model.inputs,
+        outputs=model.outputs,
+        max_body_bytes=len(body),  # gRPC's max message size bounded it already
+    )
+
+
+def _raw(array: np.ndarray[Any, Any], datatype: str) -> bytes:
+    if datatype == "BYTES":
+        return encode_bytes_tensor(array)
+    if datatype == "BOOL":
+        return np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+
+
+def encode_infer_response(
+    model: ServedModel, request: InferRequest, outputs: Mapping[str, np.ndarray[Any, Any]]
+) -> message.Message:
+    """A ModelInferResponse with every tensor in raw_output_contents (what tritonclient reads)."""
+    response: Any = pb.new("ModelInferResponse", model_name=model.name, model_version=model.version)
+    if request.id is not None:
+        response.id = request.id
+    for name in request.requested_outputs or tuple(outputs):
+        array = outputs.get(name)
+        if array is None:
+            raise ProtocolError(
+                500, f"model '{model.name}' produced no output '{name}' (it gave {list(outputs)})"
+            )
+        array = np.asarray(array)
+        datatype = datatype_of(array.dtype.name)
+        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        response.raw_output_contents.append(_raw(array, datatype))
+    return response
+
+
+# --------------------------------------------------------------------------- the service
+
+
+def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status for an error raised while answering, as the HTTP front end maps it."""
+    if isinstance(exc, ProtocolError):
+        return grpc_code(exc.status), exc.message
+    if isinstance(exc, ServingError):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
+    if isinstance(exc, InputError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    return grpc.StatusCode.INTERNAL, str(exc)
+
+
+_Handler = Callable[[Any], Awaitable[message.Message]]
+
+
+class _Service:
+    """One handler per RPC of `grpc_messages.RPCS`; each maps crossinfer errors to gRPC codes."""
+
+    def __init__(self, repository: ModelRepository, server_ready: Callable[[], bool]) -> None:
+        self._repository = repository
+        self._server_ready = server_ready
+
+    def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        out: dict[str, grpc.RpcMethodHandler] = {}
+        for rpc in pb.RPCS:
+            decode = pb.message_class(rpc.request).FromString
+            if rpc.streaming:
+                out[rpc.name] = grpc.stream_stream_rpc_method_handler(
+                    self.ModelStreamInfer,
+                    request_deserializer=decode,
+                    response_serializer=_serialize,
+                )
+            else:
+                out[rpc.name] = grpc.unary_unary_rpc_method_handler(
+                    self._guarded(getattr(self, rpc.name)),
+                    request_deserializer=decode,
+                    response_serializer=_serialize,
+                )
+        return out
+
+    @staticmethod
+    def _guarded(
+        handler: _Handler,
+    ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[message.Message]]:
+        async def answer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            try:
+                return await handler(request)
+            except (CrossinferError, ValueError) as exc:
+                code, text = _status_of(exc)
+                await context.abort(code, text)
+            except Exception as exc:
+                # a bug, not bad input: the client gets INTERNAL with the reason, the log the trace
+                log.exception("gRPC %s failed", handler.__name__)
+                await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+        return answer
+
+    def _model(self, name: str, version: str) -> ServedModel:
+        return self._repository.get(name, version or None)
+
+    # the RPCs, named as in the service so `handlers` can find them
+
+    async def ServerLive(self, request: Any) -> message.Message:
+        return pb.new("ServerLiveResponse", live=True)  # answering at all is being live
+
+    async def ServerReady(self, request: Any) -> message.Message:
+        return pb.new("ServerReadyResponse", ready=self._server_ready())
+
+    async def ModelReady(self, request: Any) -> message.Message:
+        try:
+            ready = self._model(request.name, request.version).ready
+        except ProtocolError:
+            ready = False  # Triton answers "not ready" for an unknown model, not an error
+        return pb.new("ModelReadyResponse", ready=ready)
+
+    async def ServerMetadata(self, request: Any) -> message.Message:
+        return _from_json("ServerMetadataResponse", server_metadata())
+
+    async def ModelMetadata(self, request: Any) -> message.Message:
+        doc = self._model(request.name, request.version).metadata()
+        return _from_json("ModelMetadataResponse", doc)
+
+    async def ModelConfig(self, request: Any) -> message.Message:
+        doc = self._model(request.name, request.version).config()
+        return _from_json("ModelConfigResponse", {"config": doc})
+
+    async def ModelStatistics(self, request: Any) -> message.Message:
+        if request.name:
+            models = [self._model(request.name, request.version)]
+        else:
+            models = []
+            for entry in self._repository.index():
+                try:
+                    models.append(self._model(entry["name"], ""))
+                except ProtocolError:
+                    continue  # listed but not loaded: Triton reports loaded models only
+        return _from_json(
+            "ModelStatisticsResponse", {"model_stats": [m.statistics() for m in models]}
+        )
+
+    async def RepositoryIndex(self, request: Any) -> message.Message:
+        models = self._repository.index(ready_only=request.ready)
+        keys = ("name", "version", "state", "reason")
+        return _from_json(
+            "RepositoryIndexResponse",
+            {"models": [{k: str(m[k]) for k in keys if m.get(k) is not None} for m in models]},
+        )
+
+    async def RepositoryModelLoad(self, request: Any) -> message.Message:
+        if request.parameters:
+            raise ProtocolError(
+                400,
+                f"load parameters ({', '.join(sorted(request.parameters))}) are not supported: "
+                "put the model's settings in its config in the repository",
+            )
+        await self._repository.load(request.model_name)
+        return pb.new("RepositoryModelLoadResponse")
+
+    async def RepositoryModelUnload(self, request: Any) -> message.Message:
+        await self._repository.unload(request.model_name)
+        return pb.new("RepositoryModelUnloadResponse")
+
+    async def ModelInfer(self, request: Any) -> message.Message:
+        model = self._model(request.model_name, request.model_version)
+        infer_request = decode_infer_request(request, model)
+        outputs = await model.infer(infer_request)
+        return encode_infer_response(model, infer_request, outputs)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[message.Message]:
+        """Each request answered as it completes; errors travel in-stream as Triton's do."""
+        answers: asyncio.Queue[message.Message | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(request: Any) -> None:
+            try:
+                reply = pb.new(
+                    "ModelStreamInferResponse", infer_response=await self.ModelInfer(request)
+                )
+            except (CrossinferError, ValueError) as exc:
+                reply = pb.new("ModelStreamInferResponse", error_message=_status_of(exc)[1])
+            await answers.put(reply)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    task = asyncio.create_task(one(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                while running:
+                    await asyncio.gather(*running)
+            finally:
+                await answers.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (reply := await answers.get()) is not None:
+                yield reply
+        finally:
+            reader.cancel()
+            for task in running:
+                task.cancel()
+
+
+def _serialize(msg: message.Message) -> bytes:
+    data: bytes = msg.SerializeToString()
+    return data
+
+
+def _from_json(name: str, doc: Mapping[str, Any]) -> message.Message:
+    """A message from the same JSON the HTTP front end answers with (Triton's field names)."""
+    return json_format.ParseDict(doc, pb.new(name))
+
+
+# --------------------------------------------------------------------------- the server
+
+
+def _all_models_ready(repository: ModelRepository) -> Callable[[], bool]:
+    def ready() -> bool:
+        return all(entry["state"] == READY for entry in repository.index())
+
+    return ready
+
+
+async def start_grpc_server(
+    repository: ModelRepository,
+    host: str,
+    port: int,
+    *,
+    server_ready: Callable[[], bool] | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+) -> grpc.aio.Server:
+    """Serve GRPCInferenceService on ``host:port`` from the running event loop, started.
+
+    ``server_ready`` answers ServerReady (the HTTP front end's readiness, so both agree); by
+    default the server is ready when every model in the repository is READY, as Triton's
+    strict readiness has it.
+
+    Stop it with ``await server.stop(grace_s)``: it refuses new calls and lets the running ones
+    finish within the grace period.
+    """
+    if max_message_bytes < 1:
+        raise ValueError(f"max_message_bytes must be >= 1, got {max_message_bytes}")
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+        ]
+    )
+    handlers = _Service(repository, server_ready or _all_models_ready(repository)).handlers()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(pb.SERVICE, handlers),))
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
+    await server.start()
+    return server
