@@ -225,6 +225,12 @@ for _entry in (
         "pip install 'crossinfer[torch]'",
     ),
     BackendEntry(
+        "jax",
+        "crossinfer.backends.jax",
+        "JaxBackend",
+        "pip install 'crossinfer[jax]' (jax[cuda12] for NVIDIA GPUs, jax[tpu] on a TPU VM)",
+    ),
+    BackendEntry(
         "reference",
         "crossinfer.backends.reference",
         "ReferenceBackend",
