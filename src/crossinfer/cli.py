@@ -587,6 +587,149 @@ def demo(
     )
 
 
+@app.command()
+def serve(
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="A model repository directory, a deployment spec (.toml from tune), an .onnx file or zoo:NAME."
+        ),
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (all three ports).")
+    ] = "127.0.0.1",
+    http_port: Annotated[
+        int, typer.Option(help="KServe v2 REST port; 0 picks a free one, -1 turns it off.")
+    ] = 8000,
+    grpc_port: Annotated[
+        int, typer.Option(help="KServe v2 / Triton gRPC port; 0 picks a free one, -1 turns it off.")
+    ] = 8001,
+    metrics_port: Annotated[
+        int, typer.Option(help="Prometheus /metrics port; 0 picks a free one, -1 turns it off.")
+    ] = 8002,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Serve a single model under this name (default: its file name)."),
+    ] = None,
+    backend: Annotated[
+        str | None,
+        typer.Option(help="Runtime for every model, or BACKEND:DEVICE (onnxruntime:cpu)."),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="Device for every model: cpu, cuda, ...")
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="Precision asked of the runtime: fp32, fp16, bf16, ...")
+    ] = None,
+    max_batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="Dynamic batching limit (0 turns batching off; default 8 if the model batches).",
+        ),
+    ] = None,
+    max_queue_delay_us: Annotated[
+        int | None, typer.Option(min=0, help="How long an incomplete batch may wait to fill.")
+    ] = None,
+    preferred_batch_sizes: Annotated[
+        str | None, typer.Option(help="Comma list of batch sizes sent as soon as they form: 4,8.")
+    ] = None,
+    max_queue_size: Annotated[
+        int | None, typer.Option(min=0, help="Queued requests per model before 503 (0: unbounded).")
+    ] = None,
+    instances: Annotated[
+        int | None, typer.Option(min=1, help="Sessions per model, each on its own thread.")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Intra-op threads per session.")
+    ] = None,
+    max_body_bytes: Annotated[
+        int, typer.Option(min=1, help="Largest request body accepted (413 beyond it).")
+    ] = 64 * 1024 * 1024,
+    drain_timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds a shutdown waits for accepted requests.")
+    ] = 30.0,
+    log_level: Annotated[
+        str,
+        typer.Option(
+            help="debug (every refused request), info (loads, batch sizes every 10 s), warning, error."
+        ),
+    ] = "info",
+) -> None:
+    """Serve models over KServe v2 / Triton HTTP and gRPC with dynamic batching, until SIGTERM."""
+    from crossinfer.serve.repository import READY, open_repository
+    from crossinfer.serve.server import InferenceServer, ServerConfig, configure_logging, run_server
+
+    overrides: dict[str, Any] = {}
+    if backend is not None:
+        target_backend, _, target_device = backend.partition(":")
+        overrides["backend"] = target_backend
+        if target_device:
+            overrides["device"] = target_device
+    given = {
+        "device": device,
+        "precision": precision,
+        "max_batch_size": max_batch_size,
+        "max_queue_delay_us": max_queue_delay_us,
+        "max_queue_size": max_queue_size,
+        "instances": instances,
+        "threads": threads,
+    }
+    overrides.update({k: v for k, v in given.items() if v is not None})
+    nothing_ready = False
+
+    def on_ready(server: InferenceServer) -> None:
+        nonlocal nothing_ready
+        rows = server.repository.index()
+        for row in rows:
+            state = row["state"] + (f": {row['reason']}" if row["reason"] else "")
+            err_console.print(f"  model {row['name']}: {state}", highlight=False, soft_wrap=True)
+        if rows and not any(row["state"] == READY for row in rows):
+            nothing_ready = True
+            server.request_stop()
+            return
+        ports = server.ports
+        where = [f"HTTP http://{host}:{ports['http']}" if "http" in ports else ""]
+        where.append(f"gRPC {host}:{ports['grpc']}" if "grpc" in ports else "")
+        where.append(
+            f"metrics http://{host}:{ports['metrics']}/metrics" if "metrics" in ports else ""
+        )
+        err_console.print(
+            f"crossinfer serve: {', '.join(w for w in where if w)}; SIGTERM or Ctrl+C stops",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    try:
+        if preferred_batch_sizes:
+            try:
+                overrides["preferred_batch_sizes"] = list(_parse_batches(preferred_batch_sizes))
+            except UsageError:
+                raise UsageError(
+                    f"--preferred-batch-sizes '{preferred_batch_sizes}' is not a comma list of "
+                    "positive integers, e.g. 4,8"
+                ) from None
+        if log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise UsageError(f"--log-level {log_level!r} is not one of debug, info, warning, error")
+        repository = open_repository(source, overrides=overrides, name=name)
+        config = ServerConfig(
+            host=host,
+            http_port=None if http_port < 0 else http_port,
+            grpc_port=None if grpc_port < 0 else grpc_port,
+            metrics_port=None if metrics_port < 0 else metrics_port,
+            max_body_bytes=max_body_bytes,
+            drain_timeout_s=drain_timeout,
+        )
+        configure_logging(log_level)
+        run_server(repository, config, on_ready=on_ready)
+    except CrossinferError as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(UsageError(str(exc)))
+    if nothing_ready:
+        _fail(UsageError("no model could be loaded (reasons above): nothing to serve"), code=1)
+
+
 def main() -> None:
     app()
 

@@ -356,6 +356,10 @@ class DynamicBatcher:
                 future.cancel()
             raise
 
+    def record_failure(self, ns: int, reason: str) -> None:
+        """Count a request refused before it reached the queue (bad input: reason REJECTED)."""
+        self._count_failure(ns, reason)
+
     def stats(self) -> BatcherStats:
         phases = [DurationStat(), DurationStat(), DurationStat()]
         for b in self._batch_stats.values():

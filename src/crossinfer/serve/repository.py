@@ -410,6 +410,10 @@ class ServedModel:
             "batch_stats": stats["batch_stats"],
         }
 
+    def record_rejected(self, ns: int) -> None:
+        """Count a request the front end refused (malformed, wrong input) as a failure."""
+        self.batcher.record_failure(ns, "REJECTED")
+
     async def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
         """Run one parsed request through the batcher; the outputs asked for, in that order.
 

@@ -1,0 +1,312 @@
+"""The HTTP front end of `crossinfer serve`: KServe v2 REST with Triton's extensions, as raw ASGI.
+
+No web framework: routing is a split of the path, and the hot path (infer) is parse -> batcher
+-> encode with nothing in between, because framework overhead dominates a near-zero model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+from urllib.parse import unquote
+
+from crossinfer.serve.events import log_event
+from crossinfer.serve.protocol import (
+    HEADER_LENGTH,
+    ProtocolError,
+    build_infer_response,
+    error_body,
+    parse_infer_request,
+    server_metadata,
+)
+from crossinfer.serve.repository import ModelRepository, ServedModel
+
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "HttpApp"]
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+"""Request bodies beyond this (before or after decompression) are refused with 413."""
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_JSON = [(b"content-type", b"application/json")]
+_HEADER_LENGTH = HEADER_LENGTH.lower().encode()
+_COMPRESS_MIN_BYTES = 1024  # smaller responses are not worth compressing
+
+
+class _Disconnected(Exception):
+    """The client went away before its request body arrived: nothing to answer."""
+
+
+class HttpApp:
+    """The ASGI application: every KServe v2 / Triton REST route over one `ModelRepository`.
+
+    ``ready`` is the server's readiness (false while starting and shutting down); the server
+    that owns this app flips it.
+    """
+
+    def __init__(
+        self, repository: ModelRepository, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    ) -> None:
+        if max_body_bytes < 1:
+            raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
+        self.repository = repository
+        self.max_body_bytes = max_body_bytes
+        self.ready = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return  # websockets: not part of the protocol
+        method: str = scope["method"]
+        parts = scope["path"].strip("/").split("/")
+        try:
+            if parts[0] != "v2":
+                raise ProtocolError(404, f"no route for {scope['path']}: the API lives under /v2")
+            await self._route(method, parts[1:], scope, receive, send)
+        except ProtocolError as exc:
+            await _send_error(send, exc.status, exc.message, scope)
+        except _Disconnected:
+            pass
+        except Exception as exc:  # a bug must answer 500 and leave the server serving
+            log_event("http_internal_error", logging.ERROR, path=scope["path"], error=repr(exc))
+            await _send_error(send, 500, f"internal error: {type(exc).__name__}: {exc}", scope)
+
+    async def _route(
+        self, method: str, parts: list[str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        n = len(parts)
+        if n == 0:
+            _expect(method, "GET", scope)
+            await _send_json(send, 200, server_metadata())
+        elif parts[0] == "models" and n >= 2:
+            if n == 2 and parts[1] == "stats":
+                _expect(method, "GET", scope)
+                models = self.repository.ready_models()
+                await _send_json(send, 200, {"model_stats": [m.statistics() for m in models]})
+                return
+            name = unquote(parts[1])
+            version = None
+            rest = parts[2:]
+            if len(rest) >= 2 and rest[0] == "versions":
+                version, rest = unquote(rest[1]), rest[2:]
+            await self._model_route(method, name, version, rest, scope, receive, send)
+        elif parts[0] == "health" and n == 2 and parts[1] in ("live", "ready"):
+            _expect(method, "GET", scope)
+            ok = parts[1] == "live" or self.ready
+            await _send_empty(send, 200 if ok else 503)
+        elif parts[0] == "repository" and n >= 2:
+            await self._repository_route(method, parts[1:], scope, receive, send)
+        else:
+            raise ProtocolError(404, f"no route for {scope['path']}")
+
+    async def _model_route(
+        self,
+        method: str,
+        name: str,
+        version: str | None,
+        rest: list[str],
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        action = rest[0] if len(rest) == 1 else ("" if not rest else None)
+        if action == "infer":
+            _expect(method, "POST", scope)
+            await self._infer(self.repository.get(name, version), scope, receive, send)
+        elif action == "ready":
+            _expect(method, "GET", scope)
+            try:
+                self.repository.get(name, version)
+            except ProtocolError as exc:
+                await _send_empty(send, 404 if exc.status == 404 else 400)
+                return
+            await _send_empty(send, 200)
+        elif action == "":
+            _expect(method, "GET", scope)
+            await _send_json(send, 200, self.repository.get(name, version).metadata())
+        elif action == "config":
+            _expect(method, "GET", scope)
+            await _send_json(send, 200, self.repository.get(name, version).config())
+        elif action == "stats":
+            _expect(method, "GET", scope)
+            stats = self.repository.get(name, version).statistics()
+            await _send_json(send, 200, {"model_stats": [stats]})
+        else:
+            raise ProtocolError(404, f"no route for {scope['path']}")
+
+    async def _repository_route(
+        self, method: str, parts: list[str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        _expect(method, "POST", scope)
+        body = await self._read_json_object(scope, receive)
+        if parts == ["index"]:
+            ready = body.get("ready", False)
+            if not isinstance(ready, bool):
+                raise ProtocolError(400, f"'ready' must be true or false, got {ready!r}")
+            await _send_json(send, 200, self.repository.index(ready_only=ready))
+            return
+        if len(parts) != 3 or parts[0] != "models" or parts[2] not in ("load", "unload"):
+            raise ProtocolError(404, f"no route for {scope['path']}")
+        params = body.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise ProtocolError(400, "'parameters' must be an object")
+        if any(key == "config" or key.startswith("file:") for key in params):
+            raise ProtocolError(
+                400,
+                "load parameters 'config' and 'file:' are not supported: edit the model's "
+                "config.toml or spec in the repository, then load it",
+            )
+        name = unquote(parts[1])
+        if parts[2] == "load":
+            await self.repository.load(name)
+        else:
+            await self.repository.unload(name)
+        await _send_empty(send, 200)
+
+    # --- infer --------------------------------------------------------------------------------
+
+    async def _infer(self, model: ServedModel, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.monotonic_ns()
+        header_length: int | None = None
+        encoding: str | None = None
+        accept: bytes = b""
+        for key, value in scope["headers"]:
+            if key == _HEADER_LENGTH:
+                try:
+                    header_length = int(value)
+                except ValueError:
+                    raise ProtocolError(
+                        400, f"{HEADER_LENGTH} must be an integer, got {value[:40]!r}"
+                    ) from None
+            elif key == b"content-encoding":
+                encoding = value.decode("latin-1")
+            elif key == b"accept-encoding":
+                accept = value
+        try:
+            body = await self._read_body(scope, receive)
+            request = parse_infer_request(
+                body,
+                header_length=header_length,
+                content_encoding=encoding,
+                inputs=model.inputs,
+                outputs=model.outputs,
+                max_body_bytes=self.max_body_bytes,
+            )
+        except ProtocolError:
+            model.record_rejected(time.monotonic_ns() - start)
+            raise
+        outputs = await model.infer(request)
+        payload, headers = build_infer_response(
+            model.name,
+            model.version,
+            request.id,
+            outputs,
+            requested=request.requested_outputs,
+            binary=request.binary_outputs,
+        )
+        raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+        if accept and len(payload) >= _COMPRESS_MIN_BYTES:
+            payload, coding = _compress(payload, accept)
+            if coding:
+                raw_headers.append((b"content-encoding", coding))
+        await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    # --- bodies -------------------------------------------------------------------------------
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
+        limit = self.max_body_bytes
+        for key, value in scope["headers"]:
+            if key == b"content-length" and value.isdigit() and int(value) > limit:
+                raise ProtocolError(
+                    413,
+                    f"request body is {int(value)} bytes, more than the limit of {limit} bytes "
+                    "(crossinfer serve --max-body-bytes)",
+                )
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            return body
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ProtocolError(
+                    413,
+                    f"request body is more than the limit of {limit} bytes "
+                    "(crossinfer serve --max-body-bytes)",
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _read_json_object(self, scope: Scope, receive: Receive) -> dict[str, Any]:
+        body = await self._read_body(scope, receive)
+        if not body.strip():
+            return {}
+        try:
+            doc = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ProtocolError(400, f"request JSON is malformed: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ProtocolError(400, "the request body must be a JSON object")
+        return doc
+
+
+def _expect(method: str, allowed: str, scope: Scope) -> None:
+    if method != allowed:
+        raise ProtocolError(405, f"{scope['path']} takes {allowed}, not {method}")
+
+
+def _compress(payload: bytes, accept: bytes) -> tuple[bytes, bytes]:
+    codings = {c.split(b";")[0].strip() for c in accept.lower().split(b",")}
+    if b"gzip" in codings:
+        compressor = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+        return compressor.compress(payload) + compressor.flush(), b"gzip"
+    if b"deflate" in codings:
+        return zlib.compress(payload), b"deflate"
+    return payload, b""
+
+
+async def _send_json(send: Send, status: int, doc: Any) -> None:
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    await send({"type": "http.response.start", "status": status, "headers": _JSON})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _send_empty(send: Send, status: int) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b""})
+
+
+async def _send_error(send: Send, status: int, message: str, scope: Scope) -> None:
+    level = logging.WARNING if status >= 500 else logging.DEBUG
+    log_event("http_error", level, path=scope["path"], status=status, error=message)
+    await send({"type": "http.response.start", "status": status, "headers": _JSON})
+    await send({"type": "http.response.body", "body": error_body(message)})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # the server that owns the app loads models itself; lifespan is acknowledged only
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
