@@ -53,9 +53,10 @@ class PerfRow:
     p90_us: int
     p95_us: int
     p99_us: int
-    avg_us: int
     server_queue_us: int
-    server_compute_us: int  # input + infer + output, as the server's statistics report them
+    server_compute_us: int  # input + infer + output, from the server's statistics
+    client_send_us: int
+    network_server_us: int  # "Network+Server Send/Recv": transport plus the server's own work
 
 
 @dataclass(frozen=True)
@@ -125,11 +126,12 @@ def parse_csv(text: str) -> list[PerfRow]:
                 p90_us=int(row["p90 latency"]),
                 p95_us=int(row["p95 latency"]),
                 p99_us=int(row["p99 latency"]),
-                avg_us=int(row["Avg latency"]),
                 server_queue_us=int(row["Server Queue"]),
                 server_compute_us=sum(
                     int(row[f"Server Compute {phase}"]) for phase in ("Input", "Infer", "Output")
                 ),
+                client_send_us=int(row["Client Send"]),
+                network_server_us=int(row["Network+Server Send/Recv"]),
             )
         )
     return sorted(rows, key=lambda r: r.concurrency)
