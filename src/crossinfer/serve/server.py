@@ -136,7 +136,11 @@ class InferenceServer:
         if port == 0:
             port = _free_port(self.config.host)
         self._grpc = await start_grpc_server(
-            self.repository, self.config.host, port, server_ready=lambda: self.app.ready
+            self.repository,
+            self.config.host,
+            port,
+            server_ready=lambda: self.app.ready,
+            max_message_bytes=self.config.max_body_bytes,  # one size limit for both protocols
         )
         self.ports["grpc"] = port
 
