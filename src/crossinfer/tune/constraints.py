@@ -1,0 +1,215 @@
+"""What a candidate must meet (constraints) and what tune maximizes or minimizes (the objective).
+
+Every miss is a Violation that says which limit, the value, and by how much it misses.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from crossinfer.errors import UsageError
+from crossinfer.hardware.catalog import Price
+
+
+class Objective(enum.StrEnum):
+    THROUGHPUT = "throughput"  # samples/s, higher is better
+    LATENCY = "latency"  # p99 ms, lower is better
+    COST = "cost"  # USD per million inferences, lower is better
+    ENERGY = "energy"  # joules per inference, lower is better
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self is Objective.THROUGHPUT
+
+    @property
+    def unit(self) -> str:
+        return {
+            Objective.THROUGHPUT: "samples/s",
+            Objective.LATENCY: "ms p99",
+            Objective.COST: "USD per million inferences",
+            Objective.ENERGY: "J per inference",
+        }[self]
+
+    @classmethod
+    def parse(cls, text: str) -> Objective:
+        try:
+            return cls(text.lower())
+        except ValueError:
+            raise UsageError(
+                f"--objective '{text}' is not one of {', '.join(o.value for o in cls)}"
+            ) from None
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """What one measurement of one candidate gave (Offline, quick LoadGen run, child process)."""
+
+    throughput: float  # samples/s
+    p50_ms: float  # per batch run: the compute time a request waits for at this batch size
+    p99_ms: float
+    percentiles_ms: Mapping[str, float]  # "min", "p50", "p90", "p95", "p99", "p99.9", "max"
+    peak_rss_mb: float  # the measuring child's peak resident memory
+    energy_j_per_inference: float | None
+    energy_method: str  # how it was measured, or "not measured: <why>"
+    accuracy: float | None = None
+    accuracy_drop: float | None = None
+    loadgen_result: str = ""
+    stable: bool = True
+    store_id: int | None = None
+    resumed: bool = False  # read back from the results store, not measured in this run
+    notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "throughput": self.throughput,
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "percentiles_ms": dict(self.percentiles_ms),
+            "peak_rss_mb": self.peak_rss_mb,
+            "energy_j_per_inference": self.energy_j_per_inference,
+            "energy_method": self.energy_method,
+            "accuracy": self.accuracy,
+            "accuracy_drop": self.accuracy_drop,
+            "loadgen_result": self.loadgen_result,
+            "stable": self.stable,
+            "store_id": self.store_id,
+            "resumed": self.resumed,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class Violation:
+    """One constraint a candidate misses, by how much."""
+
+    constraint: str  # "max_p99_ms", "max_accuracy_drop", "max_memory_mb"
+    value: float
+    limit: float
+    text: str  # "p99 42.1 ms > 30 ms allowed (+40%)"
+
+    @property
+    def excess(self) -> float:
+        """How far over, as a fraction of the limit: what "nearest" is ranked by."""
+        return (self.value - self.limit) / self.limit if self.limit > 0 else float("inf")
+
+
+@dataclass(frozen=True)
+class Constraints:
+    max_p99_ms: float | None = None
+    max_accuracy_drop: float | None = None  # top-1, as a fraction (0.01 = 1 point)
+    max_memory_mb: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_p99_ms", "max_memory_mb"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.max_accuracy_drop is not None and not 0 <= self.max_accuracy_drop < 1:
+            raise UsageError(
+                f"--max-accuracy-drop is a fraction in [0, 1) (0.01 = one point), got "
+                f"{self.max_accuracy_drop}"
+            )
+
+    def violations(self, metrics: Metrics) -> list[Violation]:
+        found = []
+        if self.max_p99_ms is not None and metrics.p99_ms > self.max_p99_ms:
+            found.append(
+                Violation(
+                    "max_p99_ms",
+                    metrics.p99_ms,
+                    self.max_p99_ms,
+                    f"p99 {metrics.p99_ms:.2f} ms > {self.max_p99_ms:g} ms allowed "
+                    f"(+{_pct(metrics.p99_ms, self.max_p99_ms)})",
+                )
+            )
+        if self.max_accuracy_drop is not None:
+            drop = metrics.accuracy_drop
+            if drop is None:
+                found.append(
+                    Violation(
+                        "max_accuracy_drop",
+                        float("inf"),
+                        self.max_accuracy_drop,
+                        "accuracy not measured (no labelled set reached this candidate)",
+                    )
+                )
+            elif drop > self.max_accuracy_drop + 1e-12:
+                found.append(
+                    Violation(
+                        "max_accuracy_drop",
+                        drop,
+                        self.max_accuracy_drop,
+                        f"accuracy drops {drop * 100:.2f} points > {self.max_accuracy_drop * 100:.2f} "
+                        f"allowed (+{(drop - self.max_accuracy_drop) * 100:.2f} points)",
+                    )
+                )
+        if self.max_memory_mb is not None and metrics.peak_rss_mb > self.max_memory_mb:
+            found.append(
+                Violation(
+                    "max_memory_mb",
+                    metrics.peak_rss_mb,
+                    self.max_memory_mb,
+                    f"peak memory {metrics.peak_rss_mb:,.0f} MB > {self.max_memory_mb:,.0f} MB "
+                    f"allowed (+{_pct(metrics.peak_rss_mb, self.max_memory_mb)})",
+                )
+            )
+        return found
+
+    def to_dict(self) -> dict[str, float | None]:
+        return {
+            "max_p99_ms": self.max_p99_ms,
+            "max_accuracy_drop": self.max_accuracy_drop,
+            "max_memory_mb": self.max_memory_mb,
+        }
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_p99_ms is not None:
+            parts.append(f"p99 <= {self.max_p99_ms:g} ms")
+        if self.max_accuracy_drop is not None:
+            parts.append(f"accuracy drop <= {self.max_accuracy_drop * 100:g} points")
+        if self.max_memory_mb is not None:
+            parts.append(f"peak memory <= {self.max_memory_mb:g} MB")
+        return ", ".join(parts) or "none"
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """Turns Metrics into the objective's value; cost needs a price, energy a measurement."""
+
+    objective: Objective
+    price: Price | None = None
+    notes: tuple[str, ...] = field(default=())
+
+    def value(self, metrics: Metrics) -> float | None:
+        """The objective's value, or None when it cannot be computed for this candidate."""
+        if self.objective is Objective.THROUGHPUT:
+            return metrics.throughput
+        if self.objective is Objective.LATENCY:
+            return metrics.p99_ms
+        if self.objective is Objective.COST:
+            if self.price is None or metrics.throughput <= 0:
+                return None
+            return cost_per_million(self.price.per_hour, metrics.throughput)
+        return metrics.energy_j_per_inference
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.objective.higher_is_better else a < b
+
+    def ratio(self, value: float, best: float) -> float:
+        """How good `value` is next to `best`, as a fraction of it (1.0 = as good)."""
+        if self.objective.higher_is_better:
+            return value / best if best else 0.0
+        return best / value if value else 0.0
+
+
+def cost_per_million(price_per_hour: float, throughput: float) -> float:
+    """USD per million inferences on a machine of that price, fully busy at that throughput."""
+    return price_per_hour / (throughput * 3600.0) * 1e6
+
+
+def _pct(value: float, limit: float) -> str:
+    return f"{(value - limit) / limit * 100:.0f}%"

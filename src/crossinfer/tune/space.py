@@ -1,0 +1,226 @@
+"""The search space of `crossinfer tune`: variants (a model on a target at a precision, proved by
+optimize) x batch size x runtime knobs, each point a Candidate; what cannot run is Pruned with why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crossinfer.backends.base import Precision, SessionOptions, Target
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """Runtime settings that do not change the model: threads, instances, hint, streams."""
+
+    threads: int | None = None  # intra-op threads; None: the runtime's default
+    instances: int = 1  # worker threads issuing batches to one session at once
+    performance_hint: str | None = None  # OpenVINO LATENCY / THROUGHPUT
+    streams: int | None = None  # OpenVINO inference streams
+
+    @property
+    def label(self) -> str:
+        parts = []
+        if self.performance_hint:
+            parts.append(self.performance_hint.lower())
+        if self.streams is not None:
+            parts.append(f"{self.streams} streams")
+        parts.append(f"{self.threads} threads" if self.threads else "default threads")
+        if self.instances > 1:
+            parts.append(f"x{self.instances} instances")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threads": self.threads,
+            "instances": self.instances,
+            "performance_hint": self.performance_hint,
+            "streams": self.streams,
+        }
+
+
+def _onnxruntime_knobs(cores: int) -> tuple[Knobs, ...]:
+    # One session with every core, or one thread per core with as many concurrent callers
+    # (ORT's InferenceSession.run is thread-safe): the second often wins on throughput.
+    grid = [Knobs()]
+    if cores > 1:
+        grid.append(Knobs(threads=1, instances=cores))
+    return tuple(grid)
+
+
+def _openvino_knobs(cores: int) -> tuple[Knobs, ...]:
+    # The session holds one infer request, so it is called from one thread at a time; the hint
+    # still changes how the plugin splits the cores (streams) and which kernels it picks.
+    return (Knobs(performance_hint="LATENCY"), Knobs(performance_hint="THROUGHPUT"))
+
+
+# backend -> its knob settings, most conventional first; a backend not named here gets its
+# defaults only (a new runtime joins the search with no code here)
+KNOB_GRIDS: dict[str, Callable[[int], tuple[Knobs, ...]]] = {
+    "onnxruntime": _onnxruntime_knobs,
+    "openvino": _openvino_knobs,
+}
+
+
+def knob_grid(backend: str, cores: int) -> tuple[Knobs, ...]:
+    grid = KNOB_GRIDS.get(backend)
+    return grid(max(1, cores)) if grid else (Knobs(),)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model artefact on one target, run at one precision, proved by the optimize pipeline."""
+
+    target: Target
+    recipe: str  # "fp32", "int8", "bf16", ...: what `optimize --precision` calls it
+    precision: Precision  # what the session is asked to run at
+    model_path: Path
+    model_sha256: str
+    passes: tuple[str, ...] = ()
+    accuracy: float | None = None  # top-1 (or agreement with FP32) on the accuracy set
+    accuracy_drop: float | None = None  # against the FP32 model on the same set
+    accuracy_method: str = "not measured"
+    notes: tuple[str, ...] = ()  # what optimize said: slower here, and its likely cause
+    before: Mapping[str, float] = field(default_factory=dict)  # optimize's FP32 baseline
+    after: Mapping[str, float] = field(default_factory=dict)  # the same figures for this one
+
+    @property
+    def key(self) -> str:
+        return f"{self.target}/{self.recipe}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "target": str(self.target),
+            "recipe": self.recipe,
+            "precision": self.precision.value,
+            "model": str(self.model_path),
+            "model_sha256": self.model_sha256,
+            "passes": list(self.passes),
+            "accuracy": self.accuracy,
+            "accuracy_drop": self.accuracy_drop,
+            "accuracy_method": self.accuracy_method,
+            "notes": list(self.notes),
+            "before": dict(self.before),
+            "after": dict(self.after),
+        }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the space: a variant at one batch size with one knob setting."""
+
+    variant: Variant
+    batch_size: int
+    knobs: Knobs
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant.key}/batch {self.batch_size}/{self.knobs.label}"
+
+    @property
+    def options(self) -> SessionOptions:
+        return SessionOptions(
+            precision=self.variant.precision,
+            threads=self.knobs.threads,
+            performance_hint=self.knobs.performance_hint,
+            streams=self.knobs.streams,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "variant": self.variant.key,
+            "target": str(self.variant.target),
+            "recipe": self.variant.recipe,
+            "batch_size": self.batch_size,
+            "knobs": self.knobs.to_dict(),
+        }
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """Part of the space left out before measuring, and why (check, optimize or the space)."""
+
+    what: str  # "iree:cpu", "onnxruntime:cpu/fp16", "batch 8"
+    stage: str  # "check", "optimize", "space"
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"what": self.what, "stage": self.stage, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Space:
+    """Every candidate, in a fixed order, with the axes a search strategy moves along."""
+
+    candidates: tuple[Candidate, ...]
+    pruned: tuple[Pruned, ...]
+    batch_sizes: tuple[int, ...]
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def variants(self) -> list[Variant]:
+        seen: dict[str, Variant] = {}
+        for candidate in self.candidates:
+            seen.setdefault(candidate.variant.key, candidate.variant)
+        return list(seen.values())
+
+    def of_variant(self, variant: Variant) -> list[Candidate]:
+        return [c for c in self.candidates if c.variant.key == variant.key]
+
+    def find(self, variant: Variant, batch_size: int, knobs: Knobs) -> Candidate | None:
+        for candidate in self.candidates:
+            if (
+                candidate.variant.key == variant.key
+                and candidate.batch_size == batch_size
+                and candidate.knobs == knobs
+            ):
+                return candidate
+        return None
+
+    def knobs_of(self, variant: Variant) -> list[Knobs]:
+        found: list[Knobs] = []
+        for candidate in self.of_variant(variant):
+            if candidate.knobs not in found:
+                found.append(candidate.knobs)
+        return found
+
+
+def build_space(
+    variants: Sequence[Variant],
+    batch_sizes: Sequence[int],
+    *,
+    batchable: bool,
+    cores: int,
+    pruned: Sequence[Pruned] = (),
+    knobs: Mapping[str, Sequence[Knobs]] | None = None,
+) -> Space:
+    """Every variant x batch size x knob setting of its backend.
+
+    A model with a fixed batch dimension keeps batch 1 only; the other sizes are pruned with the
+    reason. `knobs` replaces the default grid of a backend (tests, or a user's narrower search).
+    """
+    sizes = tuple(sorted(set(batch_sizes)))
+    left_out = list(pruned)
+    if not batchable and any(b > 1 for b in sizes):
+        dropped = [b for b in sizes if b > 1]
+        left_out.append(
+            Pruned(
+                f"batch {','.join(map(str, dropped))}",
+                "space",
+                "the model's inputs have a fixed batch dimension: only batch 1 can run",
+            )
+        )
+        sizes = (1,)
+    candidates = []
+    for variant in variants:
+        grid = (knobs or {}).get(variant.target.backend) or knob_grid(variant.target.backend, cores)
+        for batch in sizes:
+            for setting in grid:
+                candidates.append(Candidate(variant, batch, setting))
+    return Space(tuple(candidates), tuple(left_out), sizes)

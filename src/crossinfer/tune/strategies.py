@@ -1,0 +1,183 @@
+"""How tune walks the space: `exhaustive` measures every candidate; `quick` screens each variant
+at one setting, then hill-climbs batch size and knobs from the best (as Triton Model Analyzer's
+quick mode climbs), within a budget of measurements. Unmeasured candidates keep the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from crossinfer.errors import UsageError
+from crossinfer.tune.constraints import Metrics
+from crossinfer.tune.space import Candidate, Space, Variant
+
+STRATEGIES = ("quick", "exhaustive")
+
+Measure = Callable[[Candidate], Metrics | None]  # None: it could not be measured (error kept)
+# larger is better: (1, objective) for a feasible candidate, (0, -excess) for one that misses
+Rank = Callable[[Metrics], tuple[float, float]]
+_FAILED = (-1.0, 0.0)
+
+
+@dataclass
+class SearchOutcome:
+    """What a strategy measured (in order) and why it left the rest alone."""
+
+    strategy: str
+    measured: dict[str, Metrics | None] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    budget: int | None = None
+    path: list[str] = field(default_factory=list)  # quick: the climb's moves, start to end
+
+
+def search(
+    strategy: str,
+    space: Space,
+    measure: Measure,
+    rank: Rank,
+    *,
+    budget: int | None = None,
+    latency_first: bool = False,
+    seed: Sequence[Candidate] = (),
+) -> SearchOutcome:
+    """Run a strategy; `seed` candidates are measured first (the naive default, to compare with)."""
+    if strategy == "exhaustive":
+        return exhaustive(space, measure, seed=seed)
+    if strategy == "quick":
+        return quick(space, measure, rank, budget=budget, latency_first=latency_first, seed=seed)
+    raise UsageError(f"--strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
+
+
+def exhaustive(space: Space, measure: Measure, *, seed: Sequence[Candidate] = ()) -> SearchOutcome:
+    outcome = SearchOutcome("exhaustive", budget=len(space))
+    for candidate in [*seed, *space.candidates]:
+        if candidate.key not in outcome.measured:
+            outcome.measured[candidate.key] = measure(candidate)
+    return outcome
+
+
+def default_budget(space: Space) -> int:
+    """A quarter of the space, but never fewer than one screen per variant and two climbs."""
+    return max(len(space.variants()) + 2, math.floor(len(space) / 4))
+
+
+def quick(
+    space: Space,
+    measure: Measure,
+    rank: Rank,
+    *,
+    budget: int | None = None,
+    latency_first: bool = False,
+    seed: Sequence[Candidate] = (),
+) -> SearchOutcome:
+    """Screen every variant at its anchor (the middle batch size, or the smallest for a latency
+    objective, with the backend's first knob setting), then hill-climb from the best variants."""
+    budget = budget if budget is not None else default_budget(space)
+    if budget < 1:
+        raise UsageError(
+            f"the quick strategy needs a budget of at least 1 measurement, got {budget}"
+        )
+    outcome = SearchOutcome("quick", budget=budget)
+    sizes = space.batch_sizes
+    anchor_batch = sizes[0] if latency_first else sizes[(len(sizes) - 1) // 2]
+
+    def score(candidate: Candidate) -> tuple[float, float]:
+        metrics = outcome.measured.get(candidate.key)
+        return rank(metrics) if metrics is not None else _FAILED
+
+    def take(candidate: Candidate) -> bool:
+        if candidate.key in outcome.measured:
+            return True
+        if len(outcome.measured) >= budget:
+            return False
+        outcome.measured[candidate.key] = measure(candidate)
+        return True
+
+    for candidate in seed:
+        take(candidate)
+    anchors: dict[str, Candidate] = {}
+    for variant in space.variants():
+        first = space.find(variant, anchor_batch, space.knobs_of(variant)[0])
+        if first is not None and take(first):
+            anchors[variant.key] = first
+    order = sorted(anchors.values(), key=score, reverse=True)
+    climbed: list[str] = []
+    for start in order:
+        if len(outcome.measured) >= budget or score(start) == _FAILED:
+            break
+        end = _climb(space, start, take, score, outcome)
+        climbed.append(start.variant.key)
+        outcome.path.append(f"{start.key} -> {end.key}")
+    best = order[0] if order else None
+    for candidate in space.candidates:
+        if candidate.key in outcome.measured:
+            continue
+        outcome.skipped[candidate.key] = _why_skipped(
+            candidate, anchors, climbed, best, score, len(outcome.measured) >= budget, budget
+        )
+    return outcome
+
+
+def _climb(
+    space: Space,
+    start: Candidate,
+    take: Callable[[Candidate], bool],
+    score: Callable[[Candidate], tuple[float, float]],
+    outcome: SearchOutcome,
+) -> Candidate:
+    current = start
+    while True:
+        neighbours = [n for n in _neighbours(space, current) if take(n)]
+        measured = [n for n in neighbours if n.key in outcome.measured]
+        if not measured:
+            return current
+        best = max(measured, key=score)
+        if score(best) <= score(current):
+            return current
+        current = best
+
+
+def _neighbours(space: Space, at: Candidate) -> list[Candidate]:
+    """One step along each axis: the next smaller and larger batch size, every other knob setting."""
+    sizes = space.batch_sizes
+    i = sizes.index(at.batch_size)
+    found: list[Candidate] = []
+    for j in (i + 1, i - 1):
+        if 0 <= j < len(sizes):
+            step = space.find(at.variant, sizes[j], at.knobs)
+            if step is not None:
+                found.append(step)
+    for knobs in space.knobs_of(at.variant):
+        if knobs != at.knobs:
+            step = space.find(at.variant, at.batch_size, knobs)
+            if step is not None:
+                found.append(step)
+    return found
+
+
+def _why_skipped(
+    candidate: Candidate,
+    anchors: dict[str, Candidate],
+    climbed: list[str],
+    best: Candidate | None,
+    score: Callable[[Candidate], tuple[float, float]],
+    exhausted: bool,
+    budget: int,
+) -> str:
+    variant: Variant = candidate.variant
+    anchor = anchors.get(variant.key)
+    if anchor is None:
+        return f"not measured: quick's budget of {budget} measurements ran out before this variant"
+    if variant.key in climbed:
+        if exhausted:
+            return f"not measured: quick's budget of {budget} measurements ran out during the climb"
+        return "not measured: off the hill-climb's path (no step towards it improved the objective)"
+    if score(anchor) == _FAILED:
+        return f"not measured: this variant failed at its screening point ({anchor.key})"
+    lead = f" than {best.key}" if best is not None else ""
+    why = f"screened at {anchor.key}, which ranked lower{lead}"
+    if exhausted:
+        why += f"; the budget of {budget} measurements went to better variants"
+    return f"not measured: {why}"
