@@ -247,9 +247,14 @@ def resnet_section(run: Runner, args: argparse.Namespace) -> None:
         ("b1 eager fp16", fp16, {"channels_last": "1"}),
     ]
     if cuda:
-        latency_configs.append(
-            ("b1 cudagraphs fp16", fp16, {"mode": "cudagraphs", "channels_last": "1"})
-        )
+        latency_configs += [
+            ("b1 cudagraphs fp16", fp16, {"mode": "cudagraphs", "channels_last": "1"}),
+            (
+                "b1 cudagraphs fp16, no conv-relu fusion",
+                fp16,
+                {"mode": "cudagraphs", "channels_last": "1", "fuse_conv_relu": "0"},
+            ),
+        ]
     for label, precision, extra in latency_configs:
         run.session_row(
             family="resnet50-b1",

@@ -38,6 +38,7 @@ class Conversion:
     module: fx.GraphModule
     folded_batchnorms: int
     retargeted_casts: int
+    fused_conv_relu: int  # Conv->ReLU and Conv->Add->ReLU chains made one cuDNN call
     custom_ops: tuple[str, ...]  # op types converted by crossinfer's own converters
 
 
@@ -302,18 +303,122 @@ def retarget_float_casts(module: nn.Module, dtype: torch.dtype) -> int:
     return count
 
 
+class ConvReLU(nn.Module):
+    """Conv2d then ReLU as one cuDNN call on CUDA (bias and activation in the convolution's epilogue)."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        if x.is_cuda:
+            return torch.cudnn_convolution_relu(
+                x, c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups
+            )
+        return torch.relu(c(x))
+
+
+class ConvAddReLU(nn.Module):
+    """relu(conv(x) + z), a residual block's tail, as one cuDNN call on CUDA."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        if x.is_cuda and z.dim() == 4 and z.dtype == x.dtype:
+            return torch.cudnn_convolution_add_relu(
+                x, c.weight, z, 1.0, c.bias, c.stride, c.padding, c.dilation, c.groups
+            )
+        return torch.relu(c(x) + z)
+
+
+def fuse_conv_relu_chains(module: fx.GraphModule) -> int:
+    """Rewrite Conv2d->ReLU and Conv2d->Add->ReLU chains into ConvReLU / ConvAddReLU modules.
+
+    Only where each intermediate value has that one user, so nothing else needs it in memory.
+    Returns how many chains were fused.
+    """
+    graph = module.graph
+    fused = 0
+    for node in list(graph.nodes):
+        conv = _module_of(module, node)
+        if not _fusable_conv(conv) or len(node.users) != 1:
+            continue
+        (user,) = node.users
+        if isinstance(_module_of(module, user), nn.ReLU):
+            name = _fresh(dict(module.named_children()), f"{node.target}_relu_fused")
+            module.add_submodule(name, ConvReLU(conv))  # type: ignore[arg-type]
+            with graph.inserting_before(node):
+                new = graph.call_module(name, args=node.args[:1])
+            user.replace_all_uses_with(new)
+            graph.erase_node(user)
+            graph.erase_node(node)
+            fused += 1
+            continue
+        add = _module_of(module, user)
+        if (
+            type(add).__name__ != "OnnxBinaryMathOperation"
+            or getattr(add, "math_op_function", None) is not torch.add
+            or getattr(add, "broadcast", None) == 1
+            or len(user.args) != 2
+            or len(user.users) != 1
+        ):
+            continue
+        (relu,) = user.users
+        if not isinstance(_module_of(module, relu), nn.ReLU):
+            continue
+        other = user.args[1] if user.args[0] is node else user.args[0]
+        name = _fresh(dict(module.named_children()), f"{node.target}_add_relu_fused")
+        module.add_submodule(name, ConvAddReLU(conv))  # type: ignore[arg-type]
+        with graph.inserting_before(relu):
+            new = graph.call_module(name, args=(node.args[0], other))
+        relu.replace_all_uses_with(new)
+        graph.erase_node(relu)
+        graph.erase_node(user)
+        graph.erase_node(node)
+        fused += 1
+    if fused:
+        graph.lint()
+        module.recompile()
+        module.delete_all_unused_submodules()
+    return fused
+
+
+def _module_of(module: fx.GraphModule, node: fx.Node) -> nn.Module | None:
+    if node.op != "call_module" or not isinstance(node.target, str):
+        return None
+    return module.get_submodule(node.target)
+
+
+def _fusable_conv(conv: nn.Module | None) -> bool:
+    return (
+        isinstance(conv, nn.Conv2d)
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+    )
+
+
 def convert(
-    model: onnx.ModelProto, *, dtype: torch.dtype | None = None, fold_batchnorm: bool = True
+    model: onnx.ModelProto,
+    *,
+    dtype: torch.dtype | None = None,
+    fold_batchnorm: bool = True,
+    fuse_conv_relu: bool = False,
 ) -> Conversion:
     """The whole path: rewrites, then onnx2torch, as an eval-mode ``fx.GraphModule`` on the CPU."""
-    folded = casts = 0
+    folded = casts = fused = 0
     if fold_batchnorm:
         model, folded = fold_batch_norms(model)
     module = _onnx2torch_convert(model)
     check_outputs(module, model)
     if dtype is not None and dtype != torch.float32:
         casts = retarget_float_casts(module, dtype)
-    return Conversion(module.eval(), folded, casts, custom_ops_used(model))
+    if fuse_conv_relu:
+        fused = fuse_conv_relu_chains(module)
+    return Conversion(module.eval(), folded, casts, fused, custom_ops_used(model))
 
 
 def check_outputs(module: fx.GraphModule, model: onnx.ModelProto) -> None:

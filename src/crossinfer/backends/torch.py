@@ -42,7 +42,14 @@ from crossinfer.model import ModelArtifact, TensorSpec
 MODES = ("eager", "compile", "cudagraphs")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 _DTYPES = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}
-_KNOWN_EXTRA = ("mode", "compile_mode", "channels_last", "fold_batchnorm", "autocast")
+_KNOWN_EXTRA = (
+    "mode",
+    "compile_mode",
+    "channels_last",
+    "fold_batchnorm",
+    "fuse_conv_relu",
+    "autocast",
+)
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
 
 
@@ -55,6 +62,8 @@ class TorchSettings:
         max-autotune-no-cudagraphs.
     channels_last: 1 | 0 | auto (auto: on for models with convolutions on a GPU).
     fold_batchnorm: 1 | 0, fold Conv+BatchNormalization before conversion (default 1).
+    fuse_conv_relu: 1 | 0 | auto, Conv->ReLU and Conv->Add->ReLU as one cuDNN call (auto: on
+        CUDA outside compile mode, where inductor fuses by itself).
     autocast: 1 | 0, FP16/BF16 under torch.autocast with FP32 weights instead of converted weights.
     """
 
@@ -62,6 +71,7 @@ class TorchSettings:
     compile_mode: str = "default"
     channels_last: str = "auto"
     fold_batchnorm: bool = True
+    fuse_conv_relu: str = "auto"
     autocast: bool = False
 
     @classmethod
@@ -83,8 +93,12 @@ class TorchSettings:
         channels_last = extra.get("channels_last", "auto").lower()
         if channels_last not in ("auto", "0", "1"):
             raise UsageError(f"torch channels_last '{channels_last}' must be 0, 1 or auto")
+        fuse = extra.get("fuse_conv_relu", "auto").lower()
+        if fuse not in ("auto", "0", "1"):
+            raise UsageError(f"torch fuse_conv_relu '{fuse}' must be 0, 1 or auto")
         return cls(
             mode=mode,
+            fuse_conv_relu=fuse,
             compile_mode=compile_mode,
             channels_last=channels_last,
             fold_batchnorm=_flag(extra, "fold_batchnorm", True),
@@ -275,6 +289,12 @@ class TorchSession:
             return _DTYPES[self.precision]
         return torch.float32
 
+    @property
+    def _fuse_conv_relu(self) -> bool:
+        if self.settings.fuse_conv_relu == "auto":
+            return self.device.type == "cuda" and self.settings.mode != "compile"
+        return self.settings.fuse_conv_relu == "1"
+
     def _build(self, artifact: ModelArtifact) -> tuple[torch.nn.Module, dict[str, Any]]:
         native = _native_module(artifact)
         info: dict[str, Any] = {}
@@ -291,6 +311,7 @@ class TorchSession:
                     proto,
                     dtype=self.compute_dtype if self.compute_dtype != torch.float32 else None,
                     fold_batchnorm=self.settings.fold_batchnorm,
+                    fuse_conv_relu=self._fuse_conv_relu,
                 )
             except (NotImplementedError, KeyError, ValueError, RuntimeError) as exc:
                 from crossinfer.backends.onnx_to_torch import unsupported_ops
@@ -305,6 +326,7 @@ class TorchSession:
             info["source"] = "onnx2torch"
             info["folded_batchnorms"] = conversion.folded_batchnorms
             info["retargeted_casts"] = conversion.retargeted_casts
+            info["fused_conv_relu"] = conversion.fused_conv_relu
             info["crossinfer_converters"] = list(conversion.custom_ops)
             has_conv = any(n.op_type.startswith("Conv") for n in proto.graph.node)
         channels_last = self.settings.channels_last == "1" or (
