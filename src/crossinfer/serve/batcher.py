@@ -545,8 +545,14 @@ class DynamicBatcher:
         task.add_done_callback(self._running.discard)
 
     async def _execute(self, instance: int, batch: list[_Request]) -> None:
+        try:
+            await self._run(self._sessions[instance], batch)
+        finally:
+            self._free.append(instance)
+            self._wake()
+
+    async def _run(self, session: Session, batch: list[_Request]) -> None:
         loop = asyncio.get_running_loop()
-        session = self._sessions[instance]
         batched = self.config.max_batch_size > 0
         rows = sum(r.rows for r in batch)
         live = [r for r in batch if not r.future.done()]
@@ -564,6 +570,16 @@ class DynamicBatcher:
             t2 = time.perf_counter_ns()
             results = self._split(outputs, batch, rows) if batched else [outputs]
             t3 = time.perf_counter_ns()
+        except InputError as exc:
+            if len(live) > 1:
+                # values only the runtime checks (text that is not UTF-8): find whose they are
+                # by running each request alone, so one bad request never fails its batch-mates
+                for request in live:
+                    await self._run(session, [request])
+                return
+            for request in live:
+                error = InputError(f"model '{self.model_name}': {exc}")
+                self._fail_request(request, error, "REJECTED")
         except Exception as exc:
             for request in live:
                 error = InferenceError(
@@ -581,9 +597,6 @@ class DynamicBatcher:
                     continue
                 request.future.set_result(result)
                 self._success = self._success.add(end - request.enqueued_ns)
-        finally:
-            self._free.append(instance)
-            self._wake()
 
     def _split(
         self, outputs: dict[str, np.ndarray], batch: list[_Request], rows: int

@@ -6,8 +6,7 @@ Both front ends (HTTP in `app`, gRPC in `grpc`) code against this module only.
 
 A repository directory holds, per model, one of::
 
-    NAME.toml             a deployment spec written by `crossinfer tune`
-    NAME.onnx             a model served with the default settings
+    NAME.toml             a deployment spec written by `crossinfer tune` (its model may sit next to it)
     NAME/model.onnx       (or any single .onnx, or NAME/1/model.onnx as Triton lays it out)
     NAME/config.toml      optional: backend, device, precision, max_batch_size, ... (CONFIG_KEYS)
 """
@@ -533,10 +532,10 @@ class ModelRepository:
                     continue
                 if entry.is_dir():
                     name = entry.name
-                elif entry.suffix in (".onnx", ".toml"):
+                elif entry.suffix == ".toml":
                     name = entry.stem
                 else:
-                    continue  # data files, READMEs: not models
+                    continue  # a spec's model file next to it, data files, READMEs: not models
                 if not _NAME.match(name):
                     log_event(
                         "model_skipped",
