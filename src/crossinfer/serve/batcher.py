@@ -578,8 +578,8 @@ class DynamicBatcher:
                     await self._run(session, [request])
                 return
             for request in live:
-                error = InputError(f"model '{self.model_name}': {exc}")
-                self._fail_request(request, error, "REJECTED")
+                refused = InputError(f"model '{self.model_name}': {exc}")
+                self._fail_request(request, refused, "REJECTED")
         except Exception as exc:
             for request in live:
                 error = InferenceError(
