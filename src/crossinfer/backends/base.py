@@ -231,6 +231,12 @@ for _entry in (
         "pip install 'crossinfer[jax]' (jax[cuda12] for NVIDIA GPUs, jax[tpu] on a TPU VM)",
     ),
     BackendEntry(
+        "iree",
+        "crossinfer.backends.iree",
+        "IreeBackend",
+        "pip install 'crossinfer[iree]'",
+    ),
+    BackendEntry(
         "reference",
         "crossinfer.backends.reference",
         "ReferenceBackend",
