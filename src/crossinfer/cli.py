@@ -39,6 +39,10 @@ ModelArg = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+# the demo's default constraints: a batch run within 100 ms, at most one point of top-1 lost
+DEMO_MAX_P99_MS = 100.0
+DEMO_MAX_ACCURACY_DROP = 0.01
+DEMO_CHECK_TIMEOUT_S = 120.0
 
 
 def _fail(exc: CrossinferError, code: int = 2) -> NoReturn:
@@ -555,36 +559,277 @@ def _print_step(step: StepReport) -> None:
 
 
 @app.command()
+def tune(
+    model: ModelArg,
+    backends: Annotated[
+        str | None,
+        typer.Option(
+            help="Only these backends (comma list), e.g. onnxruntime,openvino; default: all found."
+        ),
+    ] = None,
+    target: Annotated[
+        list[str] | None,
+        typer.Option("--target", "-t", help="Only this BACKEND:DEVICE (repeatable)."),
+    ] = None,
+    precisions: Annotated[
+        str, typer.Option(help="Precisions to try (comma list of fp32, fp16, bf16, int8).")
+    ] = "fp32,fp16,bf16,int8",
+    batch: Annotated[str, typer.Option(help="Batch sizes to try, e.g. 1,8,32.")] = "1,8,32",
+    strategy: Annotated[
+        str,
+        typer.Option(
+            help="quick (screen, then hill-climb; about a quarter of the space) or exhaustive."
+        ),
+    ] = "quick",
+    budget: Annotated[
+        int | None, typer.Option(min=1, help="quick: at most this many measurements.")
+    ] = None,
+    objective: Annotated[
+        str,
+        typer.Option(help="throughput, latency, cost (needs a price) or energy (needs a meter)."),
+    ] = "throughput",
+    max_p99_ms: Annotated[
+        float | None, typer.Option(help="Largest p99 latency of one batch run, in ms.")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None,
+        typer.Option(
+            help="Top-1 drop allowed, as a fraction (0.01 = 1 point); needs a labelled set or compares with FP32."
+        ),
+    ] = None,
+    max_memory_mb: Annotated[
+        float | None,
+        typer.Option(help="Largest peak resident memory of the measuring process, MB."),
+    ] = None,
+    dataset: Annotated[
+        Path | None,
+        typer.Option(help="Labelled .npz (model inputs plus 'labels'); default: the zoo model's."),
+    ] = None,
+    calibration: Annotated[
+        str | None,
+        typer.Option(
+            help="INT8 calibration: .npz, folder, or 'synthetic'; default: the zoo data set, else synthetic."
+        ),
+    ] = None,
+    instance: Annotated[
+        str | None,
+        typer.Option(help="The cloud instance this runs on (hardware catalog name), for cost."),
+    ] = None,
+    price_per_hour: Annotated[
+        float | None, typer.Option(help="Price of this machine in USD per hour, for cost.")
+    ] = None,
+    catalog: Annotated[
+        Path | None, typer.Option(help="A hardware catalog TOML laid over the built-in one.")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Folder for the spec, the chosen model, tune.json and report.html."
+        ),
+    ] = None,
+    measure_ms: Annotated[
+        int, typer.Option(min=200, help="Length of each measurement (LoadGen min duration), ms.")
+    ] = 1000,
+    store: Annotated[Path | None, typer.Option(help="Results store (SQLite).")] = None,
+    fresh: Annotated[
+        bool, typer.Option("--fresh", help="Measure again what the store already holds.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Try the ways to run a model here and recommend the one that meets the constraints."""
+    from crossinfer.store import ResultStore
+
+    try:
+        artifact, config, out_dir = _tune_setup(
+            model, backends, target, precisions, batch, strategy, budget, objective,
+            max_p99_ms, max_accuracy_drop, max_memory_mb, dataset, calibration, instance,
+            price_per_hour, catalog, out, measure_ms, fresh,
+        )  # fmt: skip
+        with ResultStore(store) as results:
+            result = _run_tune(artifact, config, out_dir, results, quiet=as_json)
+    except CrossinferError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        from crossinfer.tune.render import render_tune
+
+        render_tune(result, console)
+        _print_tune_files(result)
+    if result.recommendation.pick is None:
+        raise typer.Exit(1)
+
+
+def _tune_setup(
+    model: str,
+    backends: str | None,
+    target: list[str] | None,
+    precisions: str,
+    batch: str,
+    strategy: str,
+    budget: int | None,
+    objective: str,
+    max_p99_ms: float | None,
+    max_accuracy_drop: float | None,
+    max_memory_mb: float | None,
+    dataset: Path | None,
+    calibration: str | None,
+    instance: str | None,
+    price_per_hour: float | None,
+    catalog: Path | None,
+    out: Path | None,
+    measure_ms: int,
+    fresh: bool,
+) -> tuple[Any, Any, Path]:
+    from crossinfer.backends.base import Target, backend_entry
+    from crossinfer.hardware.catalog import load_catalog, resolve_price
+    from crossinfer.model import load_model
+    from crossinfer.tune.constraints import Constraints, Objective
+    from crossinfer.tune.runner import TuneConfig, spec_name
+    from crossinfer.tune.strategies import STRATEGIES
+
+    if strategy not in STRATEGIES:
+        raise UsageError(f"--strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
+    names = tuple(b.strip().lower() for b in (backends or "").split(",") if b.strip())
+    for name in names:
+        backend_entry(name)  # an unknown backend is refused before minutes of work
+    price = resolve_price(load_catalog(catalog), instance=instance, price_per_hour=price_per_hour)
+    config = TuneConfig(
+        backends=names,
+        targets=tuple(Target.parse(t) for t in target or []),
+        precisions=tuple(p.strip().lower() for p in precisions.split(",") if p.strip()),
+        batch_sizes=_parse_batches(batch),
+        strategy=strategy,
+        budget=budget,
+        objective=Objective.parse(objective),
+        constraints=Constraints(
+            max_p99_ms=max_p99_ms, max_accuracy_drop=max_accuracy_drop, max_memory_mb=max_memory_mb
+        ),
+        price=price,
+        measure_ms=measure_ms,
+        calibration=calibration,
+        dataset=dataset,
+        fresh=fresh,
+    )
+    artifact = load_model(model)
+    return artifact, config, out or Path("crossinfer-tune") / spec_name(artifact)
+
+
+def _run_tune(artifact: Any, config: Any, out_dir: Path, store: Any, *, quiet: bool) -> Any:
+    from crossinfer.tune.runner import tune as run_tune
+
+    def say(text: str) -> None:
+        if not quiet:
+            err_console.print(text, highlight=False, markup=False)
+
+    try:
+        # calibration tools draw progress on stdout: keep it for results
+        with contextlib.redirect_stdout(sys.stderr):
+            return run_tune(artifact, config, out_dir=out_dir, store=store, on_event=say)
+    except KeyboardInterrupt:
+        err_console.print(
+            f"interrupted: what was measured is kept in {store.path}; run the same command "
+            "again to resume from it",
+            highlight=False,
+        )
+        raise typer.Exit(130) from None
+
+
+def _print_tune_files(result: Any) -> None:
+    console.print(f"report: {result.report_path}", highlight=False)
+    if result.spec_path is not None:
+        console.print(f"deployment spec: {result.spec_path}", highlight=False)
+        console.print(
+            f"serve it: uv run --extra serve crossinfer serve {result.spec_path}", highlight=False
+        )
+
+
+@app.command()
+def report(
+    result: Annotated[
+        Path, typer.Argument(help="tune.json written by `crossinfer tune`, or its folder.")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="The HTML file; default: report.html beside it."),
+    ] = None,
+) -> None:
+    """Draw the HTML report of a tune again from its tune.json (self-contained, opens offline)."""
+    from crossinfer.report.html import load_result, write_report
+
+    try:
+        data = load_result(result)
+    except CrossinferError as exc:
+        _fail(exc)
+    folder = result if result.is_dir() else result.parent
+    path = write_report(data, out or folder / "report.html")
+    console.print(f"report: {path}", highlight=False)
+
+
+@app.command()
 def demo(
     model: Annotated[str, typer.Option(help="The zoo model the demo runs on.")] = "zoo:resnet18",
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Folder for the report, the spec and the model.")
+    ] = Path("crossinfer-demo"),
+    max_p99_ms: Annotated[
+        float, typer.Option(help="The demo's latency constraint (per batch run), ms.")
+    ] = DEMO_MAX_P99_MS,
+    max_accuracy_drop: Annotated[
+        float, typer.Option(help="The demo's accuracy constraint (fraction of top-1).")
+    ] = DEMO_MAX_ACCURACY_DROP,
 ) -> None:
-    """The main job on a built-in model: discover this machine, then check the model everywhere."""
+    """The whole path on a built-in model: discover, check, optimize, tune, report (minutes)."""
     from crossinfer.check import check_model, random_inputs
     from crossinfer.check.render import render_check
     from crossinfer.hardware import discover
     from crossinfer.hardware.render import render_report
     from crossinfer.model import load_model
+    from crossinfer.store import ResultStore
+    from crossinfer.tune.constraints import Constraints
+    from crossinfer.tune.render import render_tune
+    from crossinfer.tune.runner import TuneConfig
+    from crossinfer.tune.runner import tune as run_tune
 
     console.rule("1. discover: processors and runtimes")
     render_report(discover(), console)
     console.rule(f"2. check: {model} on every runtime x device")
     try:
         artifact = load_model(model)
-        report = check_model(
+        checked = check_model(
             artifact,
             feeds=random_inputs(artifact.inputs, batch=1, seed=0),
             input_source="random, seed 0",
+            timeout_s=DEMO_CHECK_TIMEOUT_S,
             on_row=_print_progress,
         )
+        render_check(checked, console)
+        config = TuneConfig(
+            precisions=("fp32", "bf16", "int8"),
+            batch_sizes=(1, 8, 32),
+            strategy="quick",
+            constraints=Constraints(max_p99_ms=max_p99_ms, max_accuracy_drop=max_accuracy_drop),
+        )
+        console.rule(
+            f"3-4. optimize and tune: {config.constraints.describe()}, most throughput (quick)"
+        )
+
+        def say(text: str) -> None:
+            err_console.print(text, highlight=False, markup=False)
+
+        with ResultStore() as store, contextlib.redirect_stdout(sys.stderr):
+            result = run_tune(
+                artifact, config, out_dir=out, store=store, check_report=checked, on_event=say
+            )
     except CrossinferError as exc:
         _fail(exc)
-    render_check(report, console)
-    console.print(
-        f"\nnext: crossinfer bench {model} --scenario all --quick; "
-        f"crossinfer optimize {model} --precision int8 -o optimized/; "
-        "crossinfer check MODEL.onnx --require onnxruntime:cpu",
-        highlight=False,
-    )
+    except KeyboardInterrupt:
+        err_console.print("interrupted: run `crossinfer demo` again to resume from the store")
+        raise typer.Exit(130) from None
+    render_tune(result, console)
+    console.rule("5. report")
+    _print_tune_files(result)
+    console.print(f"results store: {store.path}", highlight=False)
 
 
 @app.command()

@@ -63,7 +63,7 @@ def compatibility_matrix(data: Data) -> go.Figure:
             elif f"{target}/{recipe}" in pruned:
                 p = pruned[f"{target}/{recipe}"]
                 z_row.append(0.5)
-                t_row.append(p["stage"])
+                t_row.append(_short(p))
                 h_row.append(f"pruned ({p['stage']}): {p['reason']}"[:300])
             elif any(v["key"] == f"{target}/{recipe}" for v in data["variants"]):
                 z_row.append(1.0)
@@ -210,7 +210,8 @@ def latency_distributions(data: Data, limit: int = 8) -> go.Figure:
     figure.update_layout(
         title="Latency distribution per batch run (percentiles)",
         xaxis_title="percentile",
-        yaxis_title="ms",
+        yaxis_title="ms (log scale)",
+        yaxis_type="log",
         **_LAYOUT,
     )
     return figure
@@ -257,6 +258,17 @@ def all_figures(data: Data) -> Sequence[tuple[str, str, go.Figure]]:
         ("latency", "Latency distributions", latency_distributions(data)),
         ("optimizations", "Optimizations, before and after", optimizations(data)),
     )
+
+
+def _short(pruned: Mapping[str, Any]) -> str:
+    reason = str(pruned["reason"])
+    if reason.startswith("no ") and "recipe" in reason:
+        return "no recipe"
+    if "parity" in reason:
+        return "parity fails"
+    if pruned["stage"] == "accuracy":
+        return "accuracy"
+    return f"{pruned['stage']} failed"
 
 
 def _knob_label(knobs: Mapping[str, Any]) -> str:

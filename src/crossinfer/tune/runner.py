@@ -286,9 +286,18 @@ def write_outputs(result: TuneResult, out_dir: Path) -> None:
 
 def _check(artifact: ModelArtifact, config: TuneConfig) -> CheckReport:
     targets: list[Target] | None = list(config.targets) or None
-    if targets is None:
-        found, _missing = default_targets()
-        targets = [t for t in found if not config.backends or t.backend in config.backends]
+    if targets is None and config.backends:
+        targets = []
+        for name in config.backends:  # import only the runtimes asked for
+            try:
+                backend = load_backend(backend_entry(name))
+            except CrossinferError:
+                continue  # check's own row for it says why
+            targets += [
+                Target(name, d.name) for d in backend.devices() if d.available and d.name != "auto"
+            ]
+    elif targets is None:
+        targets, _missing = default_targets()
     return check_model(
         artifact,
         targets=targets,
@@ -390,7 +399,26 @@ def _variants(
                 pruned.append(variant)
             else:
                 variants.append(variant)
-    return variants, pruned
+    return _fp32_accuracy(variants), pruned
+
+
+def _fp32_accuracy(variants: list[Variant]) -> list[Variant]:
+    """The FP32 variants' accuracy is optimize's baseline on the same target."""
+    out = []
+    for variant in variants:
+        if variant.recipe == "fp32" and variant.accuracy is None:
+            measured = next(
+                (
+                    v.before["accuracy"]
+                    for v in variants
+                    if v.target == variant.target and "accuracy" in v.before
+                ),
+                None,
+            )
+            if measured is not None:
+                variant = dataclasses.replace(variant, accuracy=measured)
+        out.append(variant)
+    return out
 
 
 def _fp32_variant(artifact: ModelArtifact, target: Target, labelled: LabelledSet | None) -> Variant:
