@@ -210,6 +210,7 @@ def tune(
         )
     variants, more = _within_accuracy(variants, config.constraints)
     pruned.extend(more)
+    variants = _priors(variants, check_report)
     timings["optimize"] = time.perf_counter() - clock
 
     batchable = all(s.shape and not isinstance(s.shape[0], int) for s in artifact.inputs)
@@ -400,6 +401,30 @@ def _variants(
             else:
                 variants.append(variant)
     return _fp32_accuracy(variants), pruned
+
+
+def _priors(variants: list[Variant], report: CheckReport) -> list[Variant]:
+    """Each variant's batch-1 latency as seen before the search: optimize's median where it ran
+    (the FP32 baseline for FP32), else check's single warm run."""
+    rows = {row.target: row for row in report.rows}
+    out = []
+    for variant in variants:
+        latency: float | None = None
+        source = ""
+        if variant.after.get("latency_ms"):
+            latency, source = variant.after["latency_ms"], "optimize's check"
+        elif variant.recipe == "fp32":
+            sibling = next(
+                (v for v in variants if v.target == variant.target and v.before.get("latency_ms")),
+                None,
+            )
+            row = rows.get(str(variant.target))
+            if sibling is not None:
+                latency, source = sibling.before["latency_ms"], "optimize's FP32 baseline"
+            elif row is not None and row.run_s:
+                latency, source = row.run_s * 1e3, "check's warm run"
+        out.append(dataclasses.replace(variant, prior_latency_ms=latency, prior_source=source))
+    return out
 
 
 def _fp32_accuracy(variants: list[Variant]) -> list[Variant]:

@@ -86,6 +86,10 @@ class Variant:
     notes: tuple[str, ...] = ()  # what optimize said: slower here, and its likely cause
     before: Mapping[str, float] = field(default_factory=dict)  # optimize's FP32 baseline
     after: Mapping[str, float] = field(default_factory=dict)  # the same figures for this one
+    # batch-1 latency seen before the search (optimize's check, or check's warm run): what the
+    # quick strategy screens by
+    prior_latency_ms: float | None = None
+    prior_source: str = ""
 
     @property
     def key(self) -> str:
@@ -106,6 +110,8 @@ class Variant:
             "notes": list(self.notes),
             "before": dict(self.before),
             "after": dict(self.after),
+            "prior_latency_ms": self.prior_latency_ms,
+            "prior_source": self.prior_source,
         }
 
 

@@ -19,6 +19,9 @@ Measure = Callable[[Candidate], Metrics | None]  # None: it could not be measure
 # larger is better: (1, objective) for a feasible candidate, (0, -excess) for one that misses
 Rank = Callable[[Metrics], tuple[float, float]]
 _FAILED = (-1.0, 0.0)
+# quick screens only the variants whose earlier batch-1 latency is within this factor of the
+# fastest's: a runtime three times slower at batch 1 rarely wins at any batch size
+PRIOR_CUTOFF = 3.0
 
 
 @dataclass
@@ -98,7 +101,8 @@ def quick(
     for candidate in seed:
         take(candidate)
     anchors: dict[str, Candidate] = {}
-    for variant in space.variants():
+    screened, unscreened = _screen(space.variants())
+    for variant in screened:
         first = space.find(variant, anchor_batch, space.knobs_of(variant)[0])
         if first is not None and take(first):
             anchors[variant.key] = first
@@ -114,10 +118,37 @@ def quick(
     for candidate in space.candidates:
         if candidate.key in outcome.measured:
             continue
+        if candidate.variant.key in unscreened:
+            outcome.skipped[candidate.key] = unscreened[candidate.variant.key]
+            continue
         outcome.skipped[candidate.key] = _why_skipped(
             candidate, anchors, climbed, best, score, len(outcome.measured) >= budget, budget
         )
     return outcome
+
+
+def _screen(variants: list[Variant]) -> tuple[list[Variant], dict[str, str]]:
+    """The variants worth a screening measurement: those whose batch-1 latency seen before the
+    search (optimize's own check, or check's warm run) is within PRIOR_CUTOFF of the fastest,
+    fastest first; the others keep the figure that ruled them out."""
+    known = [v for v in variants if v.prior_latency_ms is not None]
+    if not known:
+        return variants, {}
+    fastest = min(known, key=lambda v: v.prior_latency_ms or 0.0)
+    best = fastest.prior_latency_ms or 0.0
+    screened = [v for v in variants if v.prior_latency_ms is None]
+    left_out: dict[str, str] = {}
+    for variant in sorted(known, key=lambda v: v.prior_latency_ms or 0.0):
+        latency = variant.prior_latency_ms or 0.0
+        if latency <= PRIOR_CUTOFF * best:
+            screened.append(variant)
+        else:
+            left_out[variant.key] = (
+                f"not measured: not screened: batch-1 latency {latency:.1f} ms in "
+                f"{variant.prior_source}, {latency / best:.1f}x the fastest variant's "
+                f"({fastest.key}, {best:.1f} ms; quick screens within {PRIOR_CUTOFF:g}x)"
+            )
+    return screened, left_out
 
 
 def _climb(

@@ -1,0 +1,174 @@
+"""Search strategies on a constructed space with a known objective surface: exhaustive measures
+everything; quick stays within its budget, finds the peak of a unimodal surface, and says why it
+left each candidate alone."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from crossinfer.backends.base import Precision, Target
+from crossinfer.errors import UsageError
+from crossinfer.tune.constraints import Constraints, Metrics, Objective, Scorer
+from crossinfer.tune.recommend import rank_for
+from crossinfer.tune.space import Candidate, Knobs, Space, Variant, build_space
+from crossinfer.tune.strategies import default_budget, exhaustive, quick, search
+
+BATCHES = (1, 2, 4, 8, 16, 32, 64)
+KNOBS = [Knobs(), Knobs(threads=1, instances=2), Knobs(threads=1)]
+# throughput factor of each variant: int8 the best, fp16 a loser
+SPEED = {"fp32": 1.0, "int8": 2.5, "fp16": 0.6, "bf16": 1.6}
+
+
+def _variant(recipe: str) -> Variant:
+    return Variant(
+        target=Target("onnxruntime", "cpu"),
+        recipe=recipe,
+        precision=Precision.FP32,
+        model_path=Path(f"/m/{recipe}.onnx"),
+        model_sha256=recipe,
+    )
+
+
+def _space() -> Space:
+    return build_space(
+        [_variant(r) for r in SPEED],
+        BATCHES,
+        batchable=True,
+        cores=2,
+        knobs={"onnxruntime": KNOBS},
+    )
+
+
+def _surface(candidate: Candidate) -> Metrics:
+    """Throughput peaks at batch 16 and the second knob setting; p99 grows with the batch."""
+    batch_term = math.exp(-((math.log2(candidate.batch_size) - 4) ** 2) / 4)
+    knob_term = {0: 1.0, 1: 1.3, 2: 0.7}[KNOBS.index(candidate.knobs)]
+    throughput = 100 * SPEED[candidate.variant.recipe] * batch_term * knob_term
+    p99 = candidate.batch_size * 2.0 / SPEED[candidate.variant.recipe]
+    return Metrics(
+        throughput=throughput,
+        p50_ms=p99 / 2,
+        p99_ms=p99,
+        percentiles_ms={},
+        peak_rss_mb=100.0,
+        energy_j_per_inference=None,
+        energy_method="not measured",
+    )
+
+
+class _Counter:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, candidate: Candidate) -> Metrics:
+        self.calls.append(candidate.key)
+        return _surface(candidate)
+
+
+def _rank(constraints: Constraints | None = None):  # type: ignore[no-untyped-def]
+    return rank_for(constraints or Constraints(), Scorer(Objective.THROUGHPUT))
+
+
+def _best_key(space: Space, constraints: Constraints | None = None) -> str:
+    rank = _rank(constraints)
+    return max(space.candidates, key=lambda c: rank(_surface(c))).key
+
+
+def test_space_is_variants_x_batches_x_knobs() -> None:
+    space = _space()
+    assert len(space) == 4 * len(BATCHES) * len(KNOBS)
+    assert len({c.key for c in space.candidates}) == len(space)
+    assert space.batch_sizes == BATCHES
+
+
+def test_exhaustive_measures_every_candidate_once() -> None:
+    space = _space()
+    counter = _Counter()
+    outcome = exhaustive(space, counter)
+    assert sorted(counter.calls) == sorted(c.key for c in space.candidates)
+    assert not outcome.skipped
+
+
+def test_quick_finds_the_peak_within_a_quarter_of_the_space() -> None:
+    space = _space()
+    counter = _Counter()
+    outcome = quick(space, counter, _rank())
+    assert len(counter.calls) == len(set(counter.calls))  # nothing measured twice
+    assert len(outcome.measured) <= default_budget(space) <= len(space) // 4
+    assert _best_key(space) in outcome.measured
+    assert _best_key(space) == "onnxruntime:cpu/int8/batch 16/1 threads, x2 instances"
+    # every candidate is either measured or has a reason
+    assert set(outcome.measured) | set(outcome.skipped) == {c.key for c in space.candidates}
+    fp16 = outcome.skipped["onnxruntime:cpu/fp16/batch 64/default threads"]
+    assert fp16.startswith("not measured: screened at onnxruntime:cpu/fp16/batch 8")
+    assert outcome.path[0].endswith("int8/batch 16/1 threads, x2 instances")
+
+
+def test_quick_respects_constraints_while_climbing() -> None:
+    space = _space()
+    limits = Constraints(max_p99_ms=10.0)  # int8 (p99 = batch * 0.8) stops at batch 8
+    outcome = quick(space, _Counter(), _rank(limits))
+    assert _best_key(space, limits) == "onnxruntime:cpu/int8/batch 8/1 threads, x2 instances"
+    assert _best_key(space, limits) in outcome.measured
+
+
+def test_quick_budget_is_a_hard_limit_and_says_so() -> None:
+    space = _space()
+    counter = _Counter()
+    outcome = quick(space, counter, _rank(), budget=2)
+    assert len(counter.calls) == 2
+    reasons = set(outcome.skipped.values())
+    assert any("budget of 2 measurements ran out" in r for r in reasons)
+
+
+def test_seeded_candidates_are_measured_first_and_counted() -> None:
+    space = _space()
+    naive = space.candidates[0]
+    counter = _Counter()
+    search("quick", space, counter, _rank(), budget=5, seed=[naive])
+    assert counter.calls[0] == naive.key and len(counter.calls) == 5
+
+
+def test_failed_measurements_are_not_climbed_from() -> None:
+    space = _space()
+
+    def flaky(candidate: Candidate) -> Metrics | None:
+        return None if candidate.variant.recipe == "int8" else _surface(candidate)
+
+    outcome = quick(space, flaky, _rank())
+    assert all(not k.startswith("onnxruntime:cpu/int8/") or m is None for k, m in outcome.measured.items())
+    assert "bf16" in outcome.path[0]
+    skipped = outcome.skipped["onnxruntime:cpu/int8/batch 1/default threads"]
+    assert "failed at its screening point" in skipped
+
+
+def test_unknown_strategy_is_refused() -> None:
+    with pytest.raises(UsageError, match="--strategy 'random'"):
+        search("random", _space(), _Counter(), _rank())
+
+
+def test_fixed_batch_models_keep_batch_one_only() -> None:
+    space = build_space([_variant("fp32")], (1, 8), batchable=False, cores=2)
+    assert {c.batch_size for c in space.candidates} == {1}
+    assert space.pruned[0].what == "batch 8" and "fixed batch dimension" in space.pruned[0].reason
+    # the default knob grid of each backend; an unknown backend gets its defaults only
+    assert [c.knobs for c in space.candidates] == [Knobs(), Knobs(threads=1, instances=2)]
+
+
+def test_quick_does_not_screen_variants_far_slower_before_the_search() -> None:
+    import dataclasses
+
+    variants = [
+        dataclasses.replace(_variant(r), prior_latency_ms=ms, prior_source="optimize's check")
+        for r, ms in (("fp32", 10.0), ("int8", 4.0), ("fp16", 30.0), ("bf16", None))
+    ]
+    space = build_space(variants, BATCHES, batchable=True, cores=2, knobs={"onnxruntime": KNOBS})
+    outcome = quick(space, _Counter(), _rank())
+    assert not any(k.startswith("onnxruntime:cpu/fp16/") for k in outcome.measured)
+    reason = outcome.skipped["onnxruntime:cpu/fp16/batch 1/default threads"]
+    assert "batch-1 latency 30.0 ms in optimize's check, 7.5x the fastest" in reason
+    # no figure before the search: screened all the same
+    assert any(k.startswith("onnxruntime:cpu/bf16/") for k in outcome.measured)
