@@ -320,17 +320,21 @@ def bert_section(run: Runner, args: argparse.Namespace) -> None:
     cuda = run.device.type == "cuda"
     for precision in (Precision.FP16, Precision.BF16):
         name = precision.value
-        run.session_row(
-            family="bert-base",
-            label=f"eager {name}",
-            artifact=artifact,
-            feeds=feeds,
-            truth=truth,
-            precision=precision,
-            extra={},
-            batch=batch,
-            parity_rows=truth_rows,
-        )
+        variants = [(f"eager {name}", {})]
+        if precision is Precision.BF16:  # autocast is BF16's default: the converted weights too
+            variants.append((f"eager {name} converted weights", {"autocast": "0"}))
+        for label, extra in variants:
+            run.session_row(
+                family="bert-base",
+                label=label,
+                artifact=artifact,
+                feeds=feeds,
+                truth=truth,
+                precision=precision,
+                extra=extra,
+                batch=batch,
+                parity_rows=truth_rows,
+            )
         if args.bert_compile and not args.no_compile:
             run.session_row(
                 family="bert-base",

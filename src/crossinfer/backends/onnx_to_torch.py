@@ -39,6 +39,7 @@ class Conversion:
     folded_batchnorms: int
     retargeted_casts: int
     fused_conv_relu: int  # Conv->ReLU and Conv->Add->ReLU chains made one cuDNN call
+    static_reshapes: int  # Reshapes given their constant shape as ints (no device reads)
     custom_ops: tuple[str, ...]  # op types converted by crossinfer's own converters
 
 
@@ -303,6 +304,63 @@ def retarget_float_casts(module: nn.Module, dtype: torch.dtype) -> int:
     return count
 
 
+class StaticReshape(nn.Module):
+    """Reshape to a shape known when converting (ONNX's 0 copies the input's dim there)."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.reshape(x, [x.shape[i] if d == 0 else d for i, d in enumerate(self.shape)])
+
+
+def static_reshapes(module: fx.GraphModule) -> int:
+    """Reshapes whose target shape is a constant get that shape as Python ints.
+
+    onnx2torch reads the shape tensor at run time; on a GPU every read is a device-to-host
+    copy that stalls the stream and makes CUDA graph capture fail.
+    """
+    graph = module.graph
+    count = 0
+    for node in list(graph.nodes):
+        reshape = _module_of(module, node)
+        if type(reshape).__name__ != "OnnxReshape" or len(node.args) != 2:
+            continue
+        shape = _constant(module, node.args[1])
+        if shape is None or shape.dtype not in (torch.int64, torch.int32) or shape.dim() != 1:
+            continue
+        name = _fresh(dict(module.named_children()), f"{node.target}_static")
+        module.add_submodule(name, StaticReshape(tuple(int(d) for d in shape.tolist())))
+        with graph.inserting_before(node):
+            new = graph.call_module(name, args=node.args[:1])
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        count += 1
+    if count:
+        graph.eliminate_dead_code()
+        graph.lint()
+        module.recompile()
+        module.delete_all_unused_submodules()
+    return count
+
+
+def _constant(module: fx.GraphModule, arg: object) -> torch.Tensor | None:
+    if not isinstance(arg, fx.Node) or not isinstance(arg.target, str):
+        return None
+    if arg.op == "get_attr":
+        value = module
+        for part in arg.target.split("."):
+            value = getattr(value, part, None)
+        return value if isinstance(value, torch.Tensor) else None
+    sub = _module_of(module, arg)
+    if type(sub).__name__ == "OnnxConstant" and isinstance(
+        getattr(sub, "value", None), torch.Tensor
+    ):
+        return sub.value  # type: ignore[no-any-return]
+    return None
+
+
 class ConvReLU(nn.Module):
     """Conv2d then ReLU as one cuDNN call on CUDA (bias and activation in the convolution's epilogue)."""
 
@@ -414,11 +472,12 @@ def convert(
         model, folded = fold_batch_norms(model)
     module = _onnx2torch_convert(model)
     check_outputs(module, model)
+    reshapes = static_reshapes(module)
     if dtype is not None and dtype != torch.float32:
         casts = retarget_float_casts(module, dtype)
     if fuse_conv_relu:
         fused = fuse_conv_relu_chains(module)
-    return Conversion(module.eval(), folded, casts, fused, custom_ops_used(model))
+    return Conversion(module.eval(), folded, casts, fused, reshapes, custom_ops_used(model))
 
 
 def check_outputs(module: fx.GraphModule, model: onnx.ModelProto) -> None:

@@ -64,7 +64,9 @@ class TorchSettings:
     fold_batchnorm: 1 | 0, fold Conv+BatchNormalization before conversion (default 1).
     fuse_conv_relu: 1 | 0 | auto, Conv->ReLU and Conv->Add->ReLU as one cuDNN call (auto: on
         CUDA outside compile mode, where inductor fuses by itself).
-    autocast: 1 | 0, FP16/BF16 under torch.autocast with FP32 weights instead of converted weights.
+    autocast: 1 | 0 | auto, FP16/BF16 under torch.autocast with FP32 weights instead of converted
+        weights (auto: BF16 autocast, FP16 converted: BF16's 8-bit mantissa in the residual stream
+        lost BERT-base's BF16 parity at batch 256 on an H100, autocast keeps adds in FP32).
     """
 
     mode: str = "eager"
@@ -72,7 +74,7 @@ class TorchSettings:
     channels_last: str = "auto"
     fold_batchnorm: bool = True
     fuse_conv_relu: str = "auto"
-    autocast: bool = False
+    autocast: str = "auto"
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, str]) -> TorchSettings:
@@ -93,17 +95,22 @@ class TorchSettings:
         channels_last = extra.get("channels_last", "auto").lower()
         if channels_last not in ("auto", "0", "1"):
             raise UsageError(f"torch channels_last '{channels_last}' must be 0, 1 or auto")
-        fuse = extra.get("fuse_conv_relu", "auto").lower()
-        if fuse not in ("auto", "0", "1"):
-            raise UsageError(f"torch fuse_conv_relu '{fuse}' must be 0, 1 or auto")
+        fuse = _tristate(extra, "fuse_conv_relu")
         return cls(
             mode=mode,
             fuse_conv_relu=fuse,
             compile_mode=compile_mode,
             channels_last=channels_last,
             fold_batchnorm=_flag(extra, "fold_batchnorm", True),
-            autocast=_flag(extra, "autocast", False),
+            autocast=_tristate(extra, "autocast"),
         )
+
+
+def _tristate(extra: Mapping[str, str], key: str) -> str:
+    value = extra.get(key, "auto").lower()
+    if value not in ("auto", "0", "1"):
+        raise UsageError(f"torch option {key}={value!r} must be 0, 1 or auto")
+    return value
 
 
 def _flag(extra: Mapping[str, str], key: str, default: bool) -> bool:
@@ -269,7 +276,7 @@ class TorchSession:
             self._ignored.append("precision=int8 (torch runs the model's own types)")
         if self.settings.mode == "cudagraphs" and self.device.type != "cuda":
             raise UsageError(f"torch mode cudagraphs needs a CUDA device, not {self.device.type}")
-        if self.settings.autocast and self.precision not in _DTYPES:
+        if self.settings.autocast == "1" and self.precision not in _DTYPES:
             self._ignored.append(f"autocast (precision {self.precision.value} has no autocast)")
         if options.threads is not None:
             if self.device.type == "cpu":
@@ -285,9 +292,18 @@ class TorchSession:
     @property
     def compute_dtype(self) -> torch.dtype:
         """The dtype weights and float activations are held in."""
-        if self.precision in _DTYPES and not self.settings.autocast:
+        if self.precision in _DTYPES and not self.autocast:
             return _DTYPES[self.precision]
         return torch.float32
+
+    @property
+    def autocast(self) -> bool:
+        """Whether FP16/BF16 run under torch.autocast (FP32 weights) rather than converted weights."""
+        if self.precision not in _DTYPES:
+            return False
+        if self.settings.autocast == "auto":
+            return self.precision is Precision.BF16
+        return self.settings.autocast == "1"
 
     @property
     def _fuse_conv_relu(self) -> bool:
@@ -327,6 +343,7 @@ class TorchSession:
             info["folded_batchnorms"] = conversion.folded_batchnorms
             info["retargeted_casts"] = conversion.retargeted_casts
             info["fused_conv_relu"] = conversion.fused_conv_relu
+            info["static_reshapes"] = conversion.static_reshapes
             info["crossinfer_converters"] = list(conversion.custom_ops)
             has_conv = any(n.op_type.startswith("Conv") for n in proto.graph.node)
         channels_last = self.settings.channels_last == "1" or (
@@ -360,7 +377,7 @@ class TorchSession:
     def _context(self) -> Iterator[None]:
         _set_tf32(self.device, self.precision is Precision.TF32)
         autocast: Any = nullcontext()
-        if self.settings.autocast and self.precision in _DTYPES:
+        if self.autocast:
             autocast = torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
         with torch.inference_mode(), autocast:
             yield
@@ -459,7 +476,7 @@ class TorchSession:
 
     def describe(self) -> dict[str, Any]:
         if self.precision in _DTYPES:
-            how = "autocast, FP32 weights" if self.settings.autocast else "converted weights"
+            how = "autocast, FP32 weights" if self.autocast else "converted weights"
         elif self.precision is Precision.TF32:
             how = "FP32 weights, TF32 matmul and convolution"
         else:
