@@ -6,7 +6,7 @@ Node placement comes from ORT's own record of which provider each (optimized) no
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -67,6 +67,91 @@ _NO_KERNEL = re.compile(
 )
 _NOT_REGISTERED = re.compile(r"([\w.]+:)?(\w+)\((-?\d+)\) is not a registered function/op")
 _ASSIGNMENT_KEY = "session.record_ep_graph_assignment_info"
+
+
+# CUDA execution provider options crossinfer passes through from SessionOptions.extra
+CUDA_OPTION_KEYS = (
+    "device_id",
+    "cudnn_conv_algo_search",
+    "cudnn_conv_use_max_workspace",
+    "gpu_mem_limit",
+    "arena_extend_strategy",
+    "do_copy_in_default_stream",
+    "enable_cuda_graph",
+    "prefer_nhwc",
+    "use_tf32",
+    "tunable_op_enable",
+    "tunable_op_tuning_enable",
+)
+_CONV_ALGO_SEARCH = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+
+
+def tensorrt_cache_dir() -> str:
+    """TensorRT engines and timing caches live under crossinfer's cache, keyed by TensorRT itself."""
+    from crossinfer.zoo import default_cache_dir
+
+    return str(default_cache_dir() / "onnxruntime-tensorrt")
+
+
+def provider_options(
+    provider: str, precision: Precision, extra: Mapping[str, str], *, cache_dir: str | None = None
+) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """crossinfer's precision and options -> (provider options, session config entries, notes).
+
+    CUDA: ``use_tf32`` follows TF32 versus FP32 (IEEE); FP16/BF16 come from the model's own
+    types (``crossinfer optimize --precision fp16``), so they are noted as not applied.
+    TensorRT: FP16/BF16/INT8 switch its builder flags (``trt_fp16_enable``, ...), and engines and
+    timing caches are kept under crossinfer's cache dir so a second start skips the build.
+    Extra keys named like the provider's options (CUDA_OPTION_KEYS, ``trt_*``) go to the
+    provider; every other key stays a session config entry. Pure: no onnxruntime call.
+    """
+    options: dict[str, str] = {}
+    config: dict[str, str] = {}
+    notes: list[str] = []
+    is_cuda = provider == PROVIDERS["cuda"]
+    is_trt = provider == PROVIDERS["tensorrt"]
+    for key, value in extra.items():
+        if (is_cuda and key in CUDA_OPTION_KEYS) or (
+            is_trt and (key.startswith("trt_") or key == "device_id")
+        ):
+            options[key] = str(value)
+        else:
+            config[key] = value
+    if is_cuda:
+        algo = options.setdefault("cudnn_conv_algo_search", "EXHAUSTIVE").upper()
+        if algo not in _CONV_ALGO_SEARCH:
+            raise UsageError(
+                f"cudnn_conv_algo_search '{algo}' is not one of {', '.join(_CONV_ALGO_SEARCH)}"
+            )
+        options["cudnn_conv_algo_search"] = algo
+        if precision in (Precision.FP32, Precision.TF32):
+            options.setdefault("use_tf32", "1" if precision is Precision.TF32 else "0")
+        else:
+            notes.append(
+                f"precision={precision.value} (the CUDA provider runs the model's own types: "
+                f"crossinfer optimize --precision {precision.value})"
+            )
+        return options, config, notes
+    if is_trt:
+        flag = {
+            Precision.FP16: "trt_fp16_enable",
+            Precision.BF16: "trt_bf16_enable",
+            Precision.INT8: "trt_int8_enable",
+        }.get(precision)
+        if flag is not None:
+            options.setdefault(flag, "True")
+        elif precision is Precision.TF32:
+            notes.append("precision=tf32 (TensorRT picks TF32 itself for FP32 layers)")
+        cache = cache_dir or tensorrt_cache_dir()
+        options.setdefault("trt_engine_cache_enable", "True")
+        options.setdefault("trt_engine_cache_path", cache)
+        options.setdefault("trt_timing_cache_enable", "True")
+        options.setdefault("trt_timing_cache_path", cache)
+        return options, config, notes
+    # the other providers run the types stored in the graph: no precision switch
+    if precision is not Precision.FP32:
+        notes.append(f"precision={precision.value} (ORT runs the model's own types)")
+    return options, config, notes
 
 
 class OnnxRuntimeBackend:
@@ -148,18 +233,20 @@ class OnnxRuntimeSession:
         )
         if self._records_placement:
             so.add_session_config_entry(_ASSIGNMENT_KEY, "1")
-        for key, value in options.extra.items():
+        self._provider_options, config_entries, notes = provider_options(
+            provider, options.precision, options.extra
+        )
+        for key, value in config_entries.items():
             so.add_session_config_entry(key, value)
         if options.performance_hint is not None:
             self._ignored.append("performance_hint")
         if options.streams is not None:
             self._ignored.append("streams")
-        # ORT runs the types stored in the graph: it has no precision switch on the CPU.
-        if options.precision is not Precision.FP32:
-            self._ignored.append(
-                f"precision={options.precision.value} (ORT runs the model's own types)"
-            )
-        providers = [provider] if provider == PROVIDERS["cpu"] else [provider, PROVIDERS["cpu"]]
+        self._ignored.extend(notes)
+        first: str | tuple[str, dict[str, str]] = (
+            (provider, self._provider_options) if self._provider_options else provider
+        )
+        providers = [first] if provider == PROVIDERS["cpu"] else [first, PROVIDERS["cpu"]]
         try:
             self._session = ort.InferenceSession(str(artifact.path), so, providers=providers)
         except Exception as exc:  # ORT raises its own Fail/InvalidGraph/NotImplemented types
@@ -185,6 +272,29 @@ class OnnxRuntimeSession:
         names = [o.name for o in self._session.get_outputs()]
         return {name: np.asarray(v) for name, v in zip(names, values, strict=True)}
 
+    def bind(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], list[Any]]:
+        """A call with no arguments that runs the model on copies of ``feeds`` already in the
+        provider's memory (IO binding; outputs stay there): device time without host copies,
+        for benchmarks. CPU providers bind host memory."""
+        arrays = validate_feeds(self.inputs, feeds, model=self._model)
+        on_gpu = self._provider in (PROVIDERS["cuda"], PROVIDERS["tensorrt"])
+        memory = "cuda" if on_gpu else "cpu"
+        device_id = int(self._provider_options.get("device_id", "0")) if on_gpu else 0
+        binding = self._session.io_binding()
+        for name, array in arrays.items():
+            value = ort.OrtValue.ortvalue_from_numpy(array, memory, device_id)
+            binding.bind_ortvalue_input(name, value)
+        for output in self._session.get_outputs():
+            binding.bind_output(output.name, memory, device_id)
+        session = self._session
+
+        def step() -> list[Any]:  # the outputs as OrtValues, in the provider's memory
+            session.run_with_iobinding(binding)
+            binding.synchronize_outputs()
+            return list(binding.get_outputs())
+
+        return step
+
     def placement(self) -> Placement | None:
         if not self._records_placement:
             return None
@@ -205,6 +315,7 @@ class OnnxRuntimeSession:
             "runtime": f"onnxruntime {ort.__version__}",
             "providers": self._session.get_providers(),
             "precision": "as stored in the model",
+            "provider_options": dict(self._provider_options),
             "ignored_options": list(self._ignored),
         }
 
