@@ -94,9 +94,7 @@ def test_objectives_and_cost() -> None:
 
 def _space_and_outcome(measured: dict[tuple[str, int], Metrics | None]):  # type: ignore[no-untyped-def]
     variants = [variant("fp32"), variant("int8", notes=("0.8x: this CPU has no AVX512-VNNI",))]
-    space = build_space(
-        variants, (1, 8), batchable=True, cores=1, knobs={"onnxruntime": [Knobs()]}
-    )
+    space = build_space(variants, (1, 8), batchable=True, cores=1, knobs={"onnxruntime": [Knobs()]})
     outcome = SearchOutcome("exhaustive")
     for candidate in space.candidates:
         key = (candidate.variant.recipe, candidate.batch_size)
@@ -130,7 +128,9 @@ def test_pick_is_the_best_feasible_and_every_other_candidate_has_a_reason() -> N
     int8 = by["onnxruntime:cpu/int8/batch 1/default threads"]
     assert int8.status == FEASIBLE
     assert "0.80x as good as the pick's 50.00" in int8.reasons[0]
-    assert any("INT8 slower here: 0.80x the FP32" in r and "no AVX512-VNNI" in r for r in int8.reasons)
+    assert any(
+        "INT8 slower here: 0.80x the FP32" in r and "no AVX512-VNNI" in r for r in int8.reasons
+    )
     crashed = by["onnxruntime:cpu/int8/batch 8/default threads"]
     assert crashed.status == FAILED and "SIGSEGV" in crashed.reasons[0]
     assert rec.pick.status == PICK and rec.pick.on_front

@@ -139,7 +139,9 @@ def test_failed_measurements_are_not_climbed_from() -> None:
         return None if candidate.variant.recipe == "int8" else _surface(candidate)
 
     outcome = quick(space, flaky, _rank())
-    assert all(not k.startswith("onnxruntime:cpu/int8/") or m is None for k, m in outcome.measured.items())
+    assert all(
+        not k.startswith("onnxruntime:cpu/int8/") or m is None for k, m in outcome.measured.items()
+    )
     assert "bf16" in outcome.path[0]
     skipped = outcome.skipped["onnxruntime:cpu/int8/batch 1/default threads"]
     assert "failed at its screening point" in skipped
