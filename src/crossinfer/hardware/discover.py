@@ -610,7 +610,14 @@ def _probe_jax(jax: ModuleType) -> tuple[tuple[str, ...], tuple[str, ...]]:
         label = f"{device.platform}:{device.id}"
         kind = str(getattr(device, "device_kind", "") or "")
         devices.append(f"{label} ({kind})" if kind and kind.lower() != device.platform else label)
-    return tuple(devices), ()
+    notes: list[str] = []
+    if any(device.startswith("tpu:") for device in devices):
+        # TPU matrix units take BF16; FP32 is emulated in several passes
+        notes.append(
+            "TPU: bf16 is the jax backend's default precision here (--precision bf16); "
+            "fp32 runs XLA's 'highest' matmul precision, several bf16 passes"
+        )
+    return tuple(devices), tuple(notes)
 
 
 def _probe_iree(iree_runtime: ModuleType) -> tuple[tuple[str, ...], tuple[str, ...]]:
