@@ -63,6 +63,7 @@ def repo_dir(tmp_path: Path) -> Path:
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "model.onnx").write_bytes(b"this is not an onnx model")
     model_dir(tmp_path, "badkey", fixed_shape_model(), "max_batch_sise = 4\n")
+    onnx.save(fixed_shape_model(), tmp_path / "plain.onnx")  # served; the spec's model is not
     (tmp_path / "README.md").write_text("not a model")
     return tmp_path
 
@@ -76,12 +77,13 @@ def test_directory_entries_load_and_failures_are_listed_with_their_reason(repo_d
         repo = ModelRepository(repo_dir)
         await repo.start()
         found = states(repo)
-        assert set(found) == {"mlp", "digits", "fixed", "broken", "badkey"}
-        assert found["mlp"] == found["digits"] == found["fixed"] == ("READY", "")
+        assert set(found) == {"mlp", "digits", "fixed", "plain", "broken", "badkey"}
+        assert found["mlp"] == found["digits"] == found["fixed"] == found["plain"] == ("READY", "")
         assert found["broken"][0] == "UNAVAILABLE" and "model.onnx" in found["broken"][1]
         assert found["badkey"][0] == "UNAVAILABLE"
         assert "max_batch_sise" in found["badkey"][1] and "max_batch_size" in found["badkey"][1]
-        assert [row["name"] for row in repo.index(ready_only=True)] == ["digits", "fixed", "mlp"]
+        ready = [row["name"] for row in repo.index(ready_only=True)]
+        assert ready == ["digits", "fixed", "mlp", "plain"]
 
         with pytest.raises(ProtocolError) as info:
             repo.get("broken")

@@ -7,6 +7,7 @@ Both front ends (HTTP in `app`, gRPC in `grpc`) code against this module only.
 A repository directory holds, per model, one of::
 
     NAME.toml             a deployment spec written by `crossinfer tune` (its model may sit next to it)
+    NAME.onnx             a model served with the default settings (unless a spec names it)
     NAME/model.onnx       (or any single .onnx, or NAME/1/model.onnx as Triton lays it out)
     NAME/config.toml      optional: backend, device, precision, max_batch_size, ... (CONFIG_KEYS)
 """
@@ -527,15 +528,18 @@ class ModelRepository:
         """Every model name -> its source, or the reason it cannot be one (a name clash)."""
         found: dict[str, ModelSource | str] = {}
         if self.path is not None:
+            artefacts = _spec_artefacts(self.path)
             for entry in sorted(self.path.iterdir()):
                 if entry.name.startswith((".", "_")):
                     continue
                 if entry.is_dir():
                     name = entry.name
-                elif entry.suffix == ".toml":
+                elif entry.suffix == ".toml" or (
+                    entry.suffix == ".onnx" and entry.resolve() not in artefacts
+                ):
                     name = entry.stem
                 else:
-                    continue  # a spec's model file next to it, data files, READMEs: not models
+                    continue  # a spec's own model file, data files, READMEs: not models
                 if not _NAME.match(name):
                     log_event(
                         "model_skipped",
@@ -668,6 +672,19 @@ async def _build(name: str, source: ModelSource) -> ServedModel:
         return ServedModel(name, artifact, config)
 
     return await asyncio.to_thread(build)
+
+
+def _spec_artefacts(folder: Path) -> set[Path]:
+    """The model files the deployment specs in `folder` name: served through their spec only."""
+    found = set()
+    for spec in folder.glob("*.toml"):
+        try:
+            model = tomllib.loads(spec.read_text(encoding="utf-8"))["deployment"]["model"]
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError):
+            continue  # a broken spec is listed with its reason when it is loaded
+        if isinstance(model, str):
+            found.add((folder / Path(model).expanduser()).resolve())
+    return found
 
 
 def _location(source: ModelSource | str) -> str:
