@@ -74,6 +74,7 @@ class TuneConfig:
     calibration: str | None = None  # None: the zoo model's data set, else synthetic (said so)
     dataset: Path | None = None  # labelled .npz; None: the zoo model's, if it has one
     fresh: bool = False  # ignore stored measurements
+    variants_dir: Path | None = None  # where optimized models go; None: OUT/variants
     timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
@@ -198,7 +199,13 @@ def tune(
     labelled, accuracy_source = _labelled_set(artifact, config)
     calibration = _calibration(artifact, config, say)
     variants, more = _variants(
-        artifact, targets, config, out_dir / "variants", calibration, labelled, say
+        artifact,
+        targets,
+        config,
+        config.variants_dir or out_dir / "variants",
+        calibration,
+        labelled,
+        say,
     )
     pruned.extend(more)
     if labelled is None and config.constraints.max_accuracy_drop is not None:
