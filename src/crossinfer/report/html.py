@@ -133,6 +133,16 @@ def _summary(data: Data) -> str:
                 ),
             ),
         ]
+        energy = m.get("energy_j_per_inference")
+        rows.insert(
+            2,
+            (
+                "energy",
+                f"{energy:.4g} J per inference ({m['energy_method']})"
+                if energy is not None
+                else m["energy_method"],
+            ),
+        )
         speedup = data.get("speedup_over_naive_default")
         if speedup:
             rows.insert(
