@@ -81,9 +81,13 @@ _PRECISION_FLAGS: dict[Precision, tuple[str, ...]] = {
         "--iree-global-opt-demote-contraction-inputs-operations=all",
     ),
 }
-# the compiler names an op it cannot lower as: failed to legalize operation 'torch.operator'
-# ... onnx.Foo, or for custom domains: onnx.com.example.Foo
-_UNLOWERED = re.compile(r"torch\.operator\"?\s*\"onnx\.([\w.]+)\"")
+# an op the ONNX conversion does not handle: the diagnostic, then the source line it points at
+_UNLOWERED = re.compile(
+    r"failed to legalize operation 'torch\.operator'[^\n]*\n[^\n]*?torch\.operator \"onnx\.([\w.]+)\""
+)
+# iree-base-compiler 3.13 has no CUDA target details for sm_90 and newer ("missing GPU target",
+# iree-org/iree#22147): Ampere's sm_80 PTX, which the driver JIT-compiles for newer GPUs, is used.
+_FIRST_UNSUPPORTED_CUDA = (9, 0)
 
 
 class IreeBackend:
@@ -213,11 +217,18 @@ def compile_flags(
     named = {flag.split("=", 1)[0] for flag in user}
     chosen = [f for f in DEFAULT_FLAGS[target_backend] if f.split("=", 1)[0] not in named]
     if target_backend == "cuda" and "--iree-cuda-target" not in named:
-        chosen.append(f"--iree-cuda-target={_local_cuda_arch() or 'sm_80'}")
+        chosen.append(f"--iree-cuda-target={cuda_target(_local_cuda_capability())}")
     return (*chosen, *_PRECISION_FLAGS.get(precision, ()), *user)
 
 
-def _local_cuda_arch() -> str | None:
+def cuda_target(capability: tuple[int, int] | None) -> str:
+    """The --iree-cuda-target for a GPU of this compute capability (sm_80 when none is known)."""
+    if capability is None or capability >= _FIRST_UNSUPPORTED_CUDA:
+        return "sm_80"
+    return f"sm_{capability[0]}{capability[1]}"
+
+
+def _local_cuda_capability() -> tuple[int, int] | None:
     try:
         import pynvml
 
@@ -225,7 +236,7 @@ def _local_cuda_arch() -> str | None:
         major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(
             pynvml.nvmlDeviceGetHandleByIndex(0)
         )
-        return f"sm_{major}{minor}"
+        return int(major), int(minor)
     except Exception:  # no NVML, no driver, no GPU: the caller falls back to a default
         return None
 
@@ -497,6 +508,7 @@ __all__ = [
     "ModuleRecord",
     "compile_flags",
     "compile_for",
+    "cuda_target",
     "custom_domain_ops",
     "fix_shapes",
     "import_onnx",
