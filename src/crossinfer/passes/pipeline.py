@@ -64,6 +64,11 @@ PRESETS: dict[tuple[str, str], tuple[tuple[str, ...], Precision]] = {
     # OpenVINO converts at compile time: no pass, the runtime is asked for the precision
     ("openvino", "bf16"): ((), Precision.BF16),
     ("openvino", "fp16"): ((), Precision.FP16),
+    # jax casts weights and inputs when it traces; iree demotes matmul/conv inputs when it compiles
+    ("jax", "bf16"): ((), Precision.BF16),
+    ("jax", "fp16"): ((), Precision.FP16),
+    ("iree", "bf16"): ((), Precision.BF16),
+    ("iree", "fp16"): ((), Precision.FP16),
 }
 NOISE_PCT = 5.0  # a speed change within this is not called a regression
 
