@@ -14,18 +14,13 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from crossinfer import __version__
 from crossinfer.backends.base import (
-    BackendEntry,
-    Precision,
-    SessionOptions,
     Target,
     backend_entry,
     load_backend,
@@ -33,64 +28,32 @@ from crossinfer.backends.base import (
 from crossinfer.bench.fingerprint import fingerprint_key, hardware_fingerprint, runtime_versions
 from crossinfer.bench.result import BenchResult
 from crossinfer.bench.runner import BenchPlan, run_benchmark
-from crossinfer.check import CheckReport, check_model, default_targets, random_inputs, run_isolated
+from crossinfer.check import CheckReport, check_model, default_targets, random_inputs
 from crossinfer.errors import CrossinferError, UsageError
-from crossinfer.hardware.catalog import Price
 from crossinfer.model import ModelArtifact, load_model
-from crossinfer.passes.base import CalibrationData, LabelledSet
-from crossinfer.passes.pipeline import PRESETS, OptimizeReport, optimize
 from crossinfer.store import ResultStore
-from crossinfer.tune.constraints import Constraints, Metrics, Objective, Scorer
+from crossinfer.tune.config import DEFAULT_BATCH_SIZES, DEFAULT_PRECISIONS, TuneConfig
+from crossinfer.tune.constraints import Metrics, Objective, Scorer
 from crossinfer.tune.recommend import CandidateResult, Recommendation, rank_for, recommend
 from crossinfer.tune.resume import find_stored
 from crossinfer.tune.space import Candidate, Pruned, Space, Variant, build_space
 from crossinfer.tune.spec import BatchingSpec, DeploymentSpec, write_spec
 from crossinfer.tune.strategies import SearchOutcome, search
+from crossinfer.tune.variants import (
+    AGREEMENT_SAMPLES,
+    calibration_for,
+    labelled_set,
+    prepare_variants,
+    top1_in_child,
+    with_agreement,
+    with_priors,
+    within_accuracy,
+)
 
-DEFAULT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-DEFAULT_BATCH_SIZES = (1, 8, 32)
-AGREEMENT_SAMPLES = 64
 NAIVE_DEFAULT = "onnxruntime:cpu/fp32/batch 1/default threads"
 RESULT_FILE = "tune.json"
 
 Event = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class TuneConfig:
-    """What to search and how to judge it."""
-
-    backends: tuple[str, ...] = ()  # only these backends; empty: every one available
-    targets: tuple[Target, ...] = ()  # only these BACKEND:DEVICE; empty: every one available
-    precisions: tuple[str, ...] = DEFAULT_PRECISIONS
-    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
-    strategy: str = "quick"
-    budget: int | None = None  # quick: at most this many measurements
-    objective: Objective = Objective.THROUGHPUT
-    constraints: Constraints = field(default_factory=Constraints)
-    price: Price | None = None
-    measure_ms: int = 1000  # LoadGen min_duration of each measurement
-    optimize_seconds: float = 0.6  # optimize's own speed check per step
-    calibration: str | None = None  # None: the zoo model's data set, else synthetic (said so)
-    dataset: Path | None = None  # labelled .npz; None: the zoo model's, if it has one
-    fresh: bool = False  # ignore stored measurements
-    variants_dir: Path | None = None  # where optimized models go; None: OUT/variants
-    timeout_s: float = 600.0
-
-    def __post_init__(self) -> None:
-        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
-            raise UsageError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
-        unknown = [p for p in self.precisions if p not in {"fp32", "fp16", "bf16", "int8"}]
-        if unknown:
-            raise UsageError(
-                f"--precisions: unknown {', '.join(unknown)}; choose from fp32, fp16, bf16, int8"
-            )
-        if self.objective is Objective.COST and self.price is None:
-            raise UsageError(
-                "--objective cost needs a price: the price of this machine is unknown unless you "
-                "name its instance (--instance c7a.large, see the hardware catalog) or give "
-                "--price-per-hour"
-            )
 
 
 @dataclass
@@ -196,9 +159,9 @@ def tune(
         raise UsageError(f"no runtime x device can run {artifact.source}: {reasons}")
 
     clock = time.perf_counter()
-    labelled, accuracy_source = _labelled_set(artifact, config)
-    calibration = _calibration(artifact, config, say)
-    variants, more = _variants(
+    labelled, accuracy_source = labelled_set(artifact, config)
+    calibration = calibration_for(artifact, config, say)
+    variants, more = prepare_variants(
         artifact,
         targets,
         config,
@@ -209,15 +172,15 @@ def tune(
     )
     pruned.extend(more)
     if labelled is None and config.constraints.max_accuracy_drop is not None:
-        variants = _agreement(artifact, variants, config, say)
+        variants = with_agreement(artifact, variants, config, say)
         accuracy_source = (
             f"top-1 agreement with the FP32 model on {AGREEMENT_SAMPLES} seeded random inputs "
             "(no labelled set: the accuracy drop shown is the share of changed predictions, "
             "an upper bound on the top-1 drop)"
         )
-    variants, more = _within_accuracy(variants, config.constraints)
+    variants, more = within_accuracy(variants, config.constraints)
     pruned.extend(more)
-    variants = _priors(variants, check_report)
+    variants = with_priors(variants, check_report)
     timings["optimize"] = time.perf_counter() - clock
 
     batchable = all(s.shape and not isinstance(s.shape[0], int) for s in artifact.inputs)
@@ -333,399 +296,6 @@ def _passing_targets(report: CheckReport, config: TuneConfig) -> tuple[list[Targ
         else:
             pruned.append(Pruned(row.target, "check", f"{row.verdict.value}: {row.reason}"))
     return targets, pruned
-
-
-# --------------------------------------------------------------------------- variants
-
-
-def _labelled_set(artifact: ModelArtifact, config: TuneConfig) -> tuple[LabelledSet | None, str]:
-    from crossinfer.passes.calibration import load_labelled_set
-
-    labelled = load_labelled_set(config.dataset, artifact)
-    if labelled is not None:
-        return labelled, f"top-1 on {labelled.description}"
-    return (
-        None,
-        "not measured: no labelled set (give --dataset, or --max-accuracy-drop to compare predictions with FP32)",
-    )
-
-
-def _calibration(artifact: ModelArtifact, config: TuneConfig, say: Event) -> CalibrationData | None:
-    if not any(p == "int8" for p in config.precisions):
-        return None
-    from crossinfer.passes.calibration import SYNTHETIC, load_calibration
-
-    if config.calibration is not None:
-        return load_calibration(config.calibration, artifact)
-    try:
-        return load_calibration(None, artifact)
-    except CrossinferError:
-        say(
-            f"calibration: {artifact.source} has no data set of its own: INT8 is calibrated on "
-            "synthetic inputs (not representative; pass --calibration FILE.npz)"
-        )
-        return load_calibration(SYNTHETIC, artifact)
-
-
-def _variants(
-    artifact: ModelArtifact,
-    targets: Sequence[Target],
-    config: TuneConfig,
-    work: Path,
-    calibration: CalibrationData | None,
-    labelled: LabelledSet | None,
-    say: Event,
-) -> tuple[list[Variant], list[Pruned]]:
-    variants: list[Variant] = []
-    pruned: list[Pruned] = []
-    for target in targets:
-        for recipe in config.precisions:
-            what = f"{target}/{recipe}"
-            if recipe == "fp32":
-                variants.append(_fp32_variant(artifact, target, labelled))
-                continue
-            if (target.backend, recipe) not in PRESETS:
-                known = sorted(p for b, p in PRESETS if b == target.backend)
-                pruned.append(
-                    Pruned(
-                        what,
-                        "optimize",
-                        f"no {recipe} recipe for {target.backend}"
-                        + (f" (it has {', '.join(known)})" if known else ""),
-                    )
-                )
-                continue
-            say(f"optimize: {what}")
-            try:
-                variant = _optimized_variant(
-                    artifact, target, recipe, config, work, calibration, labelled
-                )
-            except CrossinferError as exc:
-                pruned.append(Pruned(what, "optimize", str(exc)))
-                continue
-            if isinstance(variant, Pruned):
-                pruned.append(variant)
-            else:
-                variants.append(variant)
-    return _fp32_accuracy(variants), pruned
-
-
-def _priors(variants: list[Variant], report: CheckReport) -> list[Variant]:
-    """Each variant's batch-1 latency as seen before the search: optimize's median where it ran
-    (the FP32 baseline for FP32), else check's single warm run."""
-    rows = {row.target: row for row in report.rows}
-    out = []
-    for variant in variants:
-        latency: float | None = None
-        source = ""
-        if variant.after.get("latency_ms"):
-            latency, source = variant.after["latency_ms"], "optimize's check"
-        elif variant.recipe == "fp32":
-            sibling = next(
-                (v for v in variants if v.target == variant.target and v.before.get("latency_ms")),
-                None,
-            )
-            row = rows.get(str(variant.target))
-            if sibling is not None:
-                latency, source = sibling.before["latency_ms"], "optimize's FP32 baseline"
-            elif row is not None and row.run_s:
-                latency, source = row.run_s * 1e3, "check's warm run"
-        out.append(dataclasses.replace(variant, prior_latency_ms=latency, prior_source=source))
-    return out
-
-
-def _fp32_accuracy(variants: list[Variant]) -> list[Variant]:
-    """The FP32 variants' accuracy is optimize's baseline on the same target."""
-    out = []
-    for variant in variants:
-        if variant.recipe == "fp32" and variant.accuracy is None:
-            measured = next(
-                (
-                    v.before["accuracy"]
-                    for v in variants
-                    if v.target == variant.target and "accuracy" in v.before
-                ),
-                None,
-            )
-            if measured is not None:
-                variant = dataclasses.replace(variant, accuracy=measured)
-        out.append(variant)
-    return out
-
-
-def _fp32_variant(artifact: ModelArtifact, target: Target, labelled: LabelledSet | None) -> Variant:
-    return Variant(
-        target=target,
-        recipe="fp32",
-        precision=Precision.FP32,
-        model_path=artifact.path,
-        model_sha256=artifact.sha256,
-        accuracy=None,
-        accuracy_drop=0.0,
-        accuracy_method="the model itself at FP32 (check proved parity with the reference)",
-    )
-
-
-def _optimized_variant(
-    artifact: ModelArtifact,
-    target: Target,
-    recipe: str,
-    config: TuneConfig,
-    work: Path,
-    calibration: CalibrationData | None,
-    labelled: LabelledSet | None,
-) -> Variant | Pruned:
-    names, runtime = PRESETS[(target.backend, recipe)]
-    out = work / f"{target.backend}-{target.device}-{recipe}"
-    cached = _cached_variant(out, artifact, names, runtime, calibration, labelled)
-    if cached is not None:
-        return cached
-    report = optimize(
-        artifact,
-        target=target,
-        passes=[(n, None) for n in names],
-        out_dir=out,
-        runtime_precision=runtime,
-        calibration=calibration,
-        dataset=labelled,
-        max_accuracy_drop=config.constraints.max_accuracy_drop or 0.01,
-        keep_regressions=True,
-        measure_seconds=config.optimize_seconds,
-        timeout_s=config.timeout_s,
-    )
-    variant = _variant_from_report(report, target, recipe, names, runtime)
-    if not isinstance(variant, Pruned):
-        (out / "variant.json").write_text(
-            json.dumps(
-                {
-                    "source_sha256": artifact.sha256,
-                    "key": _cache_key(names, runtime, calibration, labelled),
-                    "variant": variant.to_dict(),
-                },
-                indent=2,
-            ),
-            encoding="utf-8",
-        )
-    return variant
-
-
-def _variant_from_report(
-    report: OptimizeReport,
-    target: Target,
-    recipe: str,
-    names: tuple[str, ...],
-    runtime: Precision,
-) -> Variant | Pruned:
-    what = f"{target}/{recipe}"
-    steps = [s for s in report.steps if s.pass_name != "baseline"]
-    broken = [s for s in steps if s.error]
-    if broken:
-        return Pruned(what, "optimize", f"{broken[0].pass_name}: {broken[0].error}")
-    failed = [s for s in steps if not s.parity_passed]
-    if failed:
-        detail = next((c for c in failed[0].comparisons if not c.passed), None)
-        why = f"{detail.name}: {detail.reason}" if detail else "outputs differ"
-        return Pruned(
-            what,
-            "optimize",
-            f"parity at {failed[0].precision.value} tolerance fails after {failed[0].pass_name}: {why}",
-        )
-    last = steps[-1] if steps else report.steps[0]
-    baseline = report.steps[0].measurement
-    measured = last.measurement
-    notes = tuple(r for r in last.reasons if "throughput" in r)
-    return Variant(
-        target=target,
-        recipe=recipe,
-        precision=max(runtime, last.precision, key=_precision_order) if steps else runtime,
-        model_path=report.final.path,
-        model_sha256=report.final.sha256,
-        passes=names,
-        accuracy=measured.accuracy if measured else None,
-        accuracy_drop=last.accuracy_drop,
-        accuracy_method="top-1 on the labelled set, against the FP32 model on the same target"
-        if last.accuracy_drop is not None
-        else "not measured",
-        notes=notes,
-        before=_figures(baseline),
-        after=_figures(measured),
-    )
-
-
-def _precision_order(precision: Precision) -> int:
-    # the session is asked for the runtime precision; INT8 models run as the model says
-    return 1 if precision in (Precision.BF16, Precision.FP16) else 0
-
-
-def _figures(measurement: Any) -> dict[str, float]:
-    if measurement is None:
-        return {}
-    out = {
-        "latency_ms": float(measurement.latency_ms),
-        "throughput": float(measurement.throughput),
-        "batch_size": float(measurement.batch_size),
-    }
-    if measurement.accuracy is not None:
-        out["accuracy"] = float(measurement.accuracy)
-    return out
-
-
-def _cache_key(
-    names: Sequence[str],
-    runtime: Precision,
-    calibration: CalibrationData | None,
-    labelled: LabelledSet | None,
-) -> str:
-    return "|".join(
-        [
-            ",".join(names),
-            runtime.value,
-            calibration.source if calibration else "-",
-            labelled.description if labelled else "-",
-            __version__,
-        ]
-    )
-
-
-def _cached_variant(
-    out: Path,
-    artifact: ModelArtifact,
-    names: Sequence[str],
-    runtime: Precision,
-    calibration: CalibrationData | None,
-    labelled: LabelledSet | None,
-) -> Variant | None:
-    """The variant an earlier (maybe interrupted) tune made here, if its model is still intact."""
-    path = out / "variant.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if data["source_sha256"] != artifact.sha256 or data["key"] != _cache_key(
-            names, runtime, calibration, labelled
-        ):
-            return None
-        raw = data["variant"]
-        model = Path(raw["model"])
-        if not model.is_file() or load_model(model).sha256 != raw["model_sha256"]:
-            return None
-        return Variant(
-            target=Target.parse(raw["target"]),
-            recipe=raw["recipe"],
-            precision=Precision(raw["precision"]),
-            model_path=model,
-            model_sha256=raw["model_sha256"],
-            passes=tuple(raw["passes"]),
-            accuracy=raw["accuracy"],
-            accuracy_drop=raw["accuracy_drop"],
-            accuracy_method=raw["accuracy_method"],
-            notes=tuple(raw["notes"]),
-            before=raw["before"],
-            after=raw["after"],
-        )
-    except (OSError, ValueError, KeyError, TypeError, CrossinferError):
-        return None
-
-
-def _within_accuracy(
-    variants: list[Variant], constraints: Constraints
-) -> tuple[list[Variant], list[Pruned]]:
-    """Variants that lose more accuracy than allowed are not worth measuring: pruned, with by how much."""
-    budget = constraints.max_accuracy_drop
-    if budget is None:
-        return variants, []
-    kept: list[Variant] = []
-    pruned: list[Pruned] = []
-    for variant in variants:
-        drop = variant.accuracy_drop
-        if drop is not None and drop > budget + 1e-12:
-            pruned.append(
-                Pruned(
-                    variant.key,
-                    "accuracy",
-                    f"accuracy drops {drop * 100:.2f} points > {budget * 100:.2f} allowed "
-                    f"({variant.accuracy_method})",
-                )
-            )
-        else:
-            kept.append(variant)
-    return kept, pruned
-
-
-# --------------------------------------------------------------------------- agreement
-
-
-def _agreement(
-    artifact: ModelArtifact, variants: list[Variant], config: TuneConfig, say: Event
-) -> list[Variant]:
-    """No labelled set: each variant's top-1 predictions against the FP32 model's, on seeded
-    random inputs. Where they differ bounds how much top-1 accuracy can drop."""
-    say(f"accuracy: predictions of each variant against FP32 on {AGREEMENT_SAMPLES} random inputs")
-    feeds = random_inputs(artifact.inputs, batch=AGREEMENT_SAMPLES, seed=7)
-    reference = next((v for v in variants if v.recipe == "fp32"), None)
-    if reference is None:
-        return variants
-    truth = _top1(reference, feeds, config.timeout_s)
-    if truth is None:
-        return variants
-    out = []
-    for variant in variants:
-        if variant.recipe == "fp32":
-            out.append(dataclasses.replace(variant, accuracy=1.0))
-            continue
-        predicted = _top1(variant, feeds, config.timeout_s)
-        if predicted is None:
-            out.append(variant)
-            continue
-        agree = float(np.mean(predicted == truth))
-        out.append(
-            dataclasses.replace(
-                variant,
-                accuracy=agree,
-                accuracy_drop=1.0 - agree,
-                accuracy_method=f"top-1 agreement with FP32 on {AGREEMENT_SAMPLES} random inputs",
-            )
-        )
-    return out
-
-
-def _top1(variant: Variant, feeds: dict[str, np.ndarray], timeout_s: float) -> np.ndarray | None:
-    model = load_model(variant.model_path)
-    outcome = run_isolated(
-        top1_in_child,
-        backend_entry(variant.target.backend),
-        dataclasses.replace(model, proto=None),
-        variant.target.device,
-        SessionOptions(precision=variant.precision),
-        feeds,
-        timeout_s=timeout_s,
-    )
-    if not outcome.ok:
-        return None
-    predicted: np.ndarray = outcome.value
-    return predicted
-
-
-def top1_in_child(
-    entry: BackendEntry,
-    artifact: ModelArtifact,
-    device: str,
-    options: SessionOptions,
-    feeds: dict[str, np.ndarray],
-) -> np.ndarray:
-    """Runs in a child: argmax over the last axis of the first output, 8 samples at a time."""
-    session = load_backend(entry).prepare(artifact, device, options)
-    try:
-        batchable = all(s.shape and not isinstance(s.shape[0], int) for s in artifact.inputs)
-        step = 8 if batchable else 1
-        total = next(iter(feeds.values())).shape[0]
-        parts = []
-        for start in range(0, total, step):
-            chunk = {k: v[start : start + step] for k, v in feeds.items()}
-            parts.append(np.argmax(next(iter(session.run(chunk).values())), axis=-1))
-        return np.concatenate(parts)
-    finally:
-        session.close()
 
 
 # --------------------------------------------------------------------------- measuring

@@ -1,0 +1,51 @@
+"""What `crossinfer tune` searches and how it judges: the TuneConfig every stage reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crossinfer.backends.base import Target
+from crossinfer.errors import UsageError
+from crossinfer.hardware.catalog import Price
+from crossinfer.tune.constraints import Constraints, Objective
+
+DEFAULT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+DEFAULT_BATCH_SIZES = (1, 8, 32)
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """What to search and how to judge it."""
+
+    backends: tuple[str, ...] = ()  # only these backends; empty: every one available
+    targets: tuple[Target, ...] = ()  # only these BACKEND:DEVICE; empty: every one available
+    precisions: tuple[str, ...] = DEFAULT_PRECISIONS
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    strategy: str = "quick"
+    budget: int | None = None  # quick: at most this many measurements
+    objective: Objective = Objective.THROUGHPUT
+    constraints: Constraints = field(default_factory=Constraints)
+    price: Price | None = None
+    measure_ms: int = 1000  # LoadGen min_duration of each measurement
+    optimize_seconds: float = 0.6  # optimize's own speed check per step
+    calibration: str | None = None  # None: the zoo model's data set, else synthetic (said so)
+    dataset: Path | None = None  # labelled .npz; None: the zoo model's, if it has one
+    fresh: bool = False  # ignore stored measurements
+    variants_dir: Path | None = None  # where optimized models go; None: OUT/variants
+    timeout_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not self.batch_sizes or any(b < 1 for b in self.batch_sizes):
+            raise UsageError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
+        unknown = [p for p in self.precisions if p not in {"fp32", "fp16", "bf16", "int8"}]
+        if unknown:
+            raise UsageError(
+                f"--precisions: unknown {', '.join(unknown)}; choose from fp32, fp16, bf16, int8"
+            )
+        if self.objective is Objective.COST and self.price is None:
+            raise UsageError(
+                "--objective cost needs a price: the price of this machine is unknown unless you "
+                "name its instance (--instance c7a.large, see the hardware catalog) or give "
+                "--price-per-hour"
+            )
