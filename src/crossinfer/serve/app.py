@@ -12,7 +12,6 @@ import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import unquote
 
 from crossinfer.serve.events import log_event
 from crossinfer.serve.protocol import (
@@ -93,11 +92,12 @@ class HttpApp:
                 models = self.repository.ready_models()
                 await _send_json(send, 200, {"model_stats": [m.statistics() for m in models]})
                 return
-            name = unquote(parts[1])
+            # the ASGI server hands over the path percent-decoded already
+            name = parts[1]
             version = None
             rest = parts[2:]
             if len(rest) >= 2 and rest[0] == "versions":
-                version, rest = unquote(rest[1]), rest[2:]
+                version, rest = rest[1], rest[2:]
             await self._model_route(method, name, version, rest, scope, receive, send)
         elif parts[0] == "health" and n == 2 and parts[1] in ("live", "ready"):
             _expect(method, "GET", scope)
@@ -165,7 +165,7 @@ class HttpApp:
                 "load parameters 'config' and 'file:' are not supported: edit the model's "
                 "config.toml or spec in the repository, then load it",
             )
-        name = unquote(parts[1])
+        name = parts[1]
         if parts[2] == "load":
             await self.repository.load(name)
         else:

@@ -79,6 +79,13 @@ class InferenceServer:
     async def start(self) -> None:
         """Load every model, then open HTTP, gRPC and metrics; ready once all are listening."""
         self._stop_requested = asyncio.Event()
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()  # whatever did start (a listener, loaded models) is closed again
+            raise
+
+    async def _start(self) -> None:
         config = self.config
         await self.repository.start()
         if config.http_port is not None:
@@ -317,7 +324,13 @@ class BackgroundServer:
 
     def start(self) -> None:
         self._thread.start()
-        self.call(self.server.start())
+        try:
+            self.call(self.server.start())
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+            self._loop.close()
+            raise
 
     def stop(self) -> None:
         if self._thread.is_alive():
