@@ -11,7 +11,9 @@ import gc
 import gzip
 import http.client
 import json
+import logging
 import re
+import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -31,7 +33,8 @@ from serve_models import (
 )
 from tritonclient.utils import InferenceServerException
 
-from crossinfer.serve.repository import ModelRepository
+from crossinfer.serve.events import LOGGER_NAME, JsonFormatter
+from crossinfer.serve.repository import ModelRepository, open_repository
 from crossinfer.serve.server import BackgroundServer, ServerConfig
 from crossinfer.zoo import zoo_dataset, zoo_model_path
 
@@ -640,3 +643,26 @@ def test_metrics_have_tritons_names_and_agree_with_statistics(
     assert 0 <= samples[("nv_cpu_utilization", ())] <= 1
     assert "process_resident_memory_bytes" in text
     assert "# TYPE nv_inference_request_success counter" in text  # Triton's name, no _total
+
+
+def test_logs_show_batch_sizes_while_traffic_flows(caplog: pytest.LogCaptureFixture) -> None:
+    config = ServerConfig(http_port=0, grpc_port=None, metrics_port=None, stats_log_interval_s=0.1)
+    with (
+        caplog.at_level(logging.INFO, logger=LOGGER_NAME),
+        BackgroundServer(open_repository("zoo:mlp"), config) as background,
+    ):
+        c = httpclient.InferenceServerClient(background.http_url)
+        for _ in range(3):
+            c.infer("mlp", [infer_input("features", features(2), "FP32")])
+        c.close()
+        for _ in range(100):  # bounded: the summary comes within a few intervals
+            if any(r.getMessage() == "batch_stats" for r in caplog.records):
+                break
+            time.sleep(0.05)
+    del c
+    gc.collect()
+    events = [json.loads(JsonFormatter().format(r)) for r in caplog.records]
+    summary = next(e for e in events if e["event"] == "batch_stats")
+    assert summary["model"] == "mlp" and summary["executions_by_batch_size"] == {"2": 3}
+    assert summary["requests"] == 3
+    assert [e["event"] for e in events][-1] == "server_stopped"

@@ -32,8 +32,6 @@ __all__ = ["BackgroundServer", "InferenceServer", "ServerConfig", "configure_log
 
 T = TypeVar("T")
 
-_STATS_LOG_INTERVAL_S = 10.0  # how often batch-size summaries are logged while traffic flows
-
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -45,6 +43,7 @@ class ServerConfig:
     metrics_port: int | None = 8002
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     drain_timeout_s: float = 30.0  # Triton's --exit-timeout-secs default
+    stats_log_interval_s: float = 10.0  # batch-size summaries in the log while traffic flows
     backlog: int = 2048
 
 
@@ -210,7 +209,7 @@ class InferenceServer:
         """Log each model's executions by batch size while traffic flows: is batching happening?"""
         seen: dict[str, int] = {}
         while True:
-            await asyncio.sleep(_STATS_LOG_INTERVAL_S)
+            await asyncio.sleep(self.config.stats_log_interval_s)
             for model in self.repository.ready_models():
                 stats = model.batcher.stats()
                 key = f"{model.name}/{id(model)}"
