@@ -320,8 +320,8 @@ def bert_section(run: Runner, args: argparse.Namespace) -> None:
     cuda = run.device.type == "cuda"
     for precision in (Precision.FP16, Precision.BF16):
         name = precision.value
-        variants = [(f"eager {name}", {})]
-        if precision is Precision.BF16:  # autocast is BF16's default: the converted weights too
+        variants = [] if args.bert_latency_only else [(f"eager {name}", {})]
+        if precision is Precision.BF16 and variants:  # autocast is BF16's default; converted too
             variants.append((f"eager {name} converted weights", {"autocast": "0"}))
         for label, extra in variants:
             run.session_row(
@@ -335,7 +335,7 @@ def bert_section(run: Runner, args: argparse.Namespace) -> None:
                 batch=batch,
                 parity_rows=truth_rows,
             )
-        if args.bert_compile and not args.no_compile:
+        if args.bert_compile and not args.no_compile and not args.bert_latency_only:
             run.session_row(
                 family="bert-base",
                 label=f"compile {args.compile_mode} {name}",

@@ -39,7 +39,7 @@ class Conversion:
     folded_batchnorms: int
     retargeted_casts: int
     fused_conv_relu: int  # Conv->ReLU and Conv->Add->ReLU chains made one cuDNN call
-    static_reshapes: int  # Reshapes given their constant shape as ints (no device reads)
+    static_reshapes: int  # Reshapes and Gathers rewritten so they never read device values
     custom_ops: tuple[str, ...]  # op types converted by crossinfer's own converters
 
 
@@ -345,6 +345,40 @@ def static_reshapes(module: fx.GraphModule) -> int:
     return count
 
 
+class Gather(nn.Module):
+    """ONNX Gather as index_select: onnx2torch indexes with the tensor, and a 0-d index tensor
+    is read back to the host as a Python int (a stall, and a failed CUDA graph capture)."""
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        axis = self.axis % x.dim()
+        size = x.shape[axis]
+        flat = indices.reshape(-1).to(torch.int64)
+        flat = torch.where(flat < 0, flat + size, flat)
+        picked = torch.index_select(x, axis, flat)
+        return picked.reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :])
+
+
+def gathers_without_host_reads(module: fx.GraphModule) -> int:
+    """Every onnx2torch Gather becomes a `Gather` (index_select); returns how many."""
+    count = 0
+    for node in module.graph.nodes:
+        old = _module_of(module, node)
+        if type(old).__name__ != "OnnxGather":
+            continue
+        name = _fresh(dict(module.named_children()), f"{node.target}_index_select")
+        module.add_submodule(name, Gather(int(getattr(old, "_axis", 0))))
+        node.target = name
+        count += 1
+    if count:
+        module.recompile()
+        module.delete_all_unused_submodules()
+    return count
+
+
 def _constant(module: fx.GraphModule, arg: object) -> torch.Tensor | None:
     if not isinstance(arg, fx.Node) or not isinstance(arg.target, str):
         return None
@@ -472,7 +506,7 @@ def convert(
         model, folded = fold_batch_norms(model)
     module = _onnx2torch_convert(model)
     check_outputs(module, model)
-    reshapes = static_reshapes(module)
+    reshapes = static_reshapes(module) + gathers_without_host_reads(module)
     if dtype is not None and dtype != torch.float32:
         casts = retarget_float_casts(module, dtype)
     if fuse_conv_relu:

@@ -343,7 +343,7 @@ class TorchSession:
             info["folded_batchnorms"] = conversion.folded_batchnorms
             info["retargeted_casts"] = conversion.retargeted_casts
             info["fused_conv_relu"] = conversion.fused_conv_relu
-            info["static_reshapes"] = conversion.static_reshapes
+            info["rewritten_for_no_host_reads"] = conversion.static_reshapes
             info["crossinfer_converters"] = list(conversion.custom_ops)
             has_conv = any(n.op_type.startswith("Conv") for n in proto.graph.node)
         channels_last = self.settings.channels_last == "1" or (
@@ -542,8 +542,15 @@ class _CudaGraphs:
                 self._forward(static_in)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            static_out = self._forward(static_in)
+        try:
+            with torch.cuda.graph(graph):
+                static_out = self._forward(static_in)
+        except RuntimeError as exc:
+            raise CompileError(
+                "CUDA graph capture failed: the model reads device values on the host or "
+                f"synchronizes while running ({short_message(exc, 200)}); use mode=eager or "
+                "mode=compile"
+            ) from exc
         return graph, static_in, static_out
 
 
