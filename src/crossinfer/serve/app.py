@@ -218,8 +218,7 @@ class HttpApp:
             payload, coding = _compress(payload, accept)
             if coding:
                 raw_headers.append((b"content-encoding", coding))
-        await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
-        await send({"type": "http.response.body", "body": payload})
+        await _send(send, 200, raw_headers, payload)
 
     # --- bodies -------------------------------------------------------------------------------
 
@@ -283,22 +282,25 @@ def _compress(payload: bytes, accept: bytes) -> tuple[bytes, bytes]:
     return payload, b""
 
 
-async def _send_json(send: Send, status: int, doc: Any) -> None:
-    body = json.dumps(doc, separators=(",", ":")).encode()
-    await send({"type": "http.response.start", "status": status, "headers": _JSON})
+async def _send(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+    # with a content-length the server writes the body as is instead of chunk-encoding it
+    headers = [*headers, (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
+async def _send_json(send: Send, status: int, doc: Any) -> None:
+    await _send(send, status, _JSON, json.dumps(doc, separators=(",", ":")).encode())
+
+
 async def _send_empty(send: Send, status: int) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": []})
-    await send({"type": "http.response.body", "body": b""})
+    await _send(send, status, [], b"")
 
 
 async def _send_error(send: Send, status: int, message: str, scope: Scope) -> None:
     level = logging.WARNING if status >= 500 else logging.DEBUG
     log_event("http_error", level, path=scope["path"], status=status, error=message)
-    await send({"type": "http.response.start", "status": status, "headers": _JSON})
-    await send({"type": "http.response.body", "body": error_body(message)})
+    await _send(send, status, _JSON, error_body(message))
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

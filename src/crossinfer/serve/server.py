@@ -115,6 +115,9 @@ class InferenceServer:
                 http="httptools",
                 lifespan="off",
                 access_log=False,
+                proxy_headers=False,  # no proxy in front by default: skip the middleware
+                server_header=False,
+                date_header=False,
                 log_config=None,
                 log_level="warning",
                 timeout_graceful_shutdown=math.ceil(self.config.drain_timeout_s),
