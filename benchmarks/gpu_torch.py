@@ -426,6 +426,7 @@ def main() -> None:
     parser.add_argument("--compile-mode", default="default")
     parser.add_argument("--no-compile", action="store_true")
     parser.add_argument("--bert-compile", action="store_true")
+    parser.add_argument("--bert-latency-only", action="store_true", help="only BERT's batch-1 rows")
     parser.add_argument(
         "--numpy-path", action="store_true", help="also time run() with host copies"
     )
