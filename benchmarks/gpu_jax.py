@@ -119,7 +119,7 @@ class Runner:
         else:
             row["device_resident"] = timed_throughput(step, batch, self.args.iters)
             row["end_to_end"] = timed_throughput(
-                lambda: session.run(feeds), batch, max(1, self.args.iters // 4)
+                lambda: session.run(feeds), batch, max(1, self.args.iters // 2)
             )
             family = row["family"]
             tflops = row["device_resident"]["best"] * GFLOP.get(family, 0.0) / 1e3

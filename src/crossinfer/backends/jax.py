@@ -101,7 +101,6 @@ class JaxBackend:
 
     def __init__(self, *, list_devices: DeviceLister = _jax_devices) -> None:
         self._list_devices = list_devices
-        enable_persistent_cache()
 
     def version(self) -> str:
         return f"jax {jax.__version__}, jaxonnxruntime {_jaxort_version()}"
@@ -214,6 +213,8 @@ class JaxSession:
             if getattr(options, name) is not None:
                 # XLA's CPU thread pool is sized when the process starts (XLA_FLAGS)
                 self._ignored.append(name)
+        # at the first session, not at import: the cache dir may be set after import (tests)
+        enable_persistent_cache()
         proto = artifact.load_proto()
         try:
             self._program = build_program(proto, _COMPUTE_DTYPES[self._precision])
@@ -344,6 +345,8 @@ class JaxSession:
                 f"'{self._matmul_precision}'; LayerNormalization statistics in float32"
             ),
             "lowering": paths,
+            "rewrites": f"{self._program.folded_batch_norms} BatchNormalization folded into Conv"
+            + ("; Softmax/LogSoftmax in float32" if dtype != "float32" else ""),
             "compiles": [c.to_dict() for c in self.compiles],
             "compile_cache_dir": _cache_dir(),
             "ignored_options": list(self._ignored),

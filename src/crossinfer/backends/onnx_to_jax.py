@@ -36,6 +36,8 @@ Lowering = Callable[[Mapping[str, Any], list[Value], np.dtype[Any]], list[Value]
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # A float initializer this small stays a numpy constant: ops may need it static (Clip bounds).
 _STATIC_INITIALIZER_ELEMENTS = 16
+# computed in FP32 whatever the compute precision: exponentials and their sums lose most in 8 bits
+_FP32_OPS = frozenset({"Softmax", "LogSoftmax"})
 # jaxonnxruntime's handler table is class state set per opset: one model traces at a time.
 _HANDLER_LOCK = threading.RLock()
 
@@ -194,6 +196,76 @@ def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
 # --- the program ---------------------------------------------------------------------------
 
 
+def fold_batch_norms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """A copy with each inference BatchNormalization that follows a Conv folded into its weights.
+
+    Done in FP64 before any cast: at BF16, running variances and scales rounded to 8 bits cost
+    ResNet-50 about twice the error (ONNX Runtime and TensorRT fold them too).
+    """
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    for out in graph.output:
+        consumers[out.name] = consumers.get(out.name, 0) + 1
+    producer = {out: node for node in graph.node for out in node.output}
+    folded: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # conv name -> (weight, bias)
+    drop: set[int] = set()
+    rewired: dict[int, str] = {}  # id(conv) -> the BN output it now produces
+    for node in graph.node:
+        conv = producer.get(node.input[0]) if node.op_type == "BatchNormalization" else None
+        if (
+            conv is None
+            or conv.op_type != "Conv"
+            or node.domain not in _DEFAULT_DOMAINS
+            or len(node.output) != 1
+            or consumers.get(conv.output[0], 0) != 1
+            or not all(n in inits for n in [*node.input[1:5], *conv.input[1:]])
+        ):
+            continue
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        scale, beta, mean, var = (
+            numpy_helper.to_array(inits[n]).astype(np.float64) for n in node.input[1:5]
+        )
+        factor = scale / np.sqrt(var + eps)
+        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+        bias = (
+            numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+            if len(conv.input) > 2 and conv.input[2]
+            else np.zeros(weight.shape[0])
+        )
+        shape = (-1,) + (1,) * (weight.ndim - 1)
+        folded[conv.name or conv.output[0]] = (
+            (weight * factor.reshape(shape)).astype(np.float32),
+            ((bias - mean) * factor + beta).astype(np.float32),
+        )
+        drop.add(id(node))
+        rewired[id(conv)] = node.output[0]
+    if not folded:
+        return model, 0
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.node[:]
+    for node in graph.node:
+        if id(node) in drop:
+            continue
+        copy = out.graph.node.add()
+        copy.CopyFrom(node)
+        if id(node) in rewired:
+            key = node.name or node.output[0]
+            weight, bias = folded[key]
+            w_name, b_name = f"{key}::folded_weight", f"{key}::folded_bias"
+            out.graph.initializer.extend(
+                [numpy_helper.from_array(weight, w_name), numpy_helper.from_array(bias, b_name)]
+            )
+            del copy.input[1:]
+            copy.input.extend([w_name, b_name])
+            copy.output[0] = rewired[id(node)]
+    return out, len(folded)
+
+
 @dataclass(frozen=True)
 class JaxProgram:
     """A model as ``fn(params, inputs) -> outputs``; jit it and call it with ``params``."""
@@ -203,6 +275,7 @@ class JaxProgram:
     node_names: tuple[str, ...]
     paths: dict[str, str]  # op type -> lowering path
     compute_dtype: np.dtype[Any]
+    folded_batch_norms: int = 0
 
 
 def build_program(model: onnx.ModelProto, compute_dtype: np.dtype[Any]) -> JaxProgram:
@@ -212,6 +285,9 @@ def build_program(model: onnx.ModelProto, compute_dtype: np.dtype[Any]) -> JaxPr
         raise LoweringError(
             "<model>", ", ".join(missing), "no JAX lowering (neither jaxonnxruntime nor ours)"
         )
+    names = tuple(n.name or f"<{n.op_type}#{i}>" for i, n in enumerate(model.graph.node))
+    original = model
+    model, folded = fold_batch_norms(model)
     graph = model.graph
     static: dict[str, np.ndarray] = {}
     params: dict[str, np.ndarray] = {}
@@ -225,7 +301,7 @@ def build_program(model: onnx.ModelProto, compute_dtype: np.dtype[Any]) -> JaxPr
     graph_inputs = [i for i in graph.input if i.name not in initialized]
     output_types = {o.name: device_dtype(o.type.tensor_type.elem_type) for o in graph.output}
     nodes = list(graph.node)
-    names = tuple(n.name or f"<{n.op_type}#{i}>" for i, n in enumerate(nodes))
+    labels = tuple(n.name or f"<{n.op_type}#{i}>" for i, n in enumerate(nodes))
 
     def fn(params: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
         env: dict[str, Value] = dict(static)
@@ -238,7 +314,7 @@ def build_program(model: onnx.ModelProto, compute_dtype: np.dtype[Any]) -> JaxPr
             # handlers that ask for int64 get int32 with a warning we expect
             warnings.filterwarnings("ignore", message="Explicitly requested dtype int64")
             handlers = _jaxort_handlers(model)
-            for node, name in zip(nodes, names, strict=True):
+            for node, name in zip(nodes, labels, strict=True):
                 values = [env[i] if i else None for i in node.input]
                 outputs = _lower_node(node, name, values, handlers, compute_dtype)
                 for out_name, value in zip(node.output, outputs, strict=False):
@@ -249,9 +325,10 @@ def build_program(model: onnx.ModelProto, compute_dtype: np.dtype[Any]) -> JaxPr
     return JaxProgram(
         fn=fn,
         params=params,
-        node_names=names,
-        paths=lowering_paths(model),
+        node_names=names,  # the model's own nodes: a folded BatchNormalization ran in its Conv
+        paths=lowering_paths(original),
         compute_dtype=np.dtype(compute_dtype),
+        folded_batch_norms=folded,
     )
 
 
@@ -296,6 +373,10 @@ def _lower_node(
             with jax.ensure_compile_time_eval():
                 outputs = _call(node, values, handlers, compute_dtype)
             return [None if o is None else np.asarray(o) for o in outputs]
+        if node.op_type in _FP32_OPS and compute_dtype != np.float32:
+            upcast = [_as_float32(v) for v in values]
+            outputs = _call(node, upcast, handlers, compute_dtype)
+            return [None if o is None else o.astype(compute_dtype) for o in outputs]
         return _call(node, values, handlers, compute_dtype)
     except LoweringError:
         raise
@@ -310,6 +391,13 @@ def _lower_node(
         raise LoweringError(
             name, node.op_type, f"{type(exc).__name__}: {_first_line(exc)}"
         ) from exc
+
+
+def _as_float32(value: Value) -> Value:
+    dtype = getattr(value, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+        return value.astype(np.float32)
+    return value
 
 
 def _call(
@@ -339,6 +427,7 @@ __all__ = [
     "LoweringError",
     "build_program",
     "device_dtype",
+    "fold_batch_norms",
     "lowering_paths",
     "op_key",
     "unsupported_ops",
