@@ -1,6 +1,7 @@
 """crossinfer's jax backend (ONNX -> JAX -> XLA) on a GPU: ResNet-50 and BERT-base, in one run.
 
-ResNet-50 (zoo:resnet50) batch-256 throughput and batch-1 latency at FP32, FP16 and BF16;
+ResNet-50 (zoo:resnet50) batch-256 throughput and batch-1 latency at FP32, FP16 and BF16 (and
+TF32 at batch 256);
 BERT-base seq 128 (zoo:bert-base) batch-256 throughput and batch-1 latency at FP16 and BF16.
 Each row has the XLA compile time (apart from run time), device-resident figures (inputs already
 on the GPU: JaxSession.bind) and end-to-end ones (Session.run: numpy in, numpy out, host
@@ -221,6 +222,7 @@ def main() -> None:
         ("resnet50", resnet, bf16, 1, True),
         ("bert-base", bert, bf16, 1, True),
         ("resnet50", resnet, fp32, 1, True),
+        ("resnet50", resnet, Precision.TF32, big, False),
     ]
     for family, source, precision, batch, latency in plan:
         runner.row(family, source, precision, batch, latency=latency)

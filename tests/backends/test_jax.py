@@ -91,6 +91,18 @@ def test_low_precision_runs_at_that_precision(  # type: ignore[no-untyped-def]
     session.close()
 
 
+def test_batch_norms_fold_into_convs_and_bf16_stays_within_tolerance() -> None:
+    artifact = load_model("zoo:resnet18")
+    feeds = random_inputs(artifact.inputs, batch=2, seed=4)
+    session = JaxBackend().prepare(artifact, "cpu", SessionOptions(precision=Precision.BF16))
+    outputs = session.run(feeds)
+    assert session.describe()["rewrites"].startswith("20 BatchNormalization folded into Conv")
+    # placement still lists the model's own nodes: a folded BatchNormalization ran in its Conv
+    assert len(session.placement().node_devices) == artifact.node_count
+    _passes(outputs, get_backend("onnxruntime").prepare(artifact, "cpu").run(feeds), Precision.BF16)
+    session.close()
+
+
 def test_mlp_new_batch_sizes_compile_once_each() -> None:
     artifact = load_model("zoo:mlp")
     session = JaxBackend().prepare(artifact, "cpu")
