@@ -56,6 +56,18 @@ def bytes_identity_model() -> onnx.ModelProto:
     )
 
 
+def bf16_identity_model() -> onnx.ModelProto:
+    """BFLOAT16 [batch, 4] passed through (ONNX Runtime's Python API cannot feed BF16; OpenVINO can)."""
+    return _model(
+        helper.make_graph(
+            [helper.make_node("Identity", ["x"], ["y"])],
+            "bf16_identity",
+            [helper.make_tensor_value_info("x", TensorProto.BFLOAT16, ["batch", 4])],
+            [helper.make_tensor_value_info("y", TensorProto.BFLOAT16, ["batch", 4])],
+        )
+    )
+
+
 def two_output_model() -> onnx.ModelProto:
     """doubled = 2a, summed = a + b on FP32 [batch, 3]: requested outputs pick between them."""
     two = numpy_helper.from_array(np.full(3, 2.0, np.float32), "two")

@@ -24,6 +24,7 @@ import tritonclient.http as httpclient
 import tritonclient.http.aio as aioclient
 from prometheus_client.parser import text_string_to_metric_families
 from serve_models import (
+    bf16_identity_model,
     bytes_identity_model,
     digits_spec,
     fp16_add_model,
@@ -51,6 +52,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServe
     model_dir(root, "text", bytes_identity_model())
     model_dir(root, "half", fp16_add_model())
     model_dir(root, "two", two_output_model())
+    model_dir(root, "bf16", bf16_identity_model(), 'backend = "openvino"\n')
     (root / "broken").mkdir()
     (root / "broken" / "model.onnx").write_bytes(b"\x08\x07garbage")
     config = ServerConfig(http_port=0, grpc_port=None, metrics_port=0, max_body_bytes=MAX_BODY)
@@ -208,6 +210,18 @@ def test_bytes_and_fp16_tensors(client: httpclient.InferenceServerClient, binary
     y = result.as_numpy("y")
     assert result.get_output("y")["datatype"] == "FP16"
     np.testing.assert_array_equal(y.astype(np.float16), x + np.float16(0.5))
+
+
+def test_bf16_tensors(server: BackgroundServer, client: httpclient.InferenceServerClient) -> None:
+    x = np.array([[1.5, -2.0, 0.0078125, 256.0]], np.float32)  # each exact in BF16
+    result = client.infer("bf16", [infer_input("x", x, "BF16")])  # tritonclient: binary only
+    assert result.get_output("y")["datatype"] == "BF16"  # as the metadata says, whatever ran it
+    np.testing.assert_array_equal(result.as_numpy("y"), x)
+    tensor = {"name": "x", "shape": [1, 4], "datatype": "BF16", "data": x.ravel().tolist()}
+    status, payload, _ = raw(server, "POST", "/v2/models/bf16/infer", _json([tensor]))
+    assert status == 200, payload
+    out = json.loads(payload)["outputs"][0]
+    assert (out["datatype"], out["data"]) == ("BF16", x.ravel().tolist())
 
 
 def test_requested_outputs_only_those_in_their_form(

@@ -47,7 +47,13 @@ from crossinfer.serve.batcher import (
     QueueTimeoutError,
 )
 from crossinfer.serve.events import log_event
-from crossinfer.serve.protocol import InferRequest, ProtocolError, datatype_of, model_metadata
+from crossinfer.serve.protocol import (
+    InferRequest,
+    ProtocolError,
+    datatype_of,
+    model_metadata,
+    numpy_dtype_of,
+)
 
 __all__ = [
     "CONFIG_KEYS",
@@ -285,7 +291,13 @@ class ServedModel:
         self.outputs: tuple[TensorSpec, ...] = artifact.outputs
         self.platform = _PLATFORMS.get(config.backend, f"{config.backend}_onnx")
         self.max_batch_size = _max_batch_size(artifact, config)
-        self._output_names = frozenset(spec.name for spec in self.outputs)
+        # what metadata promises; a runtime answering another type (OpenVINO gives FP16 for
+        # BF16) is converted so clients get the declared datatype
+        self._output_dtypes = {
+            spec.name: numpy_dtype_of(datatype_of(spec.dtype))
+            for spec in self.outputs
+            if spec.dtype not in ("object", "str", "bytes")
+        }
         self._sessions: list[Session] = []
         self._sessions_lock = threading.Lock()
         self._ready = False
@@ -440,6 +452,10 @@ class ServedModel:
             raise ProtocolError(400, str(exc)) from None
         except InferenceError as exc:
             raise ProtocolError(500, str(exc)) from exc
+        for name, array in outputs.items():
+            want = self._output_dtypes.get(name)
+            if want is not None and array.dtype != want:
+                outputs[name] = array.astype(want)
         if not request.requested_outputs:
             return outputs
         chosen = {}
