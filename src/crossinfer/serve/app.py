@@ -6,6 +6,8 @@ No web framework: routing is a split of the path, and the hot path (infer) is pa
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import time
@@ -16,6 +18,7 @@ from typing import Any
 from crossinfer.serve.events import log_event
 from crossinfer.serve.protocol import (
     HEADER_LENGTH,
+    InferRequest,
     ProtocolError,
     build_infer_response,
     error_body,
@@ -37,6 +40,8 @@ Send = Callable[[Message], Awaitable[None]]
 _JSON = [(b"content-type", b"application/json")]
 _HEADER_LENGTH = HEADER_LENGTH.lower().encode()
 _COMPRESS_MIN_BYTES = 1024  # smaller responses are not worth compressing
+_OFFLOAD_BYTES = 64 * 1024  # JSON bodies (or compressed ones) larger than this parse in a thread
+_OFFLOAD_VALUES = 16 * 1024  # responses with more JSON numbers than this encode in a thread
 
 
 class _Disconnected(Exception):
@@ -193,7 +198,8 @@ class HttpApp:
                 accept = value
         try:
             body = await self._read_body(scope, receive)
-            request = parse_infer_request(
+            parse = functools.partial(
+                parse_infer_request,
                 body,
                 header_length=header_length,
                 content_encoding=encoding,
@@ -201,23 +207,20 @@ class HttpApp:
                 outputs=model.outputs,
                 max_body_bytes=self.max_body_bytes,
             )
+            json_bytes = len(body) if header_length is None or encoding else header_length
+            # a large JSON body takes milliseconds to parse: in a thread, health probes and small
+            # requests keep being answered meanwhile (the GIL switches every 5 ms)
+            request = await asyncio.to_thread(parse) if json_bytes > _OFFLOAD_BYTES else parse()
         except ProtocolError:
             model.record_rejected(time.monotonic_ns() - start)
             raise
         outputs = await model.infer(request)
-        payload, headers = build_infer_response(
-            model.name,
-            model.version,
-            request.id,
-            outputs,
-            requested=request.requested_outputs,
-            binary=request.binary_outputs,
+        build = functools.partial(
+            _encode_response, model, request, outputs, accept if accept else None
         )
-        raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-        if accept and len(payload) >= _COMPRESS_MIN_BYTES:
-            payload, coding = _compress(payload, accept)
-            if coding:
-                raw_headers.append((b"content-encoding", coding))
+        json_values = sum(a.size for n, a in outputs.items() if not request.wants_binary(n))
+        large = json_values > _OFFLOAD_VALUES or (accept and _total_bytes(outputs) > _OFFLOAD_BYTES)
+        payload, raw_headers = await asyncio.to_thread(build) if large else build()
         await _send(send, 200, raw_headers, payload)
 
     # --- bodies -------------------------------------------------------------------------------
@@ -265,6 +268,29 @@ class HttpApp:
         if not isinstance(doc, dict):
             raise ProtocolError(400, "the request body must be a JSON object")
         return doc
+
+
+def _encode_response(
+    model: ServedModel, request: InferRequest, outputs: dict[str, Any], accept: bytes | None
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    payload, headers = build_infer_response(
+        model.name,
+        model.version,
+        request.id,
+        outputs,
+        requested=request.requested_outputs,
+        binary=request.binary_outputs,
+    )
+    raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    if accept and len(payload) >= _COMPRESS_MIN_BYTES:
+        payload, coding = _compress(payload, accept)
+        if coding:
+            raw_headers.append((b"content-encoding", coding))
+    return payload, raw_headers
+
+
+def _total_bytes(outputs: dict[str, Any]) -> int:
+    return sum(int(a.nbytes) for a in outputs.values())
 
 
 def _expect(method: str, allowed: str, scope: Scope) -> None:
