@@ -165,6 +165,15 @@ def test_infer_matches_in_process(
     assert response["id"] == "r-1" and response["model_name"] == "mlp"
 
 
+def test_large_json_request_parses_off_the_loop_and_matches(
+    client: httpclient.InferenceServerClient,
+) -> None:
+    x = features(8, seed=3)  # about 130 KB of JSON numbers: parsed in a worker thread
+    result = client.infer("mlp", [infer_input("features", x, "FP32", binary=False)])
+    want = reference("zoo:mlp", {"features": x})["logits"]
+    np.testing.assert_allclose(result.as_numpy("logits"), want, rtol=1e-6, atol=1e-6)
+
+
 def test_aio_client_concurrent_requests_on_the_digits_spec(server: BackgroundServer) -> None:
     data = zoo_dataset("zoo:digits")
     assert data is not None
