@@ -126,7 +126,7 @@ class HttpApp:
         action = rest[0] if len(rest) == 1 else ("" if not rest else None)
         if action == "infer":
             _expect(method, "POST", scope)
-            await self._infer(self.repository.get(name, version), scope, receive, send)
+            await self._infer(name, version, scope, receive, send)
         elif action == "ready":
             _expect(method, "GET", scope)
             try:
@@ -179,7 +179,9 @@ class HttpApp:
 
     # --- infer --------------------------------------------------------------------------------
 
-    async def _infer(self, model: ServedModel, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _infer(
+        self, name: str, version: str | None, scope: Scope, receive: Receive, send: Send
+    ) -> None:
         start = time.monotonic_ns()
         header_length: int | None = None
         encoding: str | None = None
@@ -196,8 +198,10 @@ class HttpApp:
                 encoding = value.decode("latin-1")
             elif key == b"accept-encoding":
                 accept = value
+        body = await self._read_body(scope, receive)
+        # looked up once the body is in: a model reloaded meanwhile is the new one already
+        model = self.repository.get(name, version)
         try:
-            body = await self._read_body(scope, receive)
             parse = functools.partial(
                 parse_infer_request,
                 body,
