@@ -1,0 +1,272 @@
+"""The torch backend on the CPU: conversion (onnx2torch and our own converters and rewrites),
+precisions, modes, errors, and `check` through it. CUDA paths are measured by
+benchmarks/gpu_torch.py on the GPU machine; here their CPU halves and their refusals are tested.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from conftest import make_model
+from crossinfer.backends.base import Precision, SessionOptions, Target, get_backend
+from crossinfer.backends.onnx_to_torch import (
+    convert,
+    fold_batch_norms,
+    fuse_conv_relu_chains,
+    unsupported_ops,
+)
+from crossinfer.backends.torch import TorchBackend, TorchSettings, resolve_device
+from crossinfer.check import Verdict, check_model, default_tolerance, random_inputs
+from crossinfer.check.parity import compare_outputs
+from crossinfer.errors import CompileError, DeviceUnavailableError, UsageError
+from crossinfer.model import ModelArtifact, load_model
+
+F = TensorProto.FLOAT
+RNG = np.random.default_rng(11)
+
+
+def _save(tmp_path: Path, model: onnx.ModelProto, name: str = "m.onnx") -> ModelArtifact:
+    path = tmp_path / name
+    onnx.save(model, path)
+    return load_model(path)
+
+
+def _vi(name: str, shape: list[int | str], elem: int = F) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+def _matches_reference(
+    artifact: ModelArtifact, precision: Precision = Precision.FP32, **extra: str
+) -> dict[str, object]:
+    feeds = random_inputs(artifact.inputs, batch=3, seed=1)
+    reference = get_backend("reference").prepare(artifact, "cpu").run(feeds)
+    session = TorchBackend().prepare(
+        artifact, "cpu", SessionOptions(precision=precision, extra=extra)
+    )
+    outputs = session.run(feeds)
+    for comparison in compare_outputs(outputs, reference, default_tolerance(precision)):
+        assert comparison.passed, comparison.reason
+    info = session.describe()
+    session.close()
+    return info
+
+
+# --- our own converters: what onnx2torch 1.5 lacks --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("node", "opset", "out_shape"),
+    [
+        (helper.make_node("Gelu", ["x"], ["y"]), 20, ["batch", 4, 6]),
+        (helper.make_node("Gelu", ["x"], ["y"], approximate="tanh"), 20, ["batch", 4, 6]),
+        (helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=0), 18, ["batch", 4]),
+        (helper.make_node("ReduceMax", ["x", "axes"], ["y"]), 18, ["batch", 4, 1]),
+        (helper.make_node("ReduceL2", ["x", "axes"], ["y"], keepdims=0), 18, ["batch", 4]),
+        (helper.make_node("Mish", ["x"], ["y"]), 18, ["batch", 4, 6]),
+        # 4-D: onnx's ReferenceEvaluator drops the channel dim of a 3-D GlobalMaxPool
+        (helper.make_node("GlobalMaxPool", ["x"], ["y"]), 17, ["batch", 4, 1, 1]),
+    ],
+)
+def test_crossinfer_converters_match_the_reference(
+    node: onnx.NodeProto, opset: int, out_shape: list[int | str], tmp_path: Path
+) -> None:
+    axes = (
+        [numpy_helper.from_array(np.array([-1], np.int64), "axes")] if len(node.input) > 1 else []
+    )
+    in_shape: list[int | str] = ["batch", 4, 6] if len(out_shape) < 4 else ["batch", 4, 3, 3]
+    model = make_model([node], [_vi("x", in_shape)], [_vi("y", out_shape)], axes, opset=opset)
+    artifact = _save(tmp_path, model)
+    assert unsupported_ops(artifact.load_proto()) == ()
+    info = _matches_reference(artifact)
+    assert info["crossinfer_converters"] == [node.op_type]
+
+
+def test_gather_with_negative_and_scalar_indices_matches_the_reference(tmp_path: Path) -> None:
+    table = numpy_helper.from_array(RNG.standard_normal((5, 3)).astype(np.float32), "table")
+    ids = numpy_helper.from_array(np.array([[-1, 0], [2, -5]], np.int64), "ids")
+    first = numpy_helper.from_array(np.array(0, np.int64), "first")
+    model = make_model(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["rows"], axis=0),
+            helper.make_node("Add", ["rows", "x"], ["y"]),
+            helper.make_node("Gather", ["x", "first"], ["z"], axis=1),
+        ],
+        [_vi("x", [2, 2, 3])],
+        [_vi("y", [2, 2, 3]), _vi("z", [2, 3])],
+        [table, ids, first],
+    )
+    info = _matches_reference(_save(tmp_path, model))
+    assert info["rewritten_for_no_host_reads"] == 2
+
+
+def test_an_op_without_converter_is_named_before_and_at_prepare(tmp_path: Path) -> None:
+    model = make_model(
+        [helper.make_node("Hardmax", ["x"], ["y"])], [_vi("x", [2, 3])], [_vi("y", [2, 3])]
+    )
+    artifact = _save(tmp_path, model)
+    compat = TorchBackend().supports(artifact, "cpu")
+    assert not compat.supported and compat.unsupported_ops == ("Hardmax",)
+    assert "no ONNX-to-torch converter for op type(s) Hardmax" in compat.reason
+    with pytest.raises(CompileError, match="Hardmax") as info:
+        TorchBackend().prepare(artifact, "cpu")
+    assert info.value.unsupported_ops == ("Hardmax",)
+
+
+# --- graph rewrites ------------------------------------------------------------------------
+
+
+def test_batchnorm_folding_and_conv_relu_fusion_keep_fp32_parity() -> None:
+    artifact = load_model("zoo:resnet18")
+    folded, count = fold_batch_norms(artifact.load_proto())
+    assert count == 20
+    assert not any(n.op_type == "BatchNormalization" for n in folded.graph.node)
+    conversion = convert(artifact.load_proto())
+    fused = fuse_conv_relu_chains(conversion.module)
+    assert fused == 17  # 9 Conv->ReLU, 8 Conv->Add->ReLU (one per basic block)
+    feeds = random_inputs(artifact.inputs, batch=2, seed=0)
+    expected = get_backend("onnxruntime").prepare(artifact, "cpu").run(feeds)["logits"]
+    with torch.inference_mode():
+        got = conversion.module(torch.from_numpy(feeds["pixel_values"])).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+
+
+def test_batchnorm_without_constant_parameters_is_left_alone(tmp_path: Path) -> None:
+    w = numpy_helper.from_array(RNG.standard_normal((2, 1, 1, 1)).astype(np.float32), "w")
+    stats = [numpy_helper.from_array(np.ones(2, np.float32), n) for n in ("b", "m", "v")]
+    model = make_model(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"]),
+            helper.make_node("BatchNormalization", ["c", "scale", "b", "m", "v"], ["y"]),
+        ],
+        [_vi("x", [1, 1, 2, 2]), _vi("scale", [2])],
+        [_vi("y", [1, 2, 2, 2])],
+        [w, *stats],
+    )
+    _, count = fold_batch_norms(model)
+    assert count == 0
+
+
+# --- precisions and settings ------------------------------------------------------------------
+
+
+def test_bert_fp16_converts_weights_and_bf16_defaults_to_autocast() -> None:
+    artifact = load_model("zoo:bert-base?layers=2&seq=16")
+    fp16 = _matches_reference(artifact, Precision.FP16)
+    bf16 = _matches_reference(artifact, Precision.BF16)
+    converted = _matches_reference(artifact, Precision.BF16, autocast="0")
+    assert fp16["precision"] == "fp16 (converted weights)"
+    assert fp16["retargeted_casts"] == 1  # the attention mask's Cast to float
+    assert bf16["precision"] == "bf16 (autocast, FP32 weights)"
+    assert converted["precision"] == "bf16 (converted weights)"
+
+
+def test_tf32_on_cpu_is_fp32_and_says_so(tmp_path: Path) -> None:
+    info = _matches_reference(load_model("zoo:mlp"), Precision.TF32)
+    assert info["precision"].startswith("tf32 (FP32 weights")
+
+
+def test_compile_mode_reports_compile_time_per_shape_and_caches_under_crossinfer(
+    zoo_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    artifact = load_model("zoo:mlp")
+    session = TorchBackend().prepare(artifact, "cpu", SessionOptions(extra={"mode": "compile"}))
+    feeds = random_inputs(artifact.inputs, batch=2, seed=0)
+    expected = get_backend("onnxruntime").prepare(artifact, "cpu").run(feeds)["logits"]
+    np.testing.assert_allclose(session.run(feeds)["logits"], expected, atol=1e-4, rtol=1e-3)
+    session.run(feeds)
+    info = session.describe()
+    assert list(info["compile_s"]) == ["2x784"] and info["compile_s"]["2x784"] > 0
+    assert info["inductor_cache"] == str(zoo_cache / "torchinductor")
+    assert any((zoo_cache / "torchinductor").iterdir())
+    session.close()
+
+
+def test_device_tensors_path_matches_numpy_path() -> None:
+    artifact = load_model("zoo:mlp")
+    session = TorchBackend().prepare(artifact, "cpu")
+    feeds = random_inputs(artifact.inputs, batch=4, seed=2)
+    on_device = session.prepare_inputs(feeds)
+    out = session.run_tensors(on_device)["logits"]
+    assert out.dtype == torch.float32
+    np.testing.assert_array_equal(out.numpy(), session.run(feeds)["logits"])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"mode": "jit"}, "torch mode 'jit' is not one of eager, compile, cudagraphs"),
+        ({"compile_mode": "fast"}, "torch compile_mode 'fast' is not one of"),
+        ({"channels_last": "yes"}, "torch channels_last 'yes' must be 0, 1 or auto"),
+        ({"autocast": "maybe"}, "torch option autocast='maybe' must be 0, 1 or auto"),
+        ({"threads_per_core": "2"}, "torch does not know option(s) threads_per_core"),
+    ],
+)
+def test_bad_settings_are_refused_by_name(extra: dict[str, str], message: str) -> None:
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        TorchSettings.from_extra(extra)
+
+
+def test_cudagraphs_needs_cuda() -> None:
+    with pytest.raises(UsageError, match="cudagraphs needs a CUDA device, not cpu"):
+        TorchBackend().prepare(
+            load_model("zoo:mlp"), "cpu", SessionOptions(extra={"mode": "cudagraphs"})
+        )
+
+
+# --- devices ---------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_is_unavailable_with_the_reason() -> None:
+    backend = TorchBackend()
+    (cuda,) = [d for d in backend.devices() if d.name == "cuda"]
+    assert not cuda.available and "torch" in cuda.reason
+    with pytest.raises(DeviceUnavailableError, match=r"no GPU|CPU-only build"):
+        backend.prepare(load_model("zoo:mlp"), "cuda")
+    compat = backend.supports(load_model("zoo:mlp"), "cuda:1")
+    assert not compat.supported and compat.reason
+
+
+@pytest.mark.parametrize("name", ["tpu", "cuda:x", "gpu"])
+def test_unknown_devices_are_usage_errors(name: str) -> None:
+    with pytest.raises(UsageError, match=f"torch knows no device '{name}'"):
+        resolve_device(name)
+
+
+# --- through check -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["zoo:mlp", "zoo:bert-base?layers=2&seq=16"])
+def test_check_passes_torch_cpu_with_every_node_on_the_cpu(source: str) -> None:
+    artifact = load_model(source)
+    report = check_model(
+        artifact,
+        targets=[Target("torch", "cpu")],
+        feeds=random_inputs(artifact.inputs, batch=2, seed=0),
+    )
+    row = report.row("torch:cpu")
+    assert row.verdict is Verdict.PASS, row.reason
+    assert row.placement is not None
+    assert row.placement["primary"] == "cpu" and row.placement["fallback_count"] == 0
+    assert set(row.placement["devices"]) == {"cpu"}
+    assert row.session["runtime"].startswith("torch ")
+
+
+def test_check_at_fp16_passes_on_torch_cpu() -> None:
+    artifact = load_model("zoo:mlp")
+    report = check_model(
+        artifact,
+        targets=[Target("torch", "cpu")],
+        feeds=random_inputs(artifact.inputs, batch=2, seed=0),
+        precision=Precision.FP16,
+    )
+    row = report.row("torch:cpu")
+    assert row.verdict is Verdict.PASS, row.reason
+    assert row.session["precision"] == "fp16 (converted weights)"
