@@ -657,6 +657,8 @@ def test_metrics_have_tritons_names_and_agree_with_statistics(
     assert samples[("nv_inference_count", mlp)] == entry["inference_count"]
     assert samples[("nv_inference_exec_count", mlp)] == entry["execution_count"]
     assert samples[("nv_inference_pending_request_count", mlp)] == 0
+    success_us = entry["inference_stats"]["success"]["ns"] // 1000
+    assert samples[("nv_inference_request_duration_us", mlp)] == success_us
     queue_us = entry["inference_stats"]["queue"]["ns"] // 1000
     assert samples[("nv_inference_queue_duration_us", mlp)] == queue_us
     assert ("nv_inference_compute_infer_duration_us", mlp) in samples

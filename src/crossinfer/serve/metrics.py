@@ -28,7 +28,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # (metric, help, stat in BatcherStats.to_dict()["inference_stats"]); durations in microseconds
 _DURATIONS = (
-    ("nv_inference_request_duration_us", "Cumulative inference request duration", "request"),
+    ("nv_inference_request_duration_us", "Cumulative duration of successful requests", "request"),
     ("nv_inference_queue_duration_us", "Cumulative inference queuing duration", "queue"),
     (
         "nv_inference_compute_input_duration_us",
@@ -121,7 +121,7 @@ class ServerMetrics:
             execs.add_sample(execs.name, key, stats.execution_count)
             pending.add_metric([model.name, model.version], stats.pending)
             ns = {
-                "request": stats.success.ns + stats.fail.ns,
+                "request": stats.success.ns,  # successful requests, as Triton counts them
                 "queue": stats.queue.ns,
                 "compute_input": stats.compute_input.ns,
                 "compute_infer": stats.compute_infer.ns,
