@@ -299,7 +299,7 @@ def retarget_float_casts(module: nn.Module, dtype: torch.dtype) -> int:
     count = 0
     for sub in module.modules():
         if type(sub).__name__ == "OnnxCast" and getattr(sub, "torch_dtype", None) == torch.float32:
-            sub.torch_dtype = dtype
+            setattr(sub, "torch_dtype", dtype)  # noqa: B010 (an attribute of onnx2torch's OnnxCast)
             count += 1
     return count
 
@@ -382,17 +382,14 @@ def gathers_without_host_reads(module: fx.GraphModule) -> int:
 def _constant(module: fx.GraphModule, arg: object) -> torch.Tensor | None:
     if not isinstance(arg, fx.Node) or not isinstance(arg.target, str):
         return None
+    value: Any = None
     if arg.op == "get_attr":
         value = module
         for part in arg.target.split("."):
             value = getattr(value, part, None)
-        return value if isinstance(value, torch.Tensor) else None
-    sub = _module_of(module, arg)
-    if type(sub).__name__ == "OnnxConstant" and isinstance(
-        getattr(sub, "value", None), torch.Tensor
-    ):
-        return sub.value  # type: ignore[no-any-return]
-    return None
+    elif type(_module_of(module, arg)).__name__ == "OnnxConstant":
+        value = getattr(_module_of(module, arg), "value", None)
+    return value if isinstance(value, torch.Tensor) else None
 
 
 class ConvReLU(nn.Module):
@@ -406,7 +403,7 @@ class ConvReLU(nn.Module):
         c = self.conv
         if x.is_cuda:
             return torch.cudnn_convolution_relu(
-                x, c.weight, c.bias, c.stride, c.padding, c.dilation, c.groups
+                x, c.weight, c.bias, c.stride, _padding(c), c.dilation, c.groups
             )
         return torch.relu(c(x))
 
@@ -422,9 +419,15 @@ class ConvAddReLU(nn.Module):
         c = self.conv
         if x.is_cuda and z.dim() == 4 and z.dtype == x.dtype:
             return torch.cudnn_convolution_add_relu(
-                x, c.weight, z, 1.0, c.bias, c.stride, c.padding, c.dilation, c.groups
+                x, c.weight, z, 1.0, c.bias, c.stride, _padding(c), c.dilation, c.groups
             )
         return torch.relu(c(x) + z)
+
+
+def _padding(conv: nn.Conv2d) -> tuple[int, ...]:
+    # _fusable_conv admits only numeric padding ("same"/"valid" strings stay unfused)
+    assert not isinstance(conv.padding, str)
+    return tuple(conv.padding)
 
 
 def fuse_conv_relu_chains(module: fx.GraphModule) -> int:

@@ -535,7 +535,7 @@ class _CudaGraphs:
         self, tensors: list[torch.Tensor]
     ) -> tuple[torch.cuda.CUDAGraph, list[torch.Tensor], list[torch.Tensor]]:
         static_in = [t.clone() for t in tensors]
-        side = torch.cuda.Stream()
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
@@ -562,7 +562,7 @@ def _set_tf32(device: torch.device, enabled: bool) -> None:
     matmul = torch.backends.cuda.matmul
     if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the per-backend precision API
         matmul.fp32_precision = value
-        torch.backends.cudnn.conv.fp32_precision = value
+        torch.backends.cudnn.conv.fp32_precision = value  # type: ignore[attr-defined]
     else:
         matmul.allow_tf32 = enabled
         torch.backends.cudnn.allow_tf32 = enabled
