@@ -1,0 +1,98 @@
+"""The jax and iree backends on this CPU against ONNX Runtime, in one run: batch-1 latency.
+
+ResNet-50 (zoo:resnet50) and a 4-layer BERT-base encoder at seq 128; FP32 and BF16; for IREE
+also its convolutions without im2col (crossinfer's default turns it on), to back that default.
+"Prepare + first" is session creation and the first run: JAX's XLA compile or IREE's
+iree-compile (each new input shape compiles once; both caches were cold).
+
+    uv run --all-extras python benchmarks/cpu_jax_iree.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossinfer import Precision, SessionOptions, get_backend, load_model, random_inputs
+from crossinfer.check import compare_outputs, default_tolerance
+
+NO_IM2COL = {"--iree-global-opt-use-im2col-for-convs": "false"}
+CONFIGS: list[tuple[str, dict[str, str], Precision]] = [
+    ("onnxruntime", {}, Precision.FP32),
+    ("jax", {}, Precision.FP32),
+    ("jax", {}, Precision.BF16),
+    ("iree", {}, Precision.FP32),
+    ("iree", NO_IM2COL, Precision.FP32),
+    ("iree", {}, Precision.BF16),
+]
+
+
+def median_ms(step: Callable[[], Any], n: int) -> float:
+    step()
+    samples = []
+    for _ in range(n):
+        start = time.perf_counter()
+        step()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return round(float(np.median(samples)), 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", default="zoo:resnet50,zoo:bert-base?layers=4&seq=128")
+    parser.add_argument("--n", type=int, default=10, help="timed runs per configuration")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/cpu_jax_iree.json"))
+    args = parser.parse_args()
+    rows: list[dict[str, Any]] = []
+    for source in args.models.split(","):
+        artifact = load_model(source)
+        feeds = random_inputs(artifact.inputs, batch=1, seed=0)
+        truth = get_backend("onnxruntime").prepare(artifact, "cpu").run(feeds)
+        has_conv = "Conv" in artifact.op_histogram
+        for backend, extra, precision in CONFIGS:
+            if extra and not has_conv:
+                continue  # im2col only touches convolutions
+            start = time.perf_counter()
+            session = get_backend(backend).prepare(
+                artifact, "cpu", SessionOptions(precision=precision, extra=extra)
+            )
+            outputs = session.run(feeds)
+            first_s = time.perf_counter() - start
+            compared = compare_outputs(outputs, truth, default_tolerance(precision))
+            row = {
+                "model": source,
+                "backend": backend,
+                "precision": precision.value,
+                "extra": extra,
+                "prepare_and_first_s": round(first_s, 1),
+                "p50_ms": median_ms(lambda s=session, f=feeds: s.run(f), args.n),
+                "parity": all(c.passed for c in compared),
+            }
+            session.close()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(
+        f"\n{'model':<32} {'backend':<12} {'prec':<5} {'flags':<10} {'prep+1st s':>10} {'p50 ms':>8}"
+    )
+    for r in rows:
+        flags = "no im2col" if r["extra"] else "default"
+        print(
+            f"{r['model']:<32} {r['backend']:<12} {r['precision']:<5} {flags:<10} "
+            f"{r['prepare_and_first_s']:>10} {r['p50_ms']:>8} {'' if r['parity'] else 'PARITY FAIL'}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps({"host": platform.platform(), "rows": rows}, indent=2) + "\n", encoding="utf-8"
+    )
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
