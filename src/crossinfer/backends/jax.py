@@ -409,8 +409,10 @@ def _set_config(name: str, value: Any) -> None:
 def _jaxort_version() -> str:
     try:
         return metadata.version("jaxonnxruntime")
-    except metadata.PackageNotFoundError:
-        return "?"
+    except metadata.PackageNotFoundError:  # on sys.path without its metadata (a copied tree)
+        import jaxonnxruntime
+
+        return str(getattr(jaxonnxruntime, "__version__", "?"))
 
 
 __all__ = [
