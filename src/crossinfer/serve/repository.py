@@ -59,10 +59,15 @@ __all__ = [
     "CONFIG_KEYS",
     "DEFAULT_MAX_BATCH_SIZE",
     "DELAY_SCHEDULER_ENV",
+    "LOADING",
+    "READY",
+    "UNAVAILABLE",
+    "UNLOADING",
     "ModelRepository",
     "ModelSource",
     "ServedModel",
     "ServingConfig",
+    "apply_config",
     "model_name_for",
     "open_repository",
 ]
@@ -358,11 +363,12 @@ class ServedModel:
         with self._sessions_lock:
             first = self._sessions[0].describe() if self._sessions else {}
         return {
-            **first,
+            "runtime": first.get("runtime", ""),
             "target": f"{self.serving.backend}:{self.serving.device}",
             "instances": self.batcher.instances,
             "max_batch_size": self.max_batch_size,
             "max_queue_delay_us": self.serving.max_queue_delay_us,
+            "session": first,  # what the backend says ran: providers, precision, ignored options
         }
 
     # --- protocol answers -------------------------------------------------------------------
