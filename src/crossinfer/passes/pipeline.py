@@ -69,6 +69,9 @@ PRESETS: dict[tuple[str, str], tuple[tuple[str, ...], Precision]] = {
     ("jax", "fp16"): ((), Precision.FP16),
     ("iree", "bf16"): ((), Precision.BF16),
     ("iree", "fp16"): ((), Precision.FP16),
+    # torch converts the weights (FP16) or runs under autocast (BF16) when it prepares the session
+    ("torch", "bf16"): ((), Precision.BF16),
+    ("torch", "fp16"): ((), Precision.FP16),
 }
 NOISE_PCT = 5.0  # a speed change within this is not called a regression
 
