@@ -74,6 +74,9 @@ class ModelArtifact:
     parameter_count: int
     external_data: tuple[str, ...] = ()
     proto: onnx.ModelProto | None = field(default=None, repr=False, compare=False)
+    # the framework model this ONNX file was exported from (a torch nn.Module), kept as-is for
+    # its own backend; every other backend runs the ONNX file
+    native: Any = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
