@@ -19,11 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from serve_models import reference
+
+from crossinfer.serve.repository import DELAY_SCHEDULER_ENV
 
 CLI = str(Path(sys.executable).parent / "crossinfer")
 START_LIMIT_S = 120.0
-ENV = {**os.environ, "COLUMNS": "400"}  # rich prints each message on one line
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "COLUMNS": "400"}  # rich prints each message on one line
 
 
 class ServeProcess:
@@ -35,7 +41,7 @@ class ServeProcess:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env=ENV,
+            env=env(),
         )
         self.events: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self.lines: list[str] = []
@@ -182,7 +188,7 @@ def test_startup_line_config_and_metrics_of_a_real_process() -> None:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [CLI, "serve", *args], capture_output=True, text=True, env=ENV, timeout=START_LIMIT_S
+        [CLI, "serve", *args], capture_output=True, text=True, env=env(), timeout=START_LIMIT_S
     )
 
 
@@ -221,7 +227,7 @@ def test_busy_port_and_nothing_loadable(tmp_path: Path) -> None:
 
 
 def test_help_names_every_option() -> None:
-    result = subprocess.run([CLI, "serve", "--help"], capture_output=True, text=True, env=ENV)
+    result = subprocess.run([CLI, "serve", "--help"], capture_output=True, text=True, env=env())
     assert result.returncode == 0
     for option in (
         "--host",
@@ -235,3 +241,47 @@ def test_help_names_every_option() -> None:
         "--precision",
     ):
         assert option in result.stdout
+
+
+def test_a_second_signal_exits_at_once() -> None:
+    server = ServeProcess("zoo:mlp")
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as stalled:
+        # half a request: a graceful shutdown would wait for its body (up to --drain-timeout)
+        stalled.sendall(
+            b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"
+        )
+        time.sleep(0.2)
+        server.proc.send_signal(signal.SIGTERM)
+        server.wait_for("server_stopping", 30)
+        time.sleep(0.3)
+        assert server.proc.poll() is None  # still draining
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.finish(limit_s=15) == 128 + signal.SIGTERM
+    assert any('"action":"exit now, not draining"' in line for line in server.lines)
+
+
+def test_a_held_batcher_does_not_stall_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Triton's delay-scheduler hook never reaches 1000 requests: shutdown releases it
+    monkeypatch.setenv(DELAY_SCHEDULER_ENV, "1000")
+    server = ServeProcess("zoo:mlp")
+    result: list[int] = []
+
+    def one() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        body = {
+            "inputs": [
+                {"name": "features", "shape": [1, 784], "datatype": "FP32", "data": [0.0] * 784}
+            ]
+        }
+        conn.request("POST", "/v2/models/mlp/infer", body=json.dumps(body))
+        result.append(conn.getresponse().status)
+        conn.close()
+
+    client = threading.Thread(target=one)
+    client.start()
+    time.sleep(0.5)  # the request sits in the held queue
+    assert not result
+    server.proc.send_signal(signal.SIGTERM)
+    client.join(timeout=30)
+    assert result == [200]
+    assert server.finish() == 0

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
 import signal
 import socket
 import sys
@@ -177,6 +178,8 @@ class InferenceServer:
             return
         log_event("server_stopping")
         self.app.ready = False  # load balancers see not-ready first
+        for model in self.repository.ready_models():
+            model.batcher.release()  # a held batcher (test hook) would keep its requests forever
         closing = []
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
@@ -285,13 +288,28 @@ def run_server(
     *,
     on_ready: Callable[[InferenceServer], None] | None = None,
 ) -> InferenceServer:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully (blocking, uvloop)."""
+    """Serve until SIGTERM or SIGINT, then shut down gracefully (blocking, uvloop).
+
+    A second signal while shutting down exits at once, as a person pressing Ctrl+C twice means.
+    """
     server = InferenceServer(repository, config)
+    signals = 0
+
+    def on_signal(sig: signal.Signals) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log_event("signal", signal=sig.name, action="graceful shutdown")
+            server.request_stop()
+            return
+        log_event("signal", logging.WARNING, signal=sig.name, action="exit now, not draining")
+        logging.shutdown()
+        os._exit(128 + int(sig))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, server.request_stop)
+            loop.add_signal_handler(sig, on_signal, sig)
         await server.start()
         if on_ready is not None:
             on_ready(server)
