@@ -196,6 +196,8 @@ def test_device_tensors_path_matches_numpy_path() -> None:
     out = session.run_tensors(on_device)["logits"]
     assert out.dtype == torch.float32
     np.testing.assert_array_equal(out.numpy(), session.run(feeds)["logits"])
+    (bound,) = session.bind(feeds)()
+    np.testing.assert_array_equal(bound.numpy(), out.numpy())
 
 
 @pytest.mark.parametrize(
