@@ -3,9 +3,12 @@ and how close quick's pick comes to exhaustive's best; and the recommended deplo
 naive default (ONNX Runtime defaults, FP32, batch 1).
 
 Both strategies share one check and one set of optimized variants (prepared once, as a resumed
-tune would), and each measures into its own fresh results store. Quick's pick is judged by the
-exhaustive run's own measurement of the same candidate, so the ratio compares figures from one
-run (the machine is noisy and shared); quick's own figure is printed beside it.
+tune would), and each measures into its own fresh results store; both measure their three best
+candidates a second time. Quick's pick is judged by the exhaustive run's own measurement of the
+same candidate, so the ratio compares figures from one run (the machine is noisy and shared);
+quick's own figure is printed beside it. "replayed quick" runs quick's search on the exhaustive
+run's measurements: the same landscape for both, so it judges the search apart from run-to-run
+noise.
 
     uv run --extra openvino python benchmarks/tune_quick_vs_exhaustive.py \
         [--models "zoo:resnet50,zoo:bert-base?layers=2"] [--backends onnxruntime,openvino]
@@ -27,7 +30,9 @@ from rich.table import Table
 from crossinfer import discover, load_model
 from crossinfer.store import ResultStore
 from crossinfer.tune.constraints import Constraints, Objective
+from crossinfer.tune.recommend import rank_for, recommend
 from crossinfer.tune.runner import NAIVE_DEFAULT, TuneConfig, TuneResult, tune
+from crossinfer.tune.strategies import search
 
 
 def main() -> None:
@@ -134,6 +139,7 @@ def _compare(
         row["quick_pick_in_exhaustive_run"] = again.throughput if again else None
         row["quick_vs_best"] = (again.throughput / best.value) if again else None
         row["quick_own_vs_best"] = (picked.value or 0.0) / best.value
+    row.update(_replay(exhaustive))
     naive = measured_exh.get(NAIVE_DEFAULT)
     if best and naive and best.metrics:
         row["naive_default"] = naive.throughput
@@ -141,6 +147,29 @@ def _compare(
         row["pick_p99_ms"] = best.metrics.p99_ms
         row["pick_accuracy_drop"] = best.metrics.accuracy_drop
     return row
+
+
+def _replay(exhaustive: TuneResult) -> dict[str, Any]:
+    """Quick's search replayed on the exhaustive run's own measurements: the same landscape for
+    both, so the comparison tests the search, not the noise between two runs minutes apart."""
+    landscape = exhaustive.outcome.measured
+    space = exhaustive.space
+    seed = [c for c in space.candidates if c.key == NAIVE_DEFAULT]
+    constraints = exhaustive.recommendation.constraints
+    scorer = exhaustive.recommendation.scorer
+    replayed = search(
+        "quick", space, lambda c: landscape.get(c.key), rank_for(constraints, scorer), seed=seed
+    )
+    rec = recommend(space, replayed, constraints, scorer)
+    best = exhaustive.recommendation.pick
+    if rec.pick is None or best is None or not best.value:
+        return {"replay_quick_measured": len(replayed.measured), "replay_quick_pick": None}
+    return {
+        "replay_quick_measured": len(replayed.measured),
+        "replay_quick_share": len(replayed.measured) / len(space),
+        "replay_quick_pick": rec.pick.key,
+        "replay_quick_vs_best": (rec.pick.value or 0.0) / best.value,
+    }
 
 
 def _print(rows: list[dict[str, Any]], machine: str) -> None:
@@ -153,6 +182,7 @@ def _print(rows: list[dict[str, Any]], machine: str) -> None:
         "exhaustive pick",
         "quick pick",
         "quick / best",
+        "replayed quick",
         "pick / naive",
     ):
         table.add_column(name)
@@ -165,6 +195,7 @@ def _print(rows: list[dict[str, Any]], machine: str) -> None:
             f"{r['exhaustive_pick']} ({r['exhaustive_best'] or 0:,.1f}/s)",
             f"{r['quick_pick']} ({r['quick_pick_own_value'] or 0:,.1f}/s own run)",
             _ratio(r.get("quick_vs_best")) + f" (own run {_ratio(r.get('quick_own_vs_best'))})",
+            f"{r.get('replay_quick_measured')} measured, {_ratio(r.get('replay_quick_vs_best'))}",
             _ratio(r.get("speedup_over_naive")) + f" ({r.get('naive_default') or 0:,.1f}/s)",
         )
     Console(width=200).print(table)

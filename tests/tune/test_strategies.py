@@ -174,3 +174,31 @@ def test_quick_does_not_screen_variants_far_slower_before_the_search() -> None:
     assert "batch-1 latency 30.0 ms in optimize's check, 7.5x the fastest" in reason
     # no figure before the search: screened all the same
     assert any(k.startswith("onnxruntime:cpu/bf16/") for k in outcome.measured)
+
+
+def test_confirmation_measures_the_best_again_and_keeps_the_mean() -> None:
+    space = _space()
+    counter = _Counter()
+    outcome = search("quick", space, counter, _rank(), budget=10, confirm=2)
+    assert len(counter.calls) == 12 and len(outcome.measured) == 10
+    assert len(outcome.confirmed) == 2 and set(outcome.confirmed) <= set(outcome.measured)
+    for key in outcome.confirmed:
+        merged = outcome.measured[key]
+        assert merged is not None and merged.runs == 2
+        assert "mean of 2 runs" in merged.notes[-1]
+
+
+def test_merge_takes_means_and_the_larger_memory() -> None:
+    from crossinfer.tune.constraints import merge_metrics
+
+    first = _surface(_space().candidates[0])
+    second = dataclasses_replace(first, throughput=first.throughput * 3, peak_rss_mb=300.0)
+    merged = merge_metrics(first, second)
+    assert merged.throughput == pytest.approx(first.throughput * 2)
+    assert merged.peak_rss_mb == 300.0 and merged.runs == 2
+
+
+def dataclasses_replace(metrics: Metrics, **changes: float) -> Metrics:
+    import dataclasses
+
+    return dataclasses.replace(metrics, **changes)  # type: ignore[arg-type]

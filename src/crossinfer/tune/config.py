@@ -32,6 +32,7 @@ class TuneConfig:
     calibration: str | None = None  # None: the zoo model's data set, else synthetic (said so)
     dataset: Path | None = None  # labelled .npz; None: the zoo model's, if it has one
     fresh: bool = False  # ignore stored measurements
+    confirm: int = 3  # the best this many are measured a second time; the mean counts
     variants_dir: Path | None = None  # where optimized models go; None: OUT/variants
     timeout_s: float = 600.0
 

@@ -5,6 +5,7 @@ Every miss is a Violation that says which limit, the value, and by how much it m
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -61,6 +62,7 @@ class Metrics:
     store_id: int | None = None
     resumed: bool = False  # read back from the results store, not measured in this run
     notes: tuple[str, ...] = ()
+    runs: int = 1  # measurements averaged into these figures
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,8 +79,38 @@ class Metrics:
             "stable": self.stable,
             "store_id": self.store_id,
             "resumed": self.resumed,
+            "runs": self.runs,
             "notes": list(self.notes),
         }
+
+
+def merge_metrics(first: Metrics, second: Metrics) -> Metrics:
+    """Two measurements of one candidate as one: the mean of each figure, the larger memory."""
+
+    def mean(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else (a + b) / 2
+
+    return dataclasses.replace(
+        second,
+        throughput=(first.throughput + second.throughput) / 2,
+        p50_ms=(first.p50_ms + second.p50_ms) / 2,
+        p99_ms=(first.p99_ms + second.p99_ms) / 2,
+        percentiles_ms={
+            k: (v + first.percentiles_ms[k]) / 2
+            for k, v in second.percentiles_ms.items()
+            if k in first.percentiles_ms
+        },
+        peak_rss_mb=max(first.peak_rss_mb, second.peak_rss_mb),
+        energy_j_per_inference=mean(first.energy_j_per_inference, second.energy_j_per_inference),
+        stable=first.stable and second.stable,
+        resumed=first.resumed and second.resumed,
+        runs=first.runs + second.runs,
+        notes=(
+            *second.notes,
+            f"mean of {first.runs + second.runs} runs: {first.throughput:,.1f} and "
+            f"{second.throughput:,.1f} samples/s",
+        ),
+    )
 
 
 @dataclass(frozen=True)

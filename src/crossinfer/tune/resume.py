@@ -4,7 +4,7 @@ read back from the results store instead of measured again (what a Ctrl-C run le
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from typing import Any
 
 from crossinfer.bench.fingerprint import fingerprint_key
@@ -55,14 +55,18 @@ def find_stored(
     *,
     hardware_key: str,
     versions: Mapping[str, str],
+    exclude: Set[int] = frozenset(),
 ) -> StoredResult | None:
-    """The newest stored measurement of exactly this candidate, or None."""
+    """The newest stored measurement of exactly this candidate not in `exclude` (the rows this
+    tune has already used: a confirming run needs another), or None."""
     for stored in store.query(
         model_sha256=candidate.variant.model_sha256,
         backend=candidate.variant.target.backend,
         device=candidate.variant.target.device,
         scenario=SCENARIO,
     ):
-        if matches(stored.result, candidate, hardware_key=hardware_key, versions=versions):
+        if stored.id not in exclude and matches(
+            stored.result, candidate, hardware_key=hardware_key, versions=versions
+        ):
             return stored
     return None

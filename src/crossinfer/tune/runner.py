@@ -76,6 +76,7 @@ class TuneResult:
     json_path: Path | None = None
     stored_ids: list[int] = field(default_factory=list)
     started_at: str = ""
+    runs: int = 0  # measurements taken or read back, confirmations included
 
     @property
     def baseline(self) -> CandidateResult | None:
@@ -122,6 +123,8 @@ class TuneResult:
             "measured": measured,
             "resumed": resumed,
             "search_path": list(self.outcome.path),
+            "confirmed": list(self.outcome.confirmed),
+            "runs": self.runs,
             "recommendation": self.recommendation.to_dict(),
             "naive_default": NAIVE_DEFAULT if self.baseline else None,
             "speedup_over_naive_default": self.speedup_over_baseline(),
@@ -213,6 +216,7 @@ def tune(
         budget=config.budget,
         latency_first=config.objective is Objective.LATENCY,
         seed=seed,
+        confirm=config.confirm,
     )
     timings["search"] = time.perf_counter() - clock
     recommendation = recommend(space, outcome, config.constraints, scorer, measurer.failures)
@@ -231,6 +235,7 @@ def tune(
         accuracy_source=accuracy_source,
         stored_ids=measurer.stored_ids,
         started_at=started,
+        runs=measurer.count,
     )
     write_outputs(result, out_dir)
     return result
@@ -321,15 +326,21 @@ class _Measurer:
         self._versions = runtime_versions()
         self.failures: dict[str, str] = {}
         self.stored_ids: list[int] = []
+        self._used: set[int] = set()  # store rows this tune has read back or written
         self.count = 0
 
     def __call__(self, candidate: Candidate) -> Metrics | None:
         self.count += 1
         if self._store is not None and not self._config.fresh:
             stored = find_stored(
-                self._store, candidate, hardware_key=self._hardware_key, versions=self._versions
+                self._store,
+                candidate,
+                hardware_key=self._hardware_key,
+                versions=self._versions,
+                exclude=self._used,
             )
             if stored is not None:
+                self._used.add(stored.id)
                 metrics = metrics_from(stored.result, candidate, store_id=stored.id, resumed=True)
                 self._say(
                     f"  {self.count:>3} {candidate.key}: {_brief(metrics)} (stored #{stored.id})"
@@ -361,6 +372,7 @@ class _Measurer:
         if self._store is not None:
             store_id = self._store.add(result)
             self.stored_ids.append(store_id)
+            self._used.add(store_id)
         metrics = metrics_from(result, candidate, store_id=store_id, resumed=False)
         if self._config.objective is Objective.ENERGY and metrics.energy_j_per_inference is None:
             raise UsageError(

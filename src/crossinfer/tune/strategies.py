@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from crossinfer.errors import UsageError
-from crossinfer.tune.constraints import Metrics
+from crossinfer.tune.constraints import Metrics, merge_metrics
 from crossinfer.tune.space import Candidate, Space, Variant
 
 STRATEGIES = ("quick", "exhaustive")
@@ -33,6 +33,7 @@ class SearchOutcome:
     skipped: dict[str, str] = field(default_factory=dict)
     budget: int | None = None
     path: list[str] = field(default_factory=list)  # quick: the climb's moves, start to end
+    confirmed: list[str] = field(default_factory=list)  # measured twice: the mean counts
 
 
 def search(
@@ -44,13 +45,38 @@ def search(
     budget: int | None = None,
     latency_first: bool = False,
     seed: Sequence[Candidate] = (),
+    confirm: int = 0,
 ) -> SearchOutcome:
-    """Run a strategy; `seed` candidates are measured first (the naive default, to compare with)."""
+    """Run a strategy, then measure its `confirm` best candidates again; `seed` candidates are
+    measured first (the naive default, to compare with)."""
     if strategy == "exhaustive":
-        return exhaustive(space, measure, seed=seed)
-    if strategy == "quick":
-        return quick(space, measure, rank, budget=budget, latency_first=latency_first, seed=seed)
-    raise UsageError(f"--strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
+        outcome = exhaustive(space, measure, seed=seed)
+    elif strategy == "quick":
+        outcome = quick(space, measure, rank, budget=budget, latency_first=latency_first, seed=seed)
+    else:
+        raise UsageError(f"--strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
+    confirm_best(outcome, space, measure, rank, count=confirm)
+    return outcome
+
+
+def confirm_best(
+    outcome: SearchOutcome, space: Space, measure: Measure, rank: Rank, *, count: int
+) -> None:
+    """Measure the `count` best candidates once more and rank them on the mean of both runs.
+
+    One short run on a shared machine can be lucky or unlucky by a factor of two; a pick that
+    rests on two runs is less often a fluke (successive halving's last round, in miniature).
+    """
+    measured = [(k, m) for k, m in outcome.measured.items() if m is not None]
+    measured.sort(key=lambda item: rank(item[1]), reverse=True)
+    by_key = {c.key: c for c in space.candidates}
+    for key, first in measured[:count]:
+        if key not in by_key:
+            continue
+        second = measure(by_key[key])
+        outcome.confirmed.append(key)
+        if second is not None:
+            outcome.measured[key] = merge_metrics(first, second)
 
 
 def exhaustive(space: Space, measure: Measure, *, seed: Sequence[Candidate] = ()) -> SearchOutcome:
