@@ -153,6 +153,18 @@ def test_bad_inputs_are_refused_with_the_input_named(bert_fp32, bert_feeds) -> N
         bert_fp32.run({k: v for k, v in bert_feeds.items() if k != "token_type_ids"})
 
 
+def test_matmul_precision_is_an_option_and_checked() -> None:
+    artifact = load_model("zoo:mlp")
+    session = JaxBackend().prepare(
+        artifact, "cpu", SessionOptions(extra={"matmul_precision": "bfloat16", "foo": "1"})
+    )
+    info = session.describe()
+    assert "'bfloat16'" in info["precision_method"]
+    assert info["ignored_options"] == ["extra foo (jax takes matmul_precision)"]
+    with pytest.raises(UsageError, match="matmul_precision 'fastest' is not one of default"):
+        JaxBackend().prepare(artifact, "cpu", SessionOptions(extra={"matmul_precision": "fastest"}))
+
+
 def test_an_op_without_a_lowering_is_named(tmp_path: Path) -> None:
     model = make_model(
         [helper.make_node("Det", ["x"], ["y"], name="det")],

@@ -67,6 +67,16 @@ _MATMUL_PRECISION = {
     Precision.BF16: "default",
     Precision.FP16: "default",
 }
+# what jax.default_matmul_precision takes
+_MATMUL_PRECISIONS = (
+    "default",
+    "high",
+    "highest",
+    "bfloat16",
+    "tensorfloat32",
+    "float32",
+    "bfloat16_3x",
+)
 _INT32 = np.iinfo(np.int32)
 
 DeviceLister = Callable[[str], Sequence[Any]]  # platform -> jax devices (raises if none)
@@ -206,6 +216,11 @@ class JaxSession:
         self._matmul_precision = options.extra.get(
             "matmul_precision", _MATMUL_PRECISION[self._precision]
         )
+        if self._matmul_precision not in _MATMUL_PRECISIONS:
+            raise UsageError(
+                f"jax matmul_precision '{self._matmul_precision}' is not one of "
+                f"{', '.join(_MATMUL_PRECISIONS)}"
+            )
         for key in options.extra:
             if key != "matmul_precision":
                 self._ignored.append(f"extra {key} (jax takes matmul_precision)")
