@@ -134,6 +134,12 @@ def inductor_cache_dir() -> str:
 class TorchBackend:
     name = "torch"
 
+    def __init__(self) -> None:
+        # Before onnx2torch (and with it torch._inductor) is imported: inductor writes its own
+        # default cache dir into the environment on import, and compile artefacts then land in
+        # /tmp, lost between machines' starts. A user's own TORCHINDUCTOR_CACHE_DIR is kept.
+        os.environ.setdefault(INDUCTOR_CACHE_ENV, inductor_cache_dir())
+
     def version(self) -> str:
         return str(torch.__version__)
 
@@ -507,7 +513,7 @@ class TorchSession:
         }
         if self.settings.mode == "compile":
             info["compile_mode"] = self.settings.compile_mode
-            info["inductor_cache"] = os.environ.get(INDUCTOR_CACHE_ENV, inductor_cache_dir())
+            info["inductor_cache"] = os.environ.get(INDUCTOR_CACHE_ENV, "")
         info.update(self._conversion_info)
         return info
 
