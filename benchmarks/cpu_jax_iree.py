@@ -1,7 +1,8 @@
 """The jax and iree backends on this CPU against ONNX Runtime, in one run: batch-1 latency.
 
 ResNet-50 (zoo:resnet50) and a 4-layer BERT-base encoder at seq 128; FP32 and BF16; for IREE
-also its convolutions without im2col (crossinfer's default turns it on), to back that default.
+also without im2col convolutions and without data tiling (crossinfer's defaults turn both on), to
+back those defaults.
 "Prepare + first" is session creation and the first run: JAX's XLA compile or IREE's
 iree-compile (each new input shape compiles once; both caches were cold).
 
@@ -24,12 +25,14 @@ from crossinfer import Precision, SessionOptions, get_backend, load_model, rando
 from crossinfer.check import compare_outputs, default_tolerance
 
 NO_IM2COL = {"--iree-global-opt-use-im2col-for-convs": "false"}
+NO_DATA_TILING = {"--iree-opt-data-tiling": "false"}
 CONFIGS: list[tuple[str, dict[str, str], Precision]] = [
     ("onnxruntime", {}, Precision.FP32),
     ("jax", {}, Precision.FP32),
     ("jax", {}, Precision.BF16),
     ("iree", {}, Precision.FP32),
     ("iree", NO_IM2COL, Precision.FP32),
+    ("iree", NO_DATA_TILING, Precision.FP32),
     ("iree", {}, Precision.BF16),
 ]
 
@@ -57,7 +60,7 @@ def main() -> None:
         truth = get_backend("onnxruntime").prepare(artifact, "cpu").run(feeds)
         has_conv = "Conv" in artifact.op_histogram
         for backend, extra, precision in CONFIGS:
-            if extra and not has_conv:
+            if extra is NO_IM2COL and not has_conv:
                 continue  # im2col only touches convolutions
             start = time.perf_counter()
             session = get_backend(backend).prepare(
@@ -82,7 +85,9 @@ def main() -> None:
         f"\n{'model':<32} {'backend':<12} {'prec':<5} {'flags':<10} {'prep+1st s':>10} {'p50 ms':>8}"
     )
     for r in rows:
-        flags = "no im2col" if r["extra"] else "default"
+        flags = {"": "default", str(NO_IM2COL): "no im2col", str(NO_DATA_TILING): "no tiling"}[
+            str(r["extra"]) if r["extra"] else ""
+        ]
         print(
             f"{r['model']:<32} {r['backend']:<12} {r['precision']:<5} {flags:<10} "
             f"{r['prepare_and_first_s']:>10} {r['p50_ms']:>8} {'' if r['parity'] else 'PARITY FAIL'}"
