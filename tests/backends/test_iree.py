@@ -179,3 +179,20 @@ def test_custom_domain_ops_are_refused_not_run_as_the_standard_op(tmp_path: Path
     assert iree.custom_domain_ops(model) == ("com.example:Relu",)
     with pytest.raises(CompileError, match="outside the standard ONNX domain"):
         iree.compile_for(artifact, "llvm-cpu", tmp_path / "custom.vmfb")
+
+
+def test_check_runs_the_iree_backend_in_its_child_process() -> None:
+    from crossinfer.backends.base import Target
+    from crossinfer.check import Verdict, check_model
+
+    artifact = load_model("zoo:digits")
+    report = check_model(
+        artifact,
+        targets=[Target("iree", "cpu")],
+        feeds=random_inputs(artifact.inputs, batch=2, seed=0),
+    )
+    row = report.row("iree:cpu")
+    assert row.verdict is Verdict.PASS, row.reason
+    # described after prepare, before the first run compiled the batch-2 module
+    assert "--iree-llvmcpu-target-cpu=host" in row.session["compile_flags"]
+    assert row.first_run_s is not None and row.run_s is not None

@@ -252,3 +252,40 @@ def test_discovery_lists_tpus_through_jax() -> None:
     devices, notes = _probe_jax(fake_jax)  # type: ignore[arg-type]
     assert devices == ("tpu:0 (TPU v5 lite)", "tpu:1 (TPU v5 lite)")
     assert any("bf16" in note for note in notes)
+
+
+# --- through crossinfer's machinery: check (child processes) and optimize's bf16 preset ------
+
+
+def test_check_and_optimize_run_through_the_jax_backend(tmp_path: Path) -> None:
+    from crossinfer.backends.base import Target
+    from crossinfer.check import Verdict, check_model
+    from crossinfer.passes.base import LabelledSet
+    from crossinfer.passes.pipeline import optimize, preset
+
+    artifact = load_model("zoo:digits")
+    report = check_model(
+        artifact,
+        targets=[Target("jax", "cpu")],
+        feeds=random_inputs(artifact.inputs, batch=2, seed=0),
+    )
+    row = report.row("jax:cpu")
+    assert row.verdict is Verdict.PASS, row.reason
+    assert row.placement is not None and row.placement["devices"] == {"cpu": artifact.node_count}
+    passes, runtime = preset(Target("jax", "cpu"), "bf16")
+    assert passes == () and runtime is Precision.BF16
+    data = zoo_dataset("zoo:digits")
+    assert data is not None
+    optimized = optimize(
+        artifact,
+        target=Target("jax", "cpu"),
+        passes=[],
+        runtime_precision=runtime,
+        out_dir=tmp_path,
+        dataset=LabelledSet(data.inputs, data.labels, data.description),
+        measure_seconds=0.5,
+        measure_batch=16,
+    )
+    _, bf16 = optimized.steps
+    assert bf16.precision is Precision.BF16 and bf16.parity_passed, bf16.reasons
+    assert bf16.accuracy_drop is not None and bf16.accuracy_drop < 0.02
