@@ -172,6 +172,7 @@ def test_quick_does_not_screen_variants_far_slower_before_the_search() -> None:
     assert not any(k.startswith("onnxruntime:cpu/fp16/") for k in outcome.measured)
     reason = outcome.skipped["onnxruntime:cpu/fp16/batch 1/default threads"]
     assert "batch-1 latency 30.0 ms in optimize's check, 7.5x the fastest" in reason
+    assert any(k.startswith("onnxruntime:cpu/fp32/") for k in outcome.measured)  # 2.5x: screened
     # no figure before the search: screened all the same
     assert any(k.startswith("onnxruntime:cpu/bf16/") for k in outcome.measured)
 
