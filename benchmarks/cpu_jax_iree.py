@@ -23,6 +23,7 @@ import numpy as np
 
 from crossinfer import Precision, SessionOptions, get_backend, load_model, random_inputs
 from crossinfer.check import compare_outputs, default_tolerance
+from crossinfer.errors import CrossinferError
 
 NO_IM2COL = {"--iree-global-opt-use-im2col-for-convs": "false"}
 NO_DATA_TILING = {"--iree-opt-data-tiling": "false"}
@@ -62,29 +63,34 @@ def main() -> None:
         for backend, extra, precision in CONFIGS:
             if extra is NO_IM2COL and not has_conv:
                 continue  # im2col only touches convolutions
-            start = time.perf_counter()
-            session = get_backend(backend).prepare(
-                artifact, "cpu", SessionOptions(precision=precision, extra=extra)
-            )
-            outputs = session.run(feeds)
-            first_s = time.perf_counter() - start
-            compared = compare_outputs(outputs, truth, default_tolerance(precision))
-            row = {
+            row: dict[str, Any] = {
                 "model": source,
                 "backend": backend,
                 "precision": precision.value,
                 "extra": extra,
-                "prepare_and_first_s": round(first_s, 1),
-                "p50_ms": median_ms(lambda s=session, f=feeds: s.run(f), args.n),
-                "parity": all(c.passed for c in compared),
             }
-            session.close()
+            try:
+                start = time.perf_counter()
+                session = get_backend(backend).prepare(
+                    artifact, "cpu", SessionOptions(precision=precision, extra=extra)
+                )
+                outputs = session.run(feeds)
+                row["prepare_and_first_s"] = round(time.perf_counter() - start, 1)
+                compared = compare_outputs(outputs, truth, default_tolerance(precision))
+                row["p50_ms"] = median_ms(lambda s=session, f=feeds: s.run(f), args.n)
+                row["parity"] = all(c.passed for c in compared)
+                session.close()
+            except CrossinferError as exc:  # one failing configuration must not end the run
+                row["error"] = str(exc)[:300]
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(
         f"\n{'model':<32} {'backend':<12} {'prec':<5} {'flags':<10} {'prep+1st s':>10} {'p50 ms':>8}"
     )
     for r in rows:
+        if "error" in r:
+            print(f"{r['model']:<32} {r['backend']:<12} {r['precision']:<5} error: {r['error']}")
+            continue
         flags = {"": "default", str(NO_IM2COL): "no im2col", str(NO_DATA_TILING): "no tiling"}[
             str(r["extra"]) if r["extra"] else ""
         ]

@@ -147,6 +147,8 @@ def test_compile_flags_defaults_precision_and_overrides() -> None:
     assert "--iree-llvmcpu-target-cpu=znver4" in flags
     assert "--iree-global-opt-demote-contraction-inputs-type=f16" in flags
     assert "--iree-global-opt-use-im2col-for-convs" in flags
+    assert "--iree-opt-data-tiling" not in flags  # it breaks demoted convolutions
+    assert "--iree-opt-data-tiling" in iree.compile_flags("llvm-cpu")
     assert iree.cuda_target((9, 0)) == "sm_80" and iree.cuda_target((8, 6)) == "sm_86"
     assert iree.cuda_target(None) == "sm_80"
     with pytest.raises(UsageError, match="metal"):

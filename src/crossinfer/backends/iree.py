@@ -220,6 +220,10 @@ def compile_flags(
     user = [f"{k}={v}" if v else k for k, v in (extra or {}).items() if k.startswith("--")]
     user += (extra or {}).get("flags", "").split()
     named = {flag.split("=", 1)[0] for flag in user}
+    if precision in (Precision.BF16, Precision.FP16):
+        # data tiling with demoted contraction inputs fails on ResNet-50's convolutions
+        # ("operations with large vector sizes"): low precision compiles without it
+        named.add("--iree-opt-data-tiling")
     chosen = [f for f in DEFAULT_FLAGS[target_backend] if f.split("=", 1)[0] not in named]
     if target_backend == "cuda" and "--iree-cuda-target" not in named:
         chosen.append(f"--iree-cuda-target={cuda_target(_local_cuda_capability())}")
