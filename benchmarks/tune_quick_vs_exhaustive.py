@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,13 @@ from rich.console import Console
 from rich.table import Table
 
 from crossinfer import discover, load_model
+from crossinfer.backends.base import Precision, SessionOptions, Target
+from crossinfer.bench.runner import BenchPlan, run_benchmark
 from crossinfer.store import ResultStore
-from crossinfer.tune.constraints import Constraints, Objective
+from crossinfer.tune.constraints import Constraints, Metrics, Objective, Scorer
 from crossinfer.tune.recommend import rank_for, recommend
-from crossinfer.tune.runner import NAIVE_DEFAULT, TuneConfig, TuneResult, tune
+from crossinfer.tune.runner import NAIVE_DEFAULT, TuneConfig, tune
+from crossinfer.tune.space import Variant, build_space
 from crossinfer.tune.strategies import search
 
 
@@ -47,6 +50,12 @@ def main() -> None:
         help="MODEL=FRACTION,...: top-1 budget per model (agreement with FP32 where no labels)",
     )
     parser.add_argument("--measure-ms", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3, help="pick vs naive default, in turns")
+    parser.add_argument(
+        "--reuse-exhaustive",
+        action="store_true",
+        help="take the exhaustive results from an earlier run's tune.json in --work",
+    )
     parser.add_argument(
         "--work",
         type=Path,
@@ -90,14 +99,17 @@ def _compare(
         fresh=True,
         variants_dir=root / "variants",  # shared: the second strategy reuses the optimized models
     )
-    results: dict[str, TuneResult] = {}
-    wall: dict[str, float] = {}
+    data: dict[str, dict[str, Any]] = {}
     check = None
     for strategy in ("exhaustive", "quick"):
+        saved = root / strategy / "tune.json"
+        if strategy == "exhaustive" and args.reuse_exhaustive and saved.is_file():
+            data[strategy] = json.loads(saved.read_text())
+            print(f"{source}: exhaustive results reused from {saved}", flush=True)
+            continue
         config = TuneConfig(**{**base.__dict__, "strategy": strategy})
         store_path = root / f"{strategy}.sqlite"
         store_path.unlink(missing_ok=True)
-        start = time.perf_counter()
         with ResultStore(store_path) as store:
             result = tune(
                 artifact,
@@ -107,68 +119,149 @@ def _compare(
                 check_report=check,
                 on_event=lambda text: print(text, flush=True),
             )
-        wall[strategy] = time.perf_counter() - start
         check = result.check
-        results[strategy] = result
-    exhaustive, quick = results["exhaustive"], results["quick"]
-    best = exhaustive.recommendation.pick
-    picked = quick.recommendation.pick
-    measured_exh = {k: m for k, m in exhaustive.outcome.measured.items() if m is not None}
-    row: dict[str, Any] = {
-        "model": source,
-        "accuracy_budget": budget,
-        "accuracy_source": exhaustive.accuracy_source,
-        "space": len(exhaustive.space),
-        "variants": [v.key for v in exhaustive.variants],
-        "pruned": [p.to_dict() for p in exhaustive.space.pruned],
-        "exhaustive_measured": len(exhaustive.outcome.measured),
-        "quick_measured": len(quick.outcome.measured),
-        "quick_share": len(quick.outcome.measured) / len(exhaustive.space),
-        "exhaustive_search_s": exhaustive.timings["search"],
-        "quick_search_s": quick.timings["search"],
-        "exhaustive_wall_s": wall["exhaustive"],
-        "quick_wall_s": wall["quick"],
-        "prepare_s": exhaustive.timings["optimize"] + exhaustive.timings["check"],
-        "exhaustive_pick": best.key if best else None,
-        "exhaustive_best": best.value if best else None,
-        "quick_pick": picked.key if picked else None,
-        "quick_pick_own_value": picked.value if picked else None,
-    }
-    if best and picked and best.value:
-        again = measured_exh.get(picked.key)
-        row["quick_pick_in_exhaustive_run"] = again.throughput if again else None
-        row["quick_vs_best"] = (again.throughput / best.value) if again else None
-        row["quick_own_vs_best"] = (picked.value or 0.0) / best.value
-    row.update(_replay(exhaustive))
-    naive = measured_exh.get(NAIVE_DEFAULT)
-    if best and naive and best.metrics:
-        row["naive_default"] = naive.throughput
-        row["speedup_over_naive"] = best.metrics.throughput / naive.throughput
-        row["pick_p99_ms"] = best.metrics.p99_ms
-        row["pick_accuracy_drop"] = best.metrics.accuracy_drop
+        data[strategy] = result.to_dict()
+    row = _row(source, budget, data["exhaustive"], data["quick"])
+    row.update(_head_to_head(data["exhaustive"], root / "head-to-head", args.rounds))
     return row
 
 
-def _replay(exhaustive: TuneResult) -> dict[str, Any]:
+def _head_to_head(exhaustive: dict[str, Any], log_root: Path, rounds: int) -> dict[str, Any]:
+    """The pick against the naive default, measured in turns (A B A B ...), 3 s each: the ratio
+    of the medians, so a load change on the shared machine falls on both alike."""
+    pick = exhaustive["recommendation"]["pick"]
+    landscape = _landscape(exhaustive)
+    if pick is None or NAIVE_DEFAULT not in landscape:
+        return {}
+    models = {v["key"]: v for v in exhaustive["variants"]}
+    figures: dict[str, list[float]] = {NAIVE_DEFAULT: [], pick: []}
+    for _ in range(rounds):
+        for key in (NAIVE_DEFAULT, pick):
+            candidate = landscape[key]
+            variant = models[candidate["variant"]]
+            knobs = candidate["knobs"]
+            run = run_benchmark(
+                load_model(variant["model"]),
+                Target.parse(candidate["target"]),
+                plan=BenchPlan(
+                    scenarios=("offline",),
+                    batch_sizes=(candidate["batch_size"],),
+                    quick=True,
+                    instances=knobs["instances"],
+                    min_duration_ms=3000,
+                ),
+                options=SessionOptions(
+                    precision=Precision(variant["precision"]),
+                    threads=knobs["threads"],
+                    performance_hint=knobs["performance_hint"],
+                    streams=knobs["streams"],
+                ),
+                log_root=log_root,
+            )
+            if run.results:
+                figures[key].append(run.results[0].throughput)
+                print(f"head-to-head {key}: {run.results[0].throughput:,.1f} samples/s", flush=True)
+    if not figures[pick] or not figures[NAIVE_DEFAULT]:
+        return {}
+    naive, best = statistics.median(figures[NAIVE_DEFAULT]), statistics.median(figures[pick])
+    return {
+        "head_to_head_naive": figures[NAIVE_DEFAULT],
+        "head_to_head_pick": figures[pick],
+        "head_to_head_speedup": best / naive,
+    }
+
+
+def _landscape(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["key"]: c for c in data["recommendation"]["candidates"] if c.get("metrics")}
+
+
+def _row(
+    source: str, budget: str | None, exhaustive: dict[str, Any], quick: dict[str, Any]
+) -> dict[str, Any]:
+    exh = _landscape(exhaustive)
+    best_key, picked_key = exhaustive["recommendation"]["pick"], quick["recommendation"]["pick"]
+    best = exh.get(best_key) if best_key else None
+    picked = _landscape(quick).get(picked_key) if picked_key else None
+    row: dict[str, Any] = {
+        "model": source,
+        "accuracy_budget": budget,
+        "accuracy_source": exhaustive["accuracy_source"],
+        "space": exhaustive["space_size"],
+        "variants": [v["key"] for v in exhaustive["variants"]],
+        "pruned": exhaustive["pruned"],
+        "exhaustive_measured": exhaustive["measured"],
+        "exhaustive_runs": exhaustive.get("runs"),
+        "quick_measured": quick["measured"],
+        "quick_runs": quick.get("runs"),
+        "quick_share": quick["measured"] / exhaustive["space_size"],
+        "quick_path": quick["search_path"],
+        "exhaustive_search_s": exhaustive["timings_s"]["search"],
+        "quick_search_s": quick["timings_s"]["search"],
+        "prepare_s": exhaustive["timings_s"]["optimize"] + exhaustive["timings_s"]["check"],
+        "exhaustive_started": exhaustive["started_at"],
+        "quick_started": quick["started_at"],
+        "exhaustive_pick": best_key,
+        "exhaustive_best": best["value"] if best else None,
+        "quick_pick": picked_key,
+        "quick_pick_own_value": picked["value"] if picked else None,
+    }
+    if best and picked and best["value"]:
+        again = exh.get(picked["key"])
+        row["quick_pick_in_exhaustive_run"] = again["metrics"]["throughput"] if again else None
+        row["quick_vs_best"] = again["metrics"]["throughput"] / best["value"] if again else None
+        row["quick_own_vs_best"] = picked["value"] / best["value"]
+    row.update(_replay(exhaustive))
+    naive = exh.get(NAIVE_DEFAULT)
+    if best and naive:
+        row["naive_default"] = naive["metrics"]["throughput"]
+        row["speedup_over_naive"] = best["metrics"]["throughput"] / naive["metrics"]["throughput"]
+        row["pick_p99_ms"] = best["metrics"]["p99_ms"]
+        row["pick_accuracy_drop"] = best["metrics"]["accuracy_drop"]
+    return row
+
+
+def _replay(exhaustive: dict[str, Any]) -> dict[str, Any]:
     """Quick's search replayed on the exhaustive run's own measurements: the same landscape for
     both, so the comparison tests the search, not the noise between two runs minutes apart."""
-    landscape = exhaustive.outcome.measured
-    space = exhaustive.space
+    variants = [
+        Variant(
+            target=Target.parse(v["target"]),
+            recipe=v["recipe"],
+            precision=Precision(v["precision"]),
+            model_path=Path(v["model"]),
+            model_sha256=v["model_sha256"],
+            accuracy_drop=v["accuracy_drop"],
+            prior_latency_ms=v.get("prior_latency_ms"),
+            prior_source=v.get("prior_source", ""),
+        )
+        for v in exhaustive["variants"]
+    ]
+    space = build_space(
+        variants,
+        exhaustive["config"]["batch_sizes"],
+        batchable=True,
+        cores=exhaustive["machine"]["logical_cores"],
+    )
+    landscape = {
+        key: Metrics(**{**c["metrics"], "notes": tuple(c["metrics"]["notes"])})
+        for key, c in _landscape(exhaustive).items()
+    }
+    constraints = Constraints(**exhaustive["recommendation"]["constraints"])
+    scorer = Scorer(Objective.THROUGHPUT)
     seed = [c for c in space.candidates if c.key == NAIVE_DEFAULT]
-    constraints = exhaustive.recommendation.constraints
-    scorer = exhaustive.recommendation.scorer
     replayed = search(
         "quick", space, lambda c: landscape.get(c.key), rank_for(constraints, scorer), seed=seed
     )
     rec = recommend(space, replayed, constraints, scorer)
-    best = exhaustive.recommendation.pick
-    if rec.pick is None or best is None or not best.value:
+    best = exhaustive["recommendation"]["pick"]
+    best_value = landscape[best].throughput if best in landscape else None
+    if rec.pick is None or not best_value:
         return {"replay_quick_measured": len(replayed.measured), "replay_quick_pick": None}
     return {
         "replay_quick_measured": len(replayed.measured),
         "replay_quick_share": len(replayed.measured) / len(space),
         "replay_quick_pick": rec.pick.key,
-        "replay_quick_vs_best": (rec.pick.value or 0.0) / best.value,
+        "replay_quick_vs_best": (rec.pick.value or 0.0) / best_value,
     }
 
 
@@ -196,7 +289,8 @@ def _print(rows: list[dict[str, Any]], machine: str) -> None:
             f"{r['quick_pick']} ({r['quick_pick_own_value'] or 0:,.1f}/s own run)",
             _ratio(r.get("quick_vs_best")) + f" (own run {_ratio(r.get('quick_own_vs_best'))})",
             f"{r.get('replay_quick_measured')} measured, {_ratio(r.get('replay_quick_vs_best'))}",
-            _ratio(r.get("speedup_over_naive")) + f" ({r.get('naive_default') or 0:,.1f}/s)",
+            _ratio(r.get("head_to_head_speedup"))
+            + f" in turns; {_ratio(r.get('speedup_over_naive'))} in the search",
         )
     Console(width=200).print(table)
 

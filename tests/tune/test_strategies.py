@@ -203,3 +203,24 @@ def dataclasses_replace(metrics: Metrics, **changes: float) -> Metrics:
     import dataclasses
 
     return dataclasses.replace(metrics, **changes)  # type: ignore[arg-type]
+
+
+def test_a_pick_that_ran_once_is_confirmed_when_the_confirmed_ones_fall_back() -> None:
+    space = build_space([_variant("fp32")], (1, 2, 4), batchable=True, cores=1)
+    keys = [c.key for c in space.candidates]
+    runs: dict[str, int] = {}
+    first_run = {keys[0]: 100.0, keys[1]: 90.0, keys[2]: 80.0}
+
+    def lucky_once(candidate: Candidate) -> Metrics:
+        runs[candidate.key] = runs.get(candidate.key, 0) + 1
+        base = _surface(candidate)
+        # keys[0] was lucky the first time: 100, then 20 (mean 60)
+        value = first_run[candidate.key] if runs[candidate.key] == 1 else 20.0
+        if candidate.key != keys[0] and runs[candidate.key] > 1:
+            value = first_run[candidate.key]
+        return dataclasses_replace(base, throughput=value)
+
+    outcome = search("exhaustive", space, lucky_once, _rank(), confirm=1)
+    # keys[0] confirmed first (mean 60); keys[1] (90, once) became the best: confirmed too
+    assert outcome.confirmed == [keys[0], keys[1]]
+    assert outcome.measured[keys[1]].runs == 2  # type: ignore[union-attr]

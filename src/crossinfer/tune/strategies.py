@@ -64,21 +64,34 @@ def search(
 def confirm_best(
     outcome: SearchOutcome, space: Space, measure: Measure, rank: Rank, *, count: int
 ) -> None:
-    """Measure the `count` best candidates once more and rank them on the mean of both runs.
+    """Measure the `count` best candidates once more and rank them on the mean of both runs;
+    then, while the best is one that ran once (the others fell back when measured again), measure
+    it again too, up to `count` more times.
 
     One short run on a shared machine can be lucky or unlucky by a factor of two; a pick that
     rests on two runs is less often a fluke (successive halving's last round, in miniature).
     """
-    measured = [(k, m) for k, m in outcome.measured.items() if m is not None]
-    measured.sort(key=lambda item: rank(item[1]), reverse=True)
     by_key = {c.key: c for c in space.candidates}
-    for key, first in measured[:count]:
-        if key not in by_key:
-            continue
+
+    def ranked() -> list[str]:
+        found = [(k, m) for k, m in outcome.measured.items() if m is not None and k in by_key]
+        found.sort(key=lambda item: rank(item[1]), reverse=True)
+        return [k for k, _ in found]
+
+    def again(key: str) -> None:
+        first = outcome.measured[key]
         second = measure(by_key[key])
         outcome.confirmed.append(key)
-        if second is not None:
+        if first is not None and second is not None:
             outcome.measured[key] = merge_metrics(first, second)
+
+    for key in ranked()[:count]:
+        again(key)
+    for _ in range(count):
+        order = ranked()
+        if not order or order[0] in outcome.confirmed:
+            return
+        again(order[0])
 
 
 def exhaustive(space: Space, measure: Measure, *, seed: Sequence[Candidate] = ()) -> SearchOutcome:
