@@ -45,11 +45,13 @@ def compatibility_matrix(data: Data) -> go.Figure:
         best[key] = max(best.get(key, 0.0), c["metrics"]["throughput"])
     pruned = {p["what"]: p for p in data["pruned"]}
     check_rows = {r["target"]: r for r in (data.get("check") or {}).get("rows", [])}
-    z: list[list[float]] = []
+    z: list[list[float | None]] = []
     text: list[list[str]] = []
     hover: list[list[str]] = []
     for target in targets:
-        z_row, t_row, h_row = [], [], []
+        z_row: list[float | None] = []
+        t_row: list[str] = []
+        h_row: list[str] = []
         for recipe in RECIPES:
             row = check_rows.get(target)
             if row is not None and row["verdict"] != "pass":
@@ -70,8 +72,8 @@ def compatibility_matrix(data: Data) -> go.Figure:
                 t_row.append("not measured")
                 h_row.append("passed check and parity; the search did not measure it")
             else:
-                z_row.append(-0.0)
-                t_row.append("-")
+                z_row.append(None)  # no colour: nothing was asked
+                t_row.append("not asked")
                 h_row.append("not asked for (--precisions)")
         z.append(z_row)
         text.append(t_row)
