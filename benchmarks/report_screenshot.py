@@ -38,7 +38,9 @@ def main() -> None:
     if browser is None:
         sys.exit("chromium not found: apt-get install -y chromium")
     if not args.report.is_file():
-        sys.exit(f"{args.report}: no such report (run `crossinfer demo` or `crossinfer tune` first)")
+        sys.exit(
+            f"{args.report}: no such report (run `crossinfer demo` or `crossinfer tune` first)"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     command = [
         browser,
