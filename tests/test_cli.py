@@ -144,8 +144,14 @@ def test_doctor_json() -> None:
     }
 
 
-def test_demo_runs_discover_and_check() -> None:
-    result = runner.invoke(app, ["demo", "--model", "zoo:mlp"])
+def test_demo_runs_discover_and_check(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["demo", "--model", "zoo:mlp", "--out", str(tmp_path), "--backends", "onnxruntime"],
+    )
     assert result.exit_code == 0, result.output
     assert "discover" in result.stdout and "check" in result.stdout
     assert "onnxruntime:cpu" in result.stdout and "pass" in result.stdout
+    # and on through optimize and tune to a report and a spec to serve
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "mlp.deploy.toml").is_file()
+    assert "crossinfer serve" in " ".join(result.stdout.split())

@@ -778,6 +778,10 @@ def demo(
     max_accuracy_drop: Annotated[
         float, typer.Option(help="The demo's accuracy constraint (fraction of top-1).")
     ] = DEMO_MAX_ACCURACY_DROP,
+    backends: Annotated[
+        str | None,
+        typer.Option(help="Tune only these backends (comma list); check still runs them all."),
+    ] = None,
 ) -> None:
     """The whole path on a built-in model: discover, check, optimize, tune, report (minutes)."""
     from crossinfer.check import check_model, random_inputs
@@ -805,6 +809,7 @@ def demo(
         )
         render_check(checked, console)
         config = TuneConfig(
+            backends=tuple(b.strip() for b in (backends or "").split(",") if b.strip()),
             precisions=("fp32", "bf16", "int8"),
             batch_sizes=(1, 8, 32),
             strategy="quick",
