@@ -16,16 +16,10 @@ def render_tune(result: TuneResult, console: Console) -> None:
     table = Table(
         title=f"tune {result.model.source}: {rec.scorer.objective.value}", title_justify="left"
     )
-    for name, justify in (
-        ("candidate", "left"),
-        ("status", "left"),
-        ("samples/s", "right"),
-        ("p99 ms", "right"),
-        ("MB", "right"),
-        ("acc. drop", "right"),
-        ("why", "left"),
-    ):
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    table.add_column("candidate")
+    table.add_column("status")
+    for name in ("samples/s", "p99 ms", "MB", "acc. drop"):
+        table.add_column(name, justify="right")
     shown = [r for r in rec.results if r.metrics is not None]
     shown.sort(key=_order)
     for r in shown[:SHOWN]:
@@ -38,10 +32,11 @@ def render_tune(result: TuneResult, console: Console) -> None:
             f"{m.p99_ms:.2f}",
             f"{m.peak_rss_mb:,.0f}",
             "" if m.accuracy_drop is None else f"{m.accuracy_drop:.2%}",
-            (r.reasons[0] if r.reasons else "")[:90],
             style="bold red" if r.status == PICK else None,
         )
     console.print(table)
+    for r in shown[:SHOWN]:  # the reasons below the table: they would squeeze it unreadable
+        console.print(f"  {r.key}: {'; '.join(r.reasons)}", highlight=False, markup=False)
     if len(shown) > SHOWN:
         console.print(
             f"... and {len(shown) - SHOWN} more measured (all in the report)", highlight=False
