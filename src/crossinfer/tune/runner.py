@@ -33,7 +33,7 @@ from crossinfer.errors import CrossinferError, UsageError
 from crossinfer.model import ModelArtifact, load_model
 from crossinfer.store import ResultStore
 from crossinfer.tune.config import DEFAULT_BATCH_SIZES, DEFAULT_PRECISIONS, TuneConfig
-from crossinfer.tune.constraints import Metrics, Objective, Scorer
+from crossinfer.tune.constraints import Metrics, Objective, Scorer, cost_per_million
 from crossinfer.tune.recommend import CandidateResult, Recommendation, rank_for, recommend
 from crossinfer.tune.resume import find_stored
 from crossinfer.tune.space import Candidate, Pruned, Space, Variant, build_space
@@ -467,6 +467,7 @@ def _write_spec(result: TuneResult, pick: CandidateResult, out_dir: Path) -> Pat
     candidate = pick.candidate
     metrics = pick.metrics
     assert metrics is not None
+    price = result.config.price
     name = spec_name(result.model)
     model_src = candidate.variant.model_path
     model_dst = out_dir / f"{name}.{candidate.variant.recipe}.onnx"
@@ -509,6 +510,10 @@ def _write_spec(result: TuneResult, pick: CandidateResult, out_dir: Path) -> Pat
             "energy_j_per_inference": metrics.energy_j_per_inference,
             "energy_method": metrics.energy_method,
             "speedup_over_naive_default": result.speedup_over_baseline(),
+            "cost_usd_per_million": cost_per_million(price.per_hour, metrics.throughput)
+            if price and metrics.throughput > 0
+            else None,
+            "price_source": price.source if price else None,
             "store_id": metrics.store_id,
         },
         source={
