@@ -1,8 +1,9 @@
 """crossinfer: find, prove and serve the best way to run one ONNX model on the hardware at hand.
 
 The public API: load a model (`load_model`), list backends and devices (`get_backend`,
-`discover`), check a model everywhere (`check_model`), measure it (`run_benchmark`) and keep
-the results (`ResultStore`).
+`discover`), check a model everywhere (`check_model`), optimize it per target (`optimize`),
+measure it (`run_benchmark`), keep the results (`ResultStore`), and recommend a deployment
+(`tune`, which writes a `DeploymentSpec` that `crossinfer serve` loads with `load_spec`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,11 @@ from crossinfer.errors import (
 )
 from crossinfer.hardware import SystemReport, discover
 from crossinfer.model import ModelArtifact, TensorSpec, load_model
+from crossinfer.passes.pipeline import optimize
 from crossinfer.store import ResultStore, StoreError
+from crossinfer.tune.config import TuneConfig
+from crossinfer.tune.runner import TuneResult, tune
+from crossinfer.tune.spec import BatchingSpec, DeploymentSpec, SpecError, load_spec, write_spec
 from crossinfer.zoo import ZOO_MODELS, ZooDataset, zoo_dataset, zoo_model_path
 
 __all__ = [
@@ -58,6 +63,7 @@ __all__ = [
     "Backend",
     "BackendError",
     "BackendUnavailableError",
+    "BatchingSpec",
     "BenchPlan",
     "BenchResult",
     "BenchRun",
@@ -66,6 +72,7 @@ __all__ = [
     "Compatibility",
     "CompileError",
     "CrossinferError",
+    "DeploymentSpec",
     "DeviceInfo",
     "DeviceUnavailableError",
     "EnergyReading",
@@ -82,12 +89,15 @@ __all__ = [
     "ResultStore",
     "Session",
     "SessionOptions",
+    "SpecError",
     "Stability",
     "StoreError",
     "SystemReport",
     "Target",
     "TensorSpec",
     "Tolerance",
+    "TuneConfig",
+    "TuneResult",
     "UnsupportedOpsetError",
     "UsageError",
     "Verdict",
@@ -99,8 +109,12 @@ __all__ = [
     "get_backend",
     "load_inputs",
     "load_model",
+    "load_spec",
+    "optimize",
     "random_inputs",
     "run_benchmark",
+    "tune",
+    "write_spec",
     "zoo_dataset",
     "zoo_model_path",
 ]
