@@ -36,6 +36,7 @@ def _spec(model: Path) -> DeploymentSpec:
             max_batch_size=8, max_queue_delay_us=500, preferred_batch_sizes=(4, 8), instances=2
         ),
         model_sha256=load_model(model).sha256,
+        recipe="fp32",
         measured={"throughput": 1234.5, "p99_ms": 0.8, "accuracy": None},
         source={"objective": "throughput", "constraints": {"max_p99_ms": 10.0}},
     )

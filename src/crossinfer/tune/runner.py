@@ -498,6 +498,7 @@ def _write_spec(result: TuneResult, pick: CandidateResult, out_dir: Path) -> Pat
             instances=candidate.knobs.instances,
         ),
         model_sha256=candidate.variant.model_sha256,
+        recipe=candidate.variant.recipe,
         measured={
             "throughput": metrics.throughput,
             "p50_ms": metrics.p50_ms,

@@ -10,7 +10,8 @@ runtime settings, and the figures the choice was made on::
     model_sha256 = "4f1c..."
     backend = "openvino"
     device = "cpu"
-    precision = "int8"
+    precision = "fp32"          # what the runtime is asked for (SessionOptions.precision)
+    recipe = "int8"             # how the model file was made (optimize's preset): its own types
 
     [deployment.options]        # SessionOptions: threads, streams, performance_hint, ...
     threads = 2
@@ -101,6 +102,7 @@ class DeploymentSpec:
     options: SessionOptions = field(default_factory=SessionOptions)
     batching: BatchingSpec = field(default_factory=BatchingSpec)
     model_sha256: str | None = None
+    recipe: str | None = None  # how the artefact was made ("int8", "fp16"...); None: as given
     measured: Mapping[str, Any] = field(default_factory=dict)
     source: Mapping[str, Any] = field(default_factory=dict)
 
@@ -131,6 +133,8 @@ def write_spec(spec: DeploymentSpec, path: str | Path) -> Path:
     }
     if spec.model_sha256:
         deployment["model_sha256"] = spec.model_sha256
+    if spec.recipe:
+        deployment["recipe"] = spec.recipe
     options: dict[str, Any] = {
         key: value
         for key, value in (
@@ -189,7 +193,7 @@ def _from_document(document: dict[str, Any], path: Path, *, check_hash: bool) ->
     deployment = document.get("deployment")
     if not isinstance(deployment, dict):
         raise fail("missing the [deployment] table")
-    allowed = {"name", "model", "model_sha256", "backend", "device", "precision"}
+    allowed = {"name", "model", "model_sha256", "recipe", "backend", "device", "precision"}
     allowed |= {"options", "batching"}
     unknown = set(deployment) - allowed
     if unknown:
@@ -245,6 +249,7 @@ def _from_document(document: dict[str, Any], path: Path, *, check_hash: bool) ->
                 f"deployment.model {model} has sha256 {actual[:12]}..., not the "
                 f"{sha[:12]}... the spec was measured on: re-run `crossinfer tune` or fix the path"
             )
+    recipe = text("recipe", required=False)
     options = _options(deployment.get("options", {}), precision, fail)
     batching = _batching(deployment.get("batching", {}), fail)
     measured = document.get("measured", {})
@@ -259,6 +264,7 @@ def _from_document(document: dict[str, Any], path: Path, *, check_hash: bool) ->
         options=options,
         batching=batching,
         model_sha256=sha,
+        recipe=recipe,
         measured=measured,
         source=source,
     )
