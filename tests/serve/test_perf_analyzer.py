@@ -45,10 +45,10 @@ PERF_ARGS = [
     "1000",
     "--max-trials",
     "10",
+    # stabilize on average latency and throughput (within 100%): p99 on 2 shared cores swings
+    # 10x between windows and made perf_analyzer give up on a loaded CI machine
     "--stability-percentage",
     "100",
-    "--percentile",
-    "99",
 ]
 
 
