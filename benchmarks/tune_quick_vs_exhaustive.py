@@ -4,9 +4,10 @@ naive default (ONNX Runtime defaults, FP32, batch 1).
 
 Both strategies share one check and one set of optimized variants (prepared once, as a resumed
 tune would), and each measures into its own fresh results store; both measure their three best
-candidates a second time. Quick's pick is judged by the exhaustive run's own measurement of the
-same candidate, so the ratio compares figures from one run (the machine is noisy and shared);
-quick's own figure is printed beside it. "replayed quick" runs quick's search on the exhaustive
+candidates a second time. Quick's live pick is judged on the same landscape as exhaustive's: the
+naive default, exhaustive's pick and quick's pick are measured again in turns (3 s each, --rounds
+rounds), and by the exhaustive run's own measurement of quick's pick; quick's own figure is
+printed beside them. Load averages are recorded with each phase (the machine is shared). "replayed quick" runs quick's search on the exhaustive
 run's measurements: the same landscape for both, so it judges the search apart from run-to-run
 noise.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -100,8 +102,10 @@ def _compare(
         variants_dir=root / "variants",  # shared: the second strategy reuses the optimized models
     )
     data: dict[str, dict[str, Any]] = {}
+    loads: dict[str, list[float]] = {}
     check = None
     for strategy in ("exhaustive", "quick"):
+        loads[f"{strategy}_start"] = _load()
         saved = root / strategy / "tune.json"
         if strategy == "exhaustive" and args.reuse_exhaustive and saved.is_file():
             data[strategy] = json.loads(saved.read_text())
@@ -121,22 +125,30 @@ def _compare(
             )
         check = result.check
         data[strategy] = result.to_dict()
+        loads[f"{strategy}_end"] = _load()
     row = _row(source, budget, data["exhaustive"], data["quick"])
-    row.update(_head_to_head(data["exhaustive"], root / "head-to-head", args.rounds))
+    row.update(_head_to_head(data["exhaustive"], data["quick"], root / "head-to-head", args.rounds))
+    loads["head_to_head_end"] = _load()
+    row["load_average"] = loads
     return row
 
 
-def _head_to_head(exhaustive: dict[str, Any], log_root: Path, rounds: int) -> dict[str, Any]:
-    """The pick against the naive default, measured in turns (A B A B ...), 3 s each: the ratio
-    of the medians, so a load change on the shared machine falls on both alike."""
-    pick = exhaustive["recommendation"]["pick"]
+def _head_to_head(
+    exhaustive: dict[str, Any], quick: dict[str, Any], log_root: Path, rounds: int
+) -> dict[str, Any]:
+    """The naive default, exhaustive's pick and quick's live pick, measured in turns (A B C A B C
+    ...), 3 s each: ratios of the medians, so a load change on the shared machine falls on all
+    alike and quick is judged on the same landscape as exhaustive."""
+    pick, quick_pick = exhaustive["recommendation"]["pick"], quick["recommendation"]["pick"]
     landscape = _landscape(exhaustive)
     if pick is None or NAIVE_DEFAULT not in landscape:
         return {}
     models = {v["key"]: v for v in exhaustive["variants"]}
-    figures: dict[str, list[float]] = {NAIVE_DEFAULT: [], pick: []}
+    keys = list(dict.fromkeys([NAIVE_DEFAULT, pick, *([quick_pick] if quick_pick else [])]))
+    keys = [k for k in keys if k in landscape]
+    figures: dict[str, list[float]] = {key: [] for key in keys}
     for _ in range(rounds):
-        for key in (NAIVE_DEFAULT, pick):
+        for key in keys:
             candidate = landscape[key]
             variant = models[candidate["variant"]]
             knobs = candidate["knobs"]
@@ -163,12 +175,21 @@ def _head_to_head(exhaustive: dict[str, Any], log_root: Path, rounds: int) -> di
                 print(f"head-to-head {key}: {run.results[0].throughput:,.1f} samples/s", flush=True)
     if not figures[pick] or not figures[NAIVE_DEFAULT]:
         return {}
-    naive, best = statistics.median(figures[NAIVE_DEFAULT]), statistics.median(figures[pick])
-    return {
+    median = {key: statistics.median(f) for key, f in figures.items() if f}
+    row: dict[str, Any] = {
         "head_to_head_naive": figures[NAIVE_DEFAULT],
         "head_to_head_pick": figures[pick],
-        "head_to_head_speedup": best / naive,
+        "head_to_head_speedup": median[pick] / median[NAIVE_DEFAULT],
     }
+    if quick_pick in median:
+        row["head_to_head_quick_pick"] = figures[quick_pick]
+        row["quick_vs_best_in_turns"] = median[quick_pick] / median[pick]
+    return row
+
+
+def _load() -> list[float]:
+    """The load averages (1, 5, 15 min): this machine is shared, so they go beside each figure."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _landscape(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -202,6 +223,13 @@ def _row(
         "quick_started": quick["started_at"],
         "exhaustive_pick": best_key,
         "exhaustive_best": best["value"] if best else None,
+        "exhaustive_best_runs": best["metrics"].get("runs") if best else None,
+        # the whole landscape (samples/s, runs), best first: what the replay and any later
+        # analysis rest on (the stores under --work are not kept)
+        "exhaustive_landscape": {
+            key: [round(c["metrics"]["throughput"], 2), c["metrics"].get("runs")]
+            for key, c in sorted(exh.items(), key=lambda kv: -kv[1]["metrics"]["throughput"])
+        },
         "quick_pick": picked_key,
         "quick_pick_own_value": picked["value"] if picked else None,
     }
@@ -261,6 +289,7 @@ def _replay(exhaustive: dict[str, Any]) -> dict[str, Any]:
         "replay_quick_measured": len(replayed.measured),
         "replay_quick_share": len(replayed.measured) / len(space),
         "replay_quick_pick": rec.pick.key,
+        "replay_quick_path": replayed.path,
         "replay_quick_vs_best": (rec.pick.value or 0.0) / best_value,
     }
 
@@ -287,7 +316,9 @@ def _print(rows: list[dict[str, Any]], machine: str) -> None:
             f"{r['exhaustive_search_s']:.0f} / {r['quick_search_s']:.0f}",
             f"{r['exhaustive_pick']} ({r['exhaustive_best'] or 0:,.1f}/s)",
             f"{r['quick_pick']} ({r['quick_pick_own_value'] or 0:,.1f}/s own run)",
-            _ratio(r.get("quick_vs_best")) + f" (own run {_ratio(r.get('quick_own_vs_best'))})",
+            _ratio(r.get("quick_vs_best_in_turns"))
+            + f" in turns; {_ratio(r.get('quick_vs_best'))} in exhaustive's run"
+            + f" (own run {_ratio(r.get('quick_own_vs_best'))})",
             f"{r.get('replay_quick_measured')} measured, {_ratio(r.get('replay_quick_vs_best'))}",
             _ratio(r.get("head_to_head_speedup"))
             + f" in turns; {_ratio(r.get('speedup_over_naive'))} in the search",

@@ -102,9 +102,19 @@ def test_quick_finds_the_peak_within_a_quarter_of_the_space() -> None:
     assert _best_key(space) == "onnxruntime:cpu/int8/batch 16/1 threads, x2 instances"
     # every candidate is either measured or has a reason
     assert set(outcome.measured) | set(outcome.skipped) == {c.key for c in space.candidates}
+    assert outcome.path[0].endswith("int8/batch 16/1 threads, x2 instances")
+    # the two best-screened variants climb in turns, one measurement each
+    climbs = [k.split("/")[1] for k in list(outcome.measured)[4:10]]
+    assert climbs == ["int8", "bf16"] * 3
+
+
+def test_quick_climbs_the_runner_up_too_and_says_why_others_were_left() -> None:
+    space = _space()
+    outcome = quick(space, _Counter(), _rank(), budget=10)
+    assert {k.split("/")[1] for k in list(outcome.measured)[4:]} == {"int8", "bf16"}
     fp16 = outcome.skipped["onnxruntime:cpu/fp16/batch 64/default threads"]
     assert fp16.startswith("not measured: screened at onnxruntime:cpu/fp16/batch 8")
-    assert outcome.path[0].endswith("int8/batch 16/1 threads, x2 instances")
+    assert "budget of 10 measurements went to better variants" in fp16
 
 
 def test_quick_respects_constraints_while_climbing() -> None:
