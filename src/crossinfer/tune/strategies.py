@@ -203,7 +203,7 @@ def _climb_together(
 
     Why turns: one climb at a time spent the whole budget on the variant that screened best, and
     one short screening run on a shared machine can rank the two best variants the wrong way
-    round (BERT-base here: OpenVINO FP32, BF16 and FP16 screen within noise of each other).
+    round (BERT-base here: OpenVINO BF16 and FP16 screen within 1% of each other).
     """
     waiting = [a for a in order if score(a) != _FAILED]
     active: list[Candidate] = []
