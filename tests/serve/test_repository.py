@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -70,6 +71,21 @@ def repo_dir(tmp_path: Path) -> Path:
 
 def states(repo: ModelRepository) -> dict[str, tuple[str, str]]:
     return {row["name"]: (row["state"], row["reason"]) for row in repo.index()}
+
+
+def test_a_spec_whose_artefact_changed_is_unavailable_with_the_reason(tmp_path: Path) -> None:
+    spec = digits_spec(tmp_path)
+    shutil.copy(zoo_model_path("zoo:mlp"), tmp_path / "digits.model.onnx")
+
+    async def main() -> None:
+        repo = ModelRepository(tmp_path)
+        await repo.start()
+        state, reason = states(repo)["digits"]
+        assert state == "UNAVAILABLE"
+        assert str(spec) in reason and "the spec was measured on" in reason
+        await repo.stop()
+
+    run(main())
 
 
 def test_directory_entries_load_and_failures_are_listed_with_their_reason(repo_dir: Path) -> None:

@@ -109,6 +109,8 @@ class ServingConfig:
     priority_levels: int = 1
     default_priority: int = 1
     default_timeout_us: int = 0
+    spec_path: Path | None = None  # a deployment spec's file, when the model comes from one
+    model_sha256: str | None = None  # the spec's hash, checked on the artefact once it is loaded
 
 
 _INT_KEYS = (
@@ -243,7 +245,7 @@ def _read_model_dir(path: Path) -> tuple[str, ServingConfig]:
 def _read_spec(path: Path) -> tuple[str, ServingConfig]:
     from crossinfer.tune.spec import load_spec
 
-    spec = load_spec(path)
+    spec = load_spec(path, check_hash=False)  # _build checks the hash on its own load
     batching = spec.batching
     return str(spec.model), ServingConfig(
         backend=spec.backend,
@@ -254,6 +256,8 @@ def _read_spec(path: Path) -> tuple[str, ServingConfig]:
         preferred_batch_sizes=batching.preferred_batch_sizes,
         max_queue_size=batching.max_queue_size,
         instances=batching.instances,
+        spec_path=path,
+        model_sha256=spec.model_sha256,
     )
 
 
@@ -691,6 +695,10 @@ async def _build(name: str, source: ModelSource) -> ServedModel:
     def build() -> ServedModel:
         model, config = source.resolve()
         artifact = load_model(model)
+        if config.spec_path is not None and config.model_sha256 is not None:
+            from crossinfer.tune.spec import check_artefact_hash
+
+            check_artefact_hash(config.spec_path, artifact, config.model_sha256)
         return ServedModel(name, artifact, config)
 
     return await asyncio.to_thread(build)

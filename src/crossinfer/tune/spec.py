@@ -44,13 +44,14 @@ import tomli_w
 
 from crossinfer.backends.base import Precision, SessionOptions, Target, backend_entry
 from crossinfer.errors import CrossinferError, ModelError, UsageError, short_message
-from crossinfer.model import load_model
+from crossinfer.model import ModelArtifact, load_model
 
 __all__ = [
     "SPEC_VERSION",
     "BatchingSpec",
     "DeploymentSpec",
     "SpecError",
+    "check_artefact_hash",
     "load_spec",
     "write_spec",
 ]
@@ -241,14 +242,10 @@ def _from_document(document: dict[str, Any], path: Path, *, check_hash: bool) ->
     sha = text("model_sha256", required=False)
     if sha is not None and check_hash:
         try:
-            actual = load_model(model).sha256  # covers external data as the artefact does
+            artifact = load_model(model)  # its hash covers external data too
         except ModelError as exc:
             raise fail(f"deployment.model: {short_message(exc)}") from exc
-        if actual != sha:
-            raise fail(
-                f"deployment.model {model} has sha256 {actual[:12]}..., not the "
-                f"{sha[:12]}... the spec was measured on: re-run `crossinfer tune` or fix the path"
-            )
+        check_artefact_hash(path, artifact, sha)
     recipe = text("recipe", required=False)
     options = _options(deployment.get("options", {}), precision, fail)
     batching = _batching(deployment.get("batching", {}), fail)
@@ -268,6 +265,20 @@ def _from_document(document: dict[str, Any], path: Path, *, check_hash: bool) ->
         measured=measured,
         source=source,
     )
+
+
+def check_artefact_hash(spec_path: Path, artifact: ModelArtifact, expected: str) -> None:
+    """Refuse an artefact that is not the one the spec was measured on.
+
+    For callers that load the model anyway (``crossinfer serve``): they read the spec with
+    ``check_hash=False`` and call this on their own artefact, so the model is loaded once.
+    """
+    if artifact.sha256 != expected:
+        raise SpecError(
+            f"deployment spec {spec_path}: deployment.model {artifact.path} has sha256 "
+            f"{artifact.sha256[:12]}..., not the {expected[:12]}... the spec was measured on: "
+            "re-run `crossinfer tune` or fix the path"
+        )
 
 
 def _options(raw: Any, precision: Precision, fail: Any) -> SessionOptions:
