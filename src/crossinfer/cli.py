@@ -497,7 +497,7 @@ def optimize(
     from crossinfer.backends.base import Precision, SessionOptions, Target
     from crossinfer.model import load_model
     from crossinfer.passes.pipeline import optimize as run_optimize
-    from crossinfer.passes.pipeline import preset
+    from crossinfer.passes.pipeline import planned_int8_recipe, preset
     from crossinfer.passes.render import render_optimize
 
     try:
@@ -522,6 +522,9 @@ def optimize(
         from crossinfer.passes.calibration import load_labelled_set
 
         labelled = load_labelled_set(dataset, artifact)
+        recipe = planned_int8_recipe(tgt, names)
+        if recipe is not None and not as_json:
+            err_console.print(recipe.headline(), highlight=False)
         status = contextlib.nullcontext() if as_json else err_console.status("optimizing ...")
         # calibration tools (NNCF, ORT's calibrators) draw progress on stdout: keep it for results
         with status, contextlib.redirect_stdout(sys.stderr):

@@ -175,6 +175,10 @@ def check_model(
             row = _judge(
                 row, outputs, ref_outputs if ref_row.passed else None, tolerance, ref_target
             )
+            if row.verdict is Verdict.MISMATCH and (
+                precision is Precision.INT8 or is_quantized(artifact)
+            ):
+                row = _name_isa_drift(row, target)
         rows.append(row)
         if on_row:
             on_row(row)
@@ -191,6 +195,32 @@ def check_model(
         input_source=input_source,
         rows=tuple(rows),
     )
+
+
+_QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+    }
+)
+
+
+def is_quantized(artifact: ModelArtifact) -> bool:
+    """Whether the graph computes in 8-bit integers (QDQ pairs or integer ops)."""
+    return any(op in _QUANTIZED_OPS for op in artifact.op_histogram)
+
+
+def _name_isa_drift(row: CheckRow, target: Target) -> CheckRow:
+    """An INT8 mismatch on a CPU without VNNI says which feature is missing and what to do."""
+    from crossinfer.hardware.int8 import vnni_missing_note
+
+    note = vnni_missing_note(str(target))
+    return row if note is None else replace(row, reason=f"{row.reason}; {note}")
 
 
 def _run_row(

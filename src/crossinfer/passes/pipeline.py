@@ -31,6 +31,7 @@ from crossinfer.backends.base import (
 from crossinfer.check.isolate import run_isolated
 from crossinfer.check.parity import OutputComparison, compare_outputs, default_tolerance
 from crossinfer.errors import CrossinferError, InferenceError, UsageError
+from crossinfer.hardware.int8 import Int8Recipe, int8_recipe, vnni_missing_note
 from crossinfer.model import ModelArtifact, load_model
 from crossinfer.passes.base import CalibrationData, LabelledSet, OptimizationPass, PassContext
 
@@ -154,10 +155,12 @@ class OptimizeReport:
     out_dir: Path
     calibration_source: str | None
     dataset: str | None
+    int8_recipe: Int8Recipe | None = None  # when a pass quantizes: the ISA's settings and why
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
+            "int8_recipe": self.int8_recipe.to_dict() if self.int8_recipe else None,
             "final_model": str(self.final.path),
             "final_sha256": self.final.sha256,
             "calibration": self.calibration_source,
@@ -291,7 +294,15 @@ def optimize(
         out_dir=out_dir,
         calibration_source=calibration.source if calibration else None,
         dataset=dataset.description if dataset else None,
+        int8_recipe=planned_int8_recipe(target, [name for name, _ in passes]),
     )
+
+
+def planned_int8_recipe(target: Target, pass_names: Sequence[str]) -> Int8Recipe | None:
+    """The INT8 settings the target's ISA calls for, when one of the passes quantizes."""
+    if not any(name in PASSES and PASSES[name][2] is Precision.INT8 for name in pass_names):
+        return None
+    return int8_recipe(str(target))
 
 
 def _looseness(precision: Precision) -> int:
@@ -484,9 +495,11 @@ def _judge(
         )
     if not parity and name != "prune":
         failed = [c for c in comparisons if not c.passed]
-        reasons.append(
+        reason = (
             f"parity at {precision.value} tolerance fails: {failed[0].name}: {failed[0].reason}"
         )
+        note = vnni_missing_note(str(target)) if precision is Precision.INT8 else None
+        reasons.append(reason + (f"; {note}" if note else ""))
     return StepReport(
         pass_name=name,
         artifact=artifact,
@@ -503,11 +516,12 @@ def _judge(
 
 def _likely_cause(name: str, precision: Precision, artifact: ModelArtifact, target: Target) -> str:
     if precision is Precision.INT8 and target.device == "cpu":
-        from crossinfer.hardware import discover_cpu
-
-        features = discover_cpu().features
-        if not any(features.get(f) for f in ("avx512_vnni", "avx_vnni", "amx_int8")):
-            return "this CPU has no AVX512-VNNI, AVX-VNNI or AMX-INT8: INT8 runs on slower paths"
+        recipe = int8_recipe(str(target))
+        if not recipe.fast_int8:
+            return (
+                f"this CPU has no AVX512-VNNI, AVX-VNNI or AMX-INT8 ({recipe.int8_path}): "
+                "INT8 runs on slower paths"
+            )
         ops = artifact.op_histogram
         if name == "int8-dynamic" and ops.get("ConvInteger"):
             return f"{ops['ConvInteger']} ConvInteger nodes: ORT's dynamic INT8 convolution is slow; use int8-static"
