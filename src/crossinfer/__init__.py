@@ -55,7 +55,7 @@ from crossinfer.passes.pipeline import optimize
 from crossinfer.store import ResultStore, StoreError
 from crossinfer.tune.config import TuneConfig
 from crossinfer.tune.runner import TuneResult, tune
-from crossinfer.tune.spec import BatchingSpec, DeploymentSpec, SpecError, load_spec, write_spec
+from crossinfer.spec import BatchingSpec, DeploymentSpec, SpecError, load_spec, write_spec
 from crossinfer.zoo import ZOO_MODELS, ZooDataset, zoo_dataset, zoo_model_path
 
 __all__ = [

@@ -18,7 +18,7 @@ from crossinfer.tune.constraints import Constraints, Metrics, Objective, Scorer
 from crossinfer.tune.recommend import recommend
 from crossinfer.tune.runner import TuneConfig, TuneResult, machine_description, write_outputs
 from crossinfer.tune.space import Knobs, Pruned, Variant, build_space
-from crossinfer.tune.spec import load_spec
+from crossinfer.spec import load_spec
 from crossinfer.tune.strategies import SearchOutcome
 
 

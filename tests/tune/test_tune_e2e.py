@@ -13,7 +13,7 @@ from crossinfer.model import load_model
 from crossinfer.store import ResultStore
 from crossinfer.tune.constraints import Constraints
 from crossinfer.tune.runner import NAIVE_DEFAULT, TuneConfig, TuneResult, tune
-from crossinfer.tune.spec import load_spec
+from crossinfer.spec import load_spec
 
 CONFIG = TuneConfig(
     backends=("onnxruntime",),

@@ -243,7 +243,7 @@ def _read_model_dir(path: Path) -> tuple[str, ServingConfig]:
 
 
 def _read_spec(path: Path) -> tuple[str, ServingConfig]:
-    from crossinfer.tune.spec import load_spec
+    from crossinfer.spec import load_spec
 
     spec = load_spec(path, check_hash=False)  # _build checks the hash on its own load
     batching = spec.batching
@@ -272,7 +272,7 @@ def model_name_for(location: str) -> str:
         return parse_zoo_spec(location).name
     path = Path(location).expanduser()
     if path.suffix == ".toml" and path.is_file():
-        from crossinfer.tune.spec import load_spec
+        from crossinfer.spec import load_spec
 
         return load_spec(path, check_hash=False).name
     return path.stem if path.suffix in (".onnx", ".toml") else path.name
@@ -696,7 +696,7 @@ async def _build(name: str, source: ModelSource) -> ServedModel:
         model, config = source.resolve()
         artifact = load_model(model)
         if config.spec_path is not None and config.model_sha256 is not None:
-            from crossinfer.tune.spec import check_artefact_hash
+            from crossinfer.spec import check_artefact_hash
 
             check_artefact_hash(config.spec_path, artifact, config.model_sha256)
         return ServedModel(name, artifact, config)

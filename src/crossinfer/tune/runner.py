@@ -37,7 +37,7 @@ from crossinfer.tune.constraints import Metrics, Objective, Scorer, cost_per_mil
 from crossinfer.tune.recommend import CandidateResult, Recommendation, rank_for, recommend
 from crossinfer.tune.resume import find_stored
 from crossinfer.tune.space import Candidate, Pruned, Space, Variant, build_space
-from crossinfer.tune.spec import BatchingSpec, DeploymentSpec, write_spec
+from crossinfer.spec import BatchingSpec, DeploymentSpec, write_spec
 from crossinfer.tune.strategies import SearchOutcome, search
 from crossinfer.tune.variants import (
     AGREEMENT_SAMPLES,

@@ -1,5 +1,7 @@
 """The deployment spec: what `crossinfer tune` recommends and `crossinfer serve` loads.
 
+The contract between tune and serve: both import it, neither owns it.
+
 A TOML file a person can read and edit. It names the model artefact (a path relative to the
 spec file, so a folder holding both can move), the backend, device, precision, batching and
 runtime settings, and the figures the choice was made on::

@@ -9,7 +9,7 @@ import pytest
 
 from crossinfer.backends.base import Precision, SessionOptions
 from crossinfer.model import load_model
-from crossinfer.tune.spec import BatchingSpec, DeploymentSpec, SpecError, load_spec, write_spec
+from crossinfer.spec import BatchingSpec, DeploymentSpec, SpecError, load_spec, write_spec
 from crossinfer.zoo import zoo_model_path
 
 
