@@ -29,7 +29,13 @@ runtime settings, and the figures the choice was made on::
     objective = "throughput"
 
 Loading checks what would otherwise fail later and far away: the artefact exists (and still
-has the recorded hash), the backend is one crossinfer knows, every key is understood.
+has the recorded hash), the backend is one crossinfer knows, every key is declared (an unknown
+one is refused with the nearest declared name).
+
+The serving settings (``[deployment.options]`` and ``[deployment.batching]`` here, the same keys
+flat in serve's ``config.toml`` and on its command line) are declared once, in `OPTION_SCHEMA`
+and `BATCHING_SCHEMA`, and read by one function, `read_serving_settings`, for every path.
+`BatchingSpec` is the one batching record: the spec's, serve's and the batcher's.
 """
 
 from __future__ import annotations
@@ -37,64 +43,167 @@ from __future__ import annotations
 import dataclasses
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 
+from crossinfer import schema
 from crossinfer.backends.base import Precision, SessionOptions, Target, backend_entry
-from crossinfer.errors import CrossinferError, ModelError, UsageError, short_message
+from crossinfer.errors import CrossinferError, ModelError, SpecError, UsageError, short_message
 from crossinfer.model import ModelArtifact, load_model
+from crossinfer.schema import Key
 
 __all__ = [
+    "BATCHING_SCHEMA",
+    "DEFAULT_MAX_QUEUE_SIZE",
+    "OPTION_SCHEMA",
+    "SERVING_KEYS",
     "SPEC_VERSION",
     "BatchingSpec",
     "DeploymentSpec",
-    "SpecError",
+    "ServingSettings",
     "check_artefact_hash",
     "load_spec",
+    "read_serving_settings",
     "write_spec",
 ]
 
 SPEC_VERSION = 1
 """Written as ``spec_version``; a file from a newer crossinfer is refused, not misread."""
 
+DEFAULT_MAX_QUEUE_SIZE = 1024
+"""Requests one model may queue: bounded by default, so overload is refused (503), not a crash."""
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
-class SpecError(CrossinferError):
-    """A deployment spec file cannot be used; the message names the file and the key."""
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class BatchingSpec:
-    """Dynamic batching for serving (Triton's meaning; max_batch_size 0 turns batching off)."""
+    """Dynamic batching for serving, with Triton's meaning: the spec's, serve's and the batcher's.
 
-    max_batch_size: int = 0
+    max_batch_size 0 turns batching off (each request runs alone, its tensors unchanged); None
+    lets serve decide from the model (batching when every tensor has a variable first dim), and
+    must be settled before a batcher is built. max_queue_size 0 means unbounded. Priorities run 1
+    (highest) .. priority_levels. Raises ValueError listing every problem.
+    """
+
+    max_batch_size: int | None = 0
     max_queue_delay_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_size: int = 1024
-    instances: int = 1
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    instances: int = 1  # sessions (worker threads) serving the model
+    default_timeout_us: int = 0  # 0: requests wait in the queue as long as it takes
+    priority_levels: int = 1
+    default_priority: int = 1
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
 
     def problems(self) -> list[str]:
         found = []
-        for name in ("max_batch_size", "max_queue_delay_us", "max_queue_size"):
+        if self.max_batch_size is not None and self.max_batch_size < 0:
+            found.append(f"max_batch_size must be >= 0, got {self.max_batch_size}")
+        for name in ("max_queue_delay_us", "max_queue_size", "default_timeout_us"):
             if getattr(self, name) < 0:
                 found.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.instances < 1:
-            found.append(f"instances must be >= 1, got {self.instances}")
-        bad = [p for p in self.preferred_batch_sizes if not 1 <= p <= self.max_batch_size]
-        if bad:
+        most = self.max_batch_size  # None: settled later, from the model; checked then
+        if most is not None and not all(1 <= p <= most for p in self.preferred_batch_sizes):
+            off = " (batching is off)" if most == 0 else ""
             found.append(
                 f"preferred_batch_sizes {list(self.preferred_batch_sizes)} must lie in "
-                f"1..max_batch_size ({self.max_batch_size})"
+                f"1..max_batch_size ({most}){off}"
             )
+        if self.priority_levels < 1:
+            found.append(f"priority_levels must be >= 1, got {self.priority_levels}")
+        elif not 1 <= self.default_priority <= self.priority_levels:
+            found.append(
+                f"default_priority must lie in 1..{self.priority_levels}, got {self.default_priority}"
+            )
+        if self.instances < 1:
+            found.append(f"instances must be >= 1, got {self.instances}")
         return found
 
 
-@dataclass(frozen=True)
+# --- the serving settings: declared once, read by one function ------------------------------
+
+OPTION_SCHEMA: dict[str, schema.Check] = {
+    "threads": schema.integer(minimum=1),  # leave it out for the runtime's default
+    "streams": schema.integer(minimum=1),
+    "graph_optimization_level": schema.text(),
+    "performance_hint": schema.text(),
+    "extra": schema.scalar_table,  # passed through to the runtime as text
+}
+"""SessionOptions keys (precision is the deployment's, not an option)."""
+
+BATCHING_SCHEMA: dict[str, schema.Check] = {
+    "max_batch_size": schema.integer(minimum=0),
+    "max_queue_delay_us": schema.integer(minimum=0),
+    "preferred_batch_sizes": schema.integer_list(minimum=1),
+    "max_queue_size": schema.integer(minimum=0),
+    "instances": schema.integer(minimum=1),
+    "default_timeout_us": schema.integer(minimum=0),
+    "priority_levels": schema.integer(minimum=1),
+    "default_priority": schema.integer(minimum=1),
+}
+"""BatchingSpec keys, each one of its fields."""
+
+SERVING_KEYS: tuple[str, ...] = (*OPTION_SCHEMA, *BATCHING_SCHEMA)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServingSettings:
+    """What `read_serving_settings` read: the session options, the batching, and other keys."""
+
+    options: SessionOptions
+    batching: BatchingSpec
+    other: Mapping[str, Any] = field(default_factory=dict)
+
+
+def read_serving_settings(
+    raw: Any,
+    *,
+    options: SessionOptions,
+    batching: BatchingSpec,
+    where: str,
+    table: str = "",
+    keys: Iterable[str] = SERVING_KEYS,
+    other: Mapping[str, Key | schema.Check] | None = None,
+    error: type[CrossinferError],
+) -> ServingSettings:
+    """`options` and `batching` with the serving settings of `raw` laid over them.
+
+    The one reader of the serving settings, for a spec's tables and for serve's config.toml and
+    command line alike. `keys` are the serving keys this table may hold; `other` declares the
+    table's further keys (read and returned in ``other``). Raises `error` naming `where`, the
+    table and the key: an undeclared key (with the nearest declared one), a wrong value, or
+    batching settings that contradict each other.
+    """
+    serving = {key: {**OPTION_SCHEMA, **BATCHING_SCHEMA}[key] for key in keys}
+    declared: dict[str, Key | schema.Check] = {**serving, **(other or {})}
+    values = schema.read_table(raw, declared, where=where, table=table, flat=True, error=error)
+    option_values = {k: v for k, v in values.items() if k in OPTION_SCHEMA and k in serving}
+    batching_values = {k: v for k, v in values.items() if k in BATCHING_SCHEMA and k in serving}
+    try:
+        batching = dataclasses.replace(batching, **batching_values)
+    except ValueError as exc:
+        place = f"[{table}] " if table else ""
+        raise error(f"{where}: {place}{exc}") from None
+    return ServingSettings(
+        options=dataclasses.replace(options, **option_values),
+        batching=batching,
+        other={k: v for k, v in values.items() if k not in serving},
+    )
+
+
+# --- the deployment spec --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
 class DeploymentSpec:
     """One way to run one model, chosen and measured."""
 
@@ -152,7 +261,16 @@ def write_spec(spec: DeploymentSpec, path: str | Path) -> Path:
         options["extra"] = dict(spec.options.extra)
     if options:
         deployment["options"] = options
-    batching = dataclasses.asdict(spec.batching)
+    # the keys tune sets always, the others when they differ from the default (a reader sees
+    # what was chosen, not every knob the batcher has)
+    always = ("max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "max_queue_size")
+    default = BatchingSpec()
+    batching = {
+        f.name: getattr(spec.batching, f.name)
+        for f in dataclasses.fields(BatchingSpec)
+        if f.name in (*always, "instances")
+        or getattr(spec.batching, f.name) != getattr(default, f.name)
+    }
     batching["preferred_batch_sizes"] = list(spec.batching.preferred_batch_sizes)
     deployment["batching"] = batching
     document: dict[str, Any] = {"spec_version": SPEC_VERSION, "deployment": deployment}
@@ -180,9 +298,33 @@ def load_spec(path: str | Path, *, check_hash: bool = True) -> DeploymentSpec:
     return _from_document(document, path, check_hash=check_hash)
 
 
+_PRECISIONS = tuple(p.value for p in Precision)
+
+_DOCUMENT: dict[str, Key | schema.Check] = {
+    "spec_version": schema.integer(minimum=1),
+    "deployment": Key(schema.table, required=True),
+    "measured": schema.table,  # free-form: what tune saw
+    "source": schema.table,  # free-form: how it was chosen
+}
+
+_DEPLOYMENT: dict[str, Key | schema.Check] = {
+    "name": Key(schema.text(), required=True),
+    "model": Key(schema.text(), required=True),
+    "model_sha256": schema.text(),
+    "recipe": schema.text(),
+    "backend": Key(schema.text(), required=True),
+    "device": Key(schema.text(), required=True),
+    "precision": schema.one_of(_PRECISIONS, lower=True),
+    "options": schema.table,  # read_serving_settings with OPTION_SCHEMA
+    "batching": schema.table,  # read_serving_settings with BATCHING_SCHEMA
+}
+
+
 def _from_document(document: dict[str, Any], path: Path, *, check_hash: bool) -> DeploymentSpec:
+    where = f"deployment spec {path}"
+
     def fail(message: str) -> SpecError:
-        return SpecError(f"deployment spec {path}: {message}")
+        return SpecError(f"{where}: {message}")
 
     version = document.get("spec_version", SPEC_VERSION)
     if not isinstance(version, int) or version > SPEC_VERSION:
@@ -190,35 +332,17 @@ def _from_document(document: dict[str, Any], path: Path, *, check_hash: bool) ->
             f"spec_version {version!r} is newer than this crossinfer understands "
             f"({SPEC_VERSION}): upgrade crossinfer"
         )
-    unknown = set(document) - {"spec_version", "deployment", "measured", "source"}
-    if unknown:
-        raise fail(f"unknown top-level key(s) {sorted(unknown)}")
-    deployment = document.get("deployment")
-    if not isinstance(deployment, dict):
-        raise fail("missing the [deployment] table")
-    allowed = {"name", "model", "model_sha256", "recipe", "backend", "device", "precision"}
-    allowed |= {"options", "batching"}
-    unknown = set(deployment) - allowed
-    if unknown:
-        raise fail(f"unknown key(s) in [deployment]: {sorted(unknown)}; known: {sorted(allowed)}")
-
-    def text(key: str, required: bool = True) -> str | None:
-        value = deployment.get(key)
-        if value is None and not required:
-            return None
-        if not isinstance(value, str) or not value:
-            raise fail(f"deployment.{key} must be a non-empty string, got {value!r}")
-        return value
-
-    name = text("name")
-    assert name is not None
+    top = schema.read_table(document, _DOCUMENT, where=where, error=SpecError)
+    deployment = schema.read_table(
+        top["deployment"], _DEPLOYMENT, where=where, table="deployment", error=SpecError
+    )
+    name = deployment["name"]
     if not _NAME.match(name):
         raise fail(
             f"deployment.name {name!r} must be letters, digits, '_', '.' or '-' "
             "(it becomes part of the serving URL)"
         )
-    model_text = text("model")
-    assert model_text is not None
+    model_text = deployment["model"]
     model = Path(model_text).expanduser()
     if not model.is_absolute():
         model = (path.parent / model).resolve()
@@ -227,45 +351,48 @@ def _from_document(document: dict[str, Any], path: Path, *, check_hash: bool) ->
             f"deployment.model {model_text!r} does not exist (looked for {model}); "
             "keep the model next to the spec or write its absolute path"
         )
-    backend = text("backend")
-    assert backend is not None
+    backend = deployment["backend"]
     try:
         backend_entry(backend)
     except UsageError as exc:
         raise fail(f"deployment.backend: {exc}") from None
-    device = text("device")
-    assert device is not None
-    precision_text = text("precision", required=False) or "fp32"
-    try:
-        precision = Precision(precision_text.lower())
-    except ValueError:
-        known = ", ".join(p.value for p in Precision)
-        raise fail(f"deployment.precision {precision_text!r} is not one of {known}") from None
-    sha = text("model_sha256", required=False)
+    sha = deployment.get("model_sha256")
     if sha is not None and check_hash:
         try:
             artifact = load_model(model)  # its hash covers external data too
         except ModelError as exc:
             raise fail(f"deployment.model: {short_message(exc)}") from exc
         check_artefact_hash(path, artifact, sha)
-    recipe = text("recipe", required=False)
-    options = _options(deployment.get("options", {}), precision, fail)
-    batching = _batching(deployment.get("batching", {}), fail)
-    measured = document.get("measured", {})
-    source = document.get("source", {})
-    if not isinstance(measured, dict) or not isinstance(source, dict):
-        raise fail("[measured] and [source] must be tables")
+    precision = Precision(deployment.get("precision", Precision.FP32.value))
+    options = read_serving_settings(
+        deployment.get("options", {}),
+        options=SessionOptions(precision=precision),
+        batching=BatchingSpec(),
+        where=where,
+        table="deployment.options",
+        keys=OPTION_SCHEMA,
+        error=SpecError,
+    ).options
+    batching = read_serving_settings(
+        deployment.get("batching", {}),
+        options=options,
+        batching=BatchingSpec(),  # max_batch_size 0 when the spec leaves it out: no batching
+        where=where,
+        table="deployment.batching",
+        keys=BATCHING_SCHEMA,
+        error=SpecError,
+    ).batching
     return DeploymentSpec(
         name=name,
         model=model,
         backend=backend,
-        device=device,
+        device=deployment["device"],
         options=options,
         batching=batching,
         model_sha256=sha,
-        recipe=recipe,
-        measured=measured,
-        source=source,
+        recipe=deployment.get("recipe"),
+        measured=top.get("measured", {}),
+        source=top.get("source", {}),
     )
 
 
@@ -281,64 +408,6 @@ def check_artefact_hash(spec_path: Path, artifact: ModelArtifact, expected: str)
             f"{artifact.sha256[:12]}..., not the {expected[:12]}... the spec was measured on: "
             "re-run `crossinfer tune` or fix the path"
         )
-
-
-def _options(raw: Any, precision: Precision, fail: Any) -> SessionOptions:
-    if not isinstance(raw, dict):
-        raise fail("deployment.options must be a table")
-    ints = {"threads", "streams"}
-    texts = {"graph_optimization_level", "performance_hint"}
-    unknown = set(raw) - ints - texts - {"extra"}
-    if unknown:
-        raise fail(
-            f"unknown key(s) in [deployment.options]: {sorted(unknown)}; "
-            f"known: {sorted(ints | texts | {'extra'})}"
-        )
-    for key in ints & set(raw):
-        if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 1:
-            raise fail(f"deployment.options.{key} must be a positive integer, got {raw[key]!r}")
-    for key in texts & set(raw):
-        if not isinstance(raw[key], str):
-            raise fail(f"deployment.options.{key} must be a string, got {raw[key]!r}")
-    extra = raw.get("extra", {})
-    if not isinstance(extra, dict):
-        raise fail("deployment.options.extra must be a table of strings")
-    return SessionOptions(
-        precision=precision,
-        threads=raw.get("threads"),
-        graph_optimization_level=raw.get("graph_optimization_level"),
-        performance_hint=raw.get("performance_hint"),
-        streams=raw.get("streams"),
-        extra={str(k): str(v) for k, v in extra.items()},
-    )
-
-
-def _batching(raw: Any, fail: Any) -> BatchingSpec:
-    if not isinstance(raw, dict):
-        raise fail("deployment.batching must be a table")
-    fields = {f.name for f in dataclasses.fields(BatchingSpec)}
-    unknown = set(raw) - fields
-    if unknown:
-        raise fail(
-            f"unknown key(s) in [deployment.batching]: {sorted(unknown)}; known: {sorted(fields)}"
-        )
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key == "preferred_batch_sizes":
-            if not isinstance(value, list) or not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value
-            ):
-                raise fail(f"deployment.batching.{key} must be a list of integers, got {value!r}")
-            values[key] = tuple(value)
-        elif not isinstance(value, int) or isinstance(value, bool):
-            raise fail(f"deployment.batching.{key} must be an integer, got {value!r}")
-        else:
-            values[key] = value
-    batching = BatchingSpec(**values)
-    problems = batching.problems()
-    if problems:
-        raise fail("[deployment.batching]: " + "; ".join(problems))
-    return batching
 
 
 def _toml_safe(value: Any) -> Any:

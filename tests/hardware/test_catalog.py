@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from crossinfer.hardware.catalog import CatalogError, load_catalog, resolve_price
+from crossinfer.errors import CatalogError
+from crossinfer.hardware.catalog import load_catalog, resolve_price
 
 
 def test_every_instance_price_has_a_date_and_a_source() -> None:
