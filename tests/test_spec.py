@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -116,3 +117,17 @@ def test_bad_spec_is_refused_naming_the_key(
 def test_no_such_spec_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"no such file .*crossinfer tune"):
         load_spec(tmp_path / "nope.toml")
+
+
+def test_batching_beyond_what_tune_sets_round_trips(model: Path, tmp_path: Path) -> None:
+    batching = BatchingSpec(max_batch_size=8, priority_levels=2, default_priority=2)
+    spec = dataclasses.replace(_spec(model), batching=batching)
+    path = write_spec(spec, tmp_path / "mlp.toml")
+    text = path.read_text()
+    # tune's keys always, the others only when set
+    assert "priority_levels = 2" in text and "max_queue_size = 1024" in text
+    assert "default_timeout_us" not in text
+    assert load_spec(path).batching == batching
+    unsettled = dataclasses.replace(spec, batching=BatchingSpec(max_batch_size=None))
+    with pytest.raises(SpecError, match=r"max_batch_size None .* cannot be written"):
+        write_spec(unsettled, tmp_path / "unsettled.toml")

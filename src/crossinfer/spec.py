@@ -133,9 +133,9 @@ class BatchingSpec:
 
 OPTION_SCHEMA: dict[str, schema.Check] = {
     "threads": schema.integer(minimum=1),  # leave it out for the runtime's default
-    "streams": schema.integer(minimum=1),
     "graph_optimization_level": schema.text(),
     "performance_hint": schema.text(),
+    "streams": schema.integer(minimum=1),
     "extra": schema.scalar_table,  # passed through to the runtime as text
 }
 """SessionOptions keys (precision is the deployment's, not an option)."""
@@ -153,6 +153,8 @@ BATCHING_SCHEMA: dict[str, schema.Check] = {
 """BatchingSpec keys, each one of its fields."""
 
 SERVING_KEYS: tuple[str, ...] = (*OPTION_SCHEMA, *BATCHING_SCHEMA)
+
+_WRITTEN_WHEN_SET = ("default_timeout_us", "priority_levels", "default_priority")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -247,31 +249,23 @@ def write_spec(spec: DeploymentSpec, path: str | Path) -> Path:
         deployment["model_sha256"] = spec.model_sha256
     if spec.recipe:
         deployment["recipe"] = spec.recipe
-    options: dict[str, Any] = {
-        key: value
-        for key, value in (
-            ("threads", spec.options.threads),
-            ("graph_optimization_level", spec.options.graph_optimization_level),
-            ("performance_hint", spec.options.performance_hint),
-            ("streams", spec.options.streams),
-        )
-        if value is not None
+    options = {
+        key: dict(value) if key == "extra" else value
+        for key in OPTION_SCHEMA
+        if (value := getattr(spec.options, key)) is not None and value != {}
     }
-    if spec.options.extra:
-        options["extra"] = dict(spec.options.extra)
     if options:
         deployment["options"] = options
-    # the keys tune sets always, the others when they differ from the default (a reader sees
-    # what was chosen, not every knob the batcher has)
-    always = ("max_batch_size", "max_queue_delay_us", "preferred_batch_sizes", "max_queue_size")
-    default = BatchingSpec()
-    batching = {
-        f.name: getattr(spec.batching, f.name)
-        for f in dataclasses.fields(BatchingSpec)
-        if f.name in (*always, "instances")
-        or getattr(spec.batching, f.name) != getattr(default, f.name)
-    }
+    if spec.batching.max_batch_size is None:
+        raise SpecError(
+            f"deployment spec {path}: batching.max_batch_size None (serve decides) cannot be "
+            "written: a spec records what was chosen, 0 (no batching) or a batch size"
+        )
+    batching = dataclasses.asdict(spec.batching)
     batching["preferred_batch_sizes"] = list(spec.batching.preferred_batch_sizes)
+    for key in _WRITTEN_WHEN_SET:  # what tune chooses is always written; these when set
+        if batching[key] == getattr(BatchingSpec(), key):
+            del batching[key]
     deployment["batching"] = batching
     document: dict[str, Any] = {"spec_version": SPEC_VERSION, "deployment": deployment}
     if spec.measured:
