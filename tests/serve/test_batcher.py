@@ -357,3 +357,5 @@ def test_config_rejects_nonsense() -> None:
         BatchingSpec(max_batch_size=4, preferred_batch_sizes=(8,))
     with pytest.raises(ValueError, match=r"default_priority must lie in 1\.\.2"):
         BatchingSpec(max_batch_size=4, priority_levels=2, default_priority=3)
+    with pytest.raises(ValueError, match="settle max_batch_size"):
+        DynamicBatcher([FakeSession()], BatchingSpec(max_batch_size=None))
