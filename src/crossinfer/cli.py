@@ -18,7 +18,7 @@ from crossinfer.errors import CrossinferError, UsageError
 if TYPE_CHECKING:
     from crossinfer.backends.base import Precision
     from crossinfer.bench.result import BenchResult
-    from crossinfer.bench.runner import BenchError
+    from crossinfer.bench.runner import BenchFailure
     from crossinfer.check import CheckRow
     from crossinfer.passes.pipeline import StepReport
 
@@ -385,7 +385,7 @@ def _print_result(result: BenchResult) -> None:
     )
 
 
-def _print_bench_error(error: BenchError) -> None:
+def _print_bench_error(error: BenchFailure) -> None:
     err_console.print(
         f"  [red]{', '.join(error.scenarios)} batch {error.batch_size} failed:[/red] {escape(error.reason)}",
         highlight=False,

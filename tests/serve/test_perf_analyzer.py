@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from crossinfer.errors import PerfAnalyzerUnavailableError
 from crossinfer.serve.perf import (
     PerfAnalyzer,
-    PerfAnalyzerUnavailableError,
     locate_perf_analyzer,
     parse_csv,
 )

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import crossinfer.errors
 from crossinfer import __version__
 from crossinfer.backends.base import (
     BackendEntry,
@@ -35,7 +34,7 @@ from crossinfer.bench.loadgen import (
 from crossinfer.bench.memory import PeakMemory
 from crossinfer.bench.result import SCENARIOS, BenchResult, EnergyReading, LatencyStats
 from crossinfer.bench.stats import latency_stats, stability
-from crossinfer.check.isolate import run_isolated
+from crossinfer.check.isolate import ChildOutcome, run_isolated
 from crossinfer.errors import CrossinferError, InferenceError, UsageError
 from crossinfer.model import ModelArtifact
 from crossinfer.store import ResultStore, StoredResult
@@ -69,9 +68,12 @@ class BenchPlan:
             raise UsageError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
 
 
-@dataclass(frozen=True)
-class BenchError:
-    """A setting that could not be measured, with the reason (crash, timeout, runtime error)."""
+@dataclass(frozen=True, kw_only=True)
+class BenchFailure:
+    """A setting that could not be measured, with the reason (crash, timeout, runtime error).
+
+    A record in `BenchRun.errors`, not an exception: a failed setting is a result of the run.
+    """
 
     target: str
     batch_size: int
@@ -82,7 +84,7 @@ class BenchError:
 @dataclass(frozen=True)
 class BenchRun:
     results: tuple[BenchResult, ...]
-    errors: tuple[BenchError, ...] = field(default=())
+    errors: tuple[BenchFailure, ...] = field(default=())
 
 
 def server_latency_for(artifact: ModelArtifact) -> float:
@@ -102,7 +104,7 @@ def run_benchmark(
     log_root: Path,
     timeout_s: float = 1800.0,
     on_result: Callable[[BenchResult], None] | None = None,
-    on_error: Callable[[BenchError], None] | None = None,
+    on_error: Callable[[BenchFailure], None] | None = None,
 ) -> BenchRun:
     """Measure every scenario of `plan` at every batch size; one child process per batch size.
 
@@ -113,7 +115,7 @@ def run_benchmark(
     entry = backend_entry(target.backend)
     latency_bound = plan.server_latency_ms or server_latency_for(artifact)
     results: list[BenchResult] = []
-    errors: list[BenchError] = []
+    errors: list[BenchFailure] = []
     for i, batch in enumerate(plan.batch_sizes):
         scenarios = tuple(s for s in plan.scenarios if s in ("offline", "server") or i == 0)
         if not scenarios:
@@ -142,23 +144,29 @@ def run_benchmark(
                 if on_error:
                     on_error(error)
             continue
-        if outcome.status == "error":
-            # our own errors already say what went wrong; a foreign one needs its type named
-            own = hasattr(crossinfer.errors, outcome.error_type)
-            reason = outcome.message if own else f"{outcome.error_type}: {outcome.message}"
-        else:
-            reason = f"{outcome.status}: {outcome.message}"
-        error = BenchError(str(target), batch, scenarios, reason)
+        error = BenchFailure(
+            target=str(target), batch_size=batch, scenarios=scenarios, reason=_reason(outcome)
+        )
         errors.append(error)
         if on_error:
             on_error(error)
     return BenchRun(tuple(results), tuple(errors))
 
 
+def _reason(outcome: ChildOutcome) -> str:
+    """Why a child process gave no result, for a BenchFailure."""
+    if outcome.status != "error":
+        return f"{outcome.status}: {outcome.message}"
+    # our own errors already say what went wrong; a foreign one needs its type named
+    if outcome.error_class is not None:
+        return outcome.message
+    return f"{outcome.error_type}: {outcome.message}"
+
+
 @dataclass(frozen=True)
 class ChildBench:
     results: tuple[BenchResult, ...]
-    errors: tuple[BenchError, ...]
+    errors: tuple[BenchFailure, ...]
 
 
 def bench_in_child(
@@ -177,7 +185,7 @@ def bench_in_child(
     hardware = hardware_fingerprint()
     versions = runtime_versions()
     results: list[BenchResult] = []
-    errors: list[BenchError] = []
+    errors: list[BenchFailure] = []
     with PeakMemory(gpu=device not in ("cpu",)) as memory:
         backend = load_backend(entry)
         start = time.perf_counter()
@@ -197,7 +205,14 @@ def bench_in_child(
                         session, pool, settings, plan, log_dir / scenario
                     )
             except CrossinferError as exc:
-                errors.append(BenchError(target, settings.batch_size, (scenario,), str(exc)))
+                errors.append(
+                    BenchFailure(
+                        target=target,
+                        batch_size=settings.batch_size,
+                        scenarios=(scenario,),
+                        reason=str(exc),
+                    )
+                )
                 continue
             energy = meter.reading(outcome.samples_completed)
             results.append(

@@ -25,7 +25,14 @@ from crossinfer.backends.base import (
 )
 from crossinfer.check.isolate import ChildOutcome, run_isolated
 from crossinfer.check.parity import OutputComparison, Tolerance, compare_outputs, default_tolerance
-from crossinfer.errors import BackendUnavailableError, CrossinferError
+from crossinfer.errors import (
+    BackendUnavailableError,
+    CompileError,
+    CrossinferError,
+    DeviceUnavailableError,
+    InferenceError,
+    error_class,
+)
 from crossinfer.model import ModelArtifact
 
 
@@ -254,7 +261,7 @@ def _row_from_outcome(
             name, Verdict.CRASHED, outcome.message, stderr_tail=outcome.stderr_tail
         ), None
     if outcome.status == "error":
-        verdict = _ERROR_VERDICTS.get(outcome.error_type, Verdict.ERROR)
+        verdict = _verdict_for(outcome.error_class)
         return (
             CheckRow(
                 name,
@@ -267,7 +274,7 @@ def _row_from_outcome(
     result: ChildResult = outcome.value
     if result.error is not None:
         error_type, message = result.error
-        verdict = _ERROR_VERDICTS.get(error_type, Verdict.ERROR)
+        verdict = _verdict_for(error_class(error_type))
         return (
             CheckRow(
                 name,
@@ -295,12 +302,22 @@ def _row_from_outcome(
     return row, result.outputs
 
 
-_ERROR_VERDICTS = {
-    "BackendUnavailableError": Verdict.UNAVAILABLE,
-    "DeviceUnavailableError": Verdict.UNAVAILABLE,
-    "CompileError": Verdict.UNSUPPORTED,
-    "InferenceError": Verdict.ERROR,
+# keyed by class, not name: a renamed class is renamed here too (or fails at import), and a
+# subclass gets its parent's verdict
+_ERROR_VERDICTS: dict[type[CrossinferError], Verdict] = {
+    BackendUnavailableError: Verdict.UNAVAILABLE,
+    DeviceUnavailableError: Verdict.UNAVAILABLE,
+    CompileError: Verdict.UNSUPPORTED,
+    InferenceError: Verdict.ERROR,
 }
+
+
+def _verdict_for(error: type[CrossinferError] | None) -> Verdict:
+    """The verdict for an error a child reported (its class from `error_class`); ERROR otherwise."""
+    for cls in error.__mro__ if error is not None else ():
+        if cls in _ERROR_VERDICTS:
+            return _ERROR_VERDICTS[cls]
+    return Verdict.ERROR
 
 
 def _judge_reference(

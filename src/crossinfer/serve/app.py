@@ -15,11 +15,11 @@ import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from crossinfer.errors import ProtocolError
 from crossinfer.serve.events import log_event
 from crossinfer.serve.protocol import (
     HEADER_LENGTH,
     InferRequest,
-    ProtocolError,
     build_infer_response,
     error_body,
     parse_infer_request,

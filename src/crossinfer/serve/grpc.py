@@ -17,14 +17,12 @@ import grpc
 import numpy as np
 from google.protobuf import json_format, message
 
-from crossinfer.errors import CrossinferError, InputError
+from crossinfer.errors import CrossinferError, InputError, ProtocolError, ServingError
 from crossinfer.model import TensorSpec
 from crossinfer.serve import grpc_messages as pb
-from crossinfer.serve.batcher import ServingError
 from crossinfer.serve.protocol import (
     DATATYPES,
     InferRequest,
-    ProtocolError,
     datatype_of,
     encode_bytes_tensor,
     parse_infer_request,

@@ -16,7 +16,7 @@ from typing import Any
 import ml_dtypes  # installed with onnx; numpy has no bfloat16 of its own
 import numpy as np
 
-from crossinfer.errors import CrossinferError
+from crossinfer.errors import ProtocolError
 from crossinfer.model import Dim, TensorSpec
 
 __all__ = [
@@ -24,7 +24,6 @@ __all__ = [
     "HEADER_LENGTH",
     "SERVER_EXTENSIONS",
     "InferRequest",
-    "ProtocolError",
     "build_infer_response",
     "datatype_of",
     "decode_bytes_tensor",
@@ -71,15 +70,6 @@ _NUMPY_TO_V2 = {dt.name: name for name, dt in DATATYPES.items()} | {
 _FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64", "BF16"})
 _INT_TYPES = frozenset({"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64"})
 _LENGTH = struct.Struct("<I")
-
-
-class ProtocolError(CrossinferError):
-    """A request the protocol layer refuses; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 def datatype_of(dtype: str) -> str:

@@ -31,13 +31,13 @@ from crossinfer.bench.runner import BenchPlan, run_benchmark
 from crossinfer.check import CheckReport, check_model, default_targets, random_inputs
 from crossinfer.errors import CrossinferError, UsageError
 from crossinfer.model import ModelArtifact, load_model
+from crossinfer.spec import BatchingSpec, DeploymentSpec, write_spec
 from crossinfer.store import ResultStore
 from crossinfer.tune.config import DEFAULT_BATCH_SIZES, DEFAULT_PRECISIONS, TuneConfig
 from crossinfer.tune.constraints import Metrics, Objective, Scorer, cost_per_million
 from crossinfer.tune.recommend import CandidateResult, Recommendation, rank_for, recommend
 from crossinfer.tune.resume import find_stored
 from crossinfer.tune.space import Candidate, Pruned, Space, Variant, build_space
-from crossinfer.tune.spec import BatchingSpec, DeploymentSpec, write_spec
 from crossinfer.tune.strategies import SearchOutcome, search
 from crossinfer.tune.variants import (
     AGREEMENT_SAMPLES,
