@@ -171,3 +171,23 @@ def test_demo_runs_discover_and_check(tmp_path: Path) -> None:
     # and on through optimize and tune to a report and a spec to serve
     assert (tmp_path / "report.html").is_file() and (tmp_path / "mlp.deploy.toml").is_file()
     assert "crossinfer serve" in " ".join(result.stdout.split())
+
+
+def test_bench_option_reaches_the_backend_and_the_stored_settings(tmp_path: Path) -> None:
+    store = tmp_path / "results.sqlite"
+    base = ["bench", "zoo:mlp", "-b", "torch:cpu", "--quick", "--store", str(store), "--json"]
+    result = runner.invoke(app, [*base, "--option", "mode=eager", "-O", "channels_last=0"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["results"]
+    assert rows and rows[0]["settings"]["options"] == {"mode": "eager", "channels_last": "0"}
+
+
+def test_bench_option_errors_name_the_key() -> None:
+    result = runner.invoke(app, ["bench", "zoo:mlp", "--option", "mode"])
+    assert result.exit_code != 0
+    assert "--option 'mode' is not KEY=VALUE" in result.output
+    result = runner.invoke(
+        app, ["bench", "zoo:mlp", "-b", "torch:cpu", "--quick", "--no-store", "-O", "moed=compile"]
+    )
+    assert result.exit_code != 0
+    assert "torch does not know option(s) moed" in result.output

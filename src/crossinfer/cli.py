@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -246,6 +247,16 @@ def bench(
     precision: Annotated[
         str, typer.Option(help="fp32, fp16, bf16, ...: what the runtime is asked for.")
     ] = "fp32",
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-O",
+            help="A backend knob KEY=VALUE (repeatable): torch mode=eager|compile|cudagraphs, "
+            "compile_mode, channels_last; jax matmul_precision; iree --compiler-flags; OpenVINO "
+            "properties; ONNX Runtime provider options and session config entries.",
+        ),
+    ] = None,
     quick: Annotated[
         bool,
         typer.Option("--quick", help="Short runs (about 1 s each): not a compliant MLPerf run."),
@@ -302,7 +313,10 @@ def bench(
             server_latency_ms=server_latency_ms,
         )
         options = SessionOptions(
-            precision=_precision(precision), threads=threads, performance_hint=_hint(hint)
+            precision=_precision(precision),
+            threads=threads,
+            performance_hint=_hint(hint),
+            extra=_parse_options(option or ()),
         )
         artifact = load_model(model)
         store_path = store or default_store_path()
@@ -552,6 +566,22 @@ def optimize(
         render_optimize(report, console)
     if any((step.regression and step.kept) or step.error for step in report.steps):
         raise typer.Exit(1)
+
+
+def _parse_options(values: Sequence[str]) -> dict[str, str]:
+    """`--option KEY=VALUE` pairs; the backend checks the keys it takes when it prepares."""
+    options: dict[str, str] = {}
+    for text in values:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(
+                f"--option '{text}' is not KEY=VALUE: write e.g. --option mode=compile"
+            )
+        if key in options:
+            raise UsageError(f"--option {key} given twice ({options[key]} and {value.strip()})")
+        options[key] = value.strip()
+    return options
 
 
 def _print_step(step: StepReport) -> None:

@@ -156,11 +156,16 @@ def test_bad_inputs_are_refused_with_the_input_named(bert_fp32, bert_feeds) -> N
 def test_matmul_precision_is_an_option_and_checked() -> None:
     artifact = load_model("zoo:mlp")
     session = JaxBackend().prepare(
-        artifact, "cpu", SessionOptions(extra={"matmul_precision": "bfloat16", "foo": "1"})
+        artifact, "cpu", SessionOptions(extra={"matmul_precision": "bfloat16"})
     )
     info = session.describe()
     assert "'bfloat16'" in info["precision_method"]
-    assert info["ignored_options"] == ["extra foo (jax takes matmul_precision)"]
+    with pytest.raises(
+        UsageError, match=r"jax does not know option\(s\) foo: it takes matmul_prec"
+    ):
+        JaxBackend().prepare(
+            artifact, "cpu", SessionOptions(extra={"matmul_precision": "bfloat16", "foo": "1"})
+        )
     with pytest.raises(UsageError, match="matmul_precision 'fastest' is not one of default"):
         JaxBackend().prepare(artifact, "cpu", SessionOptions(extra={"matmul_precision": "fastest"}))
 

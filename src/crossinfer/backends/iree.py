@@ -364,10 +364,13 @@ class IreeSession:
                 self._ignored.append(name)
         if options.threads is not None:
             _limit_threads(options.threads, self._ignored)
+        unknown = sorted(k for k in options.extra if not k.startswith("--") and k != "flags")
+        if unknown:
+            raise UsageError(
+                f"iree does not know option(s) {', '.join(unknown)}: it takes compiler flags "
+                "as --iree-...=VALUE keys and 'flags' (a space-separated list)"
+            )
         self._flags = compile_flags(device.target_backend, self._precision, options.extra)
-        for key in options.extra:
-            if not key.startswith("--") and key != "flags":
-                self._ignored.append(f"extra {key} (iree takes --compiler-flags and 'flags')")
         self._config = ireert.Config(device.driver)
         self._modules: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()

@@ -326,6 +326,7 @@ def _result(
             "threads": options.threads,
             "streams": options.streams,
             "performance_hint": options.performance_hint,
+            "options": dict(options.extra),  # backend knobs (--option KEY=VALUE)
             "instances": settings.instances,
             "max_queue_delay_ms": settings.max_queue_delay_ms
             if settings.scenario == "server"
@@ -385,7 +386,7 @@ def settings_changes(new: BenchResult, old: BenchResult) -> list[str]:
         if name == "runtime":
             continue
         before, after = old.settings.get(name), new.settings.get(name)
-        if before != after:
+        if before != after and (before or after):  # a key older rows lack is no change
             changes.append(f"{name} {before} -> {after}")
     for name in sorted(set(new.runtime_versions) | set(old.runtime_versions)):
         before, after = old.runtime_versions.get(name), new.runtime_versions.get(name)
