@@ -5,13 +5,11 @@ Every probe turns failure into a reason string, so one broken part never hides t
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
 import os
 import platform
-import sys
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +19,7 @@ from typing import Any, Literal
 
 from crossinfer.backends.base import BackendEntry, backend_entries, find_backend_entry
 from crossinfer.errors import UsageError
+from crossinfer.hardware.nvml import open_nvml
 
 JsonDict = dict[str, Any]
 IsaFamily = Literal["x86", "arm"]
@@ -388,21 +387,6 @@ def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _nvml_library_name() -> str:
-    return "nvml.dll" if sys.platform == "win32" else "libnvidia-ml.so.1"
-
-
-def _nvml_init_reason(nvml: ModuleType, exc: Exception) -> str:
-    code = getattr(exc, "value", None)
-    if code is not None and code == getattr(nvml, "NVML_ERROR_LIBRARY_NOT_FOUND", 12):
-        return f"NVML not available: no NVIDIA driver ({_nvml_library_name()} not found)"
-    if code is not None and code == getattr(nvml, "NVML_ERROR_DRIVER_NOT_LOADED", 9):
-        return "NVML not available: the NVIDIA kernel driver is not loaded"
-    if code is not None and code == getattr(nvml, "NVML_ERROR_NO_PERMISSION", 4):
-        return "NVML not available: no permission to open the NVIDIA device files"
-    return f"NVML init failed: {_describe(exc)}"
-
-
 def _cuda_version(raw: object) -> str:
     number = int(str(raw))
     return f"{number // 1000}.{(number % 1000) // 10}"
@@ -434,22 +418,13 @@ def _one_gpu(nvml: ModuleType, index: int, driver: str | None) -> GpuInfo:
 
 def discover_gpus() -> GpuReport:
     """List NVIDIA GPUs through NVML (the nvidia-ml-py package); failures become the reason."""
-    try:
-        import pynvml as nvml
-    except ImportError as exc:
-        return GpuReport(reason=f"NVML bindings not importable (nvidia-ml-py): {_describe(exc)}")
-    try:
-        nvml.nvmlInit()
-    except Exception as exc:
-        return GpuReport(reason=_nvml_init_reason(nvml, exc))
-    try:
-        return _enumerate_gpus(nvml)
-    except Exception as exc:
-        return GpuReport(reason=f"NVML query failed: {_describe(exc)}")
-    finally:
-        # Shutdown failing cannot change what was already read.
-        with contextlib.suppress(Exception):
-            nvml.nvmlShutdown()
+    with open_nvml() as nvml:
+        if nvml.lib is None:
+            return GpuReport(reason=nvml.reason)
+        try:
+            return _enumerate_gpus(nvml.lib)
+        except Exception as exc:
+            return GpuReport(reason=f"NVML query failed: {_describe(exc)}")
 
 
 def _enumerate_gpus(nvml: ModuleType) -> GpuReport:
