@@ -200,9 +200,11 @@ class BackendEntry:
         return None
 
 
-# One line per backend: the module declaring its ENTRY. Those modules import no runtime (a
-# missing OpenVINO never breaks ONNX Runtime); they are read at the first registry lookup, not
-# at import, so an entry module may import this one.
+# One line per backend: the module declaring its ENTRY, which must import no runtime at the top
+# (a missing OpenVINO never breaks ONNX Runtime). The built-in backends import theirs at the top,
+# so each has a small <name>_entry.py beside it; a backend that imports its runtime inside its
+# functions can declare ENTRY in its own module. Read at the first registry lookup, not at
+# import, so an entry module may import this one.
 _BUILTIN = (
     "crossinfer.backends.onnxruntime_entry",
     "crossinfer.backends.openvino_entry",

@@ -119,9 +119,6 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-_describe = describe_error
-
-
 # --------------------------------------------------------------------------- CPU
 
 
@@ -280,7 +277,7 @@ def _read_proc_cpuinfo(path: str = "/proc/cpuinfo") -> ParsedCpuinfo:
         with open(path, encoding="utf-8", errors="replace") as handle:
             text = handle.read()
     except OSError as exc:
-        return ParsedCpuinfo(None, None, None, {}, (), f"cannot read {path}: {_describe(exc)}")
+        return ParsedCpuinfo(None, None, None, {}, (), f"cannot read {path}: {describe_error(exc)}")
     return parse_cpuinfo(text)
 
 
@@ -424,7 +421,7 @@ def discover_gpus() -> GpuReport:
         try:
             return _enumerate_gpus(nvml.lib)
         except Exception as exc:
-            return GpuReport(reason=f"NVML query failed: {_describe(exc)}")
+            return GpuReport(reason=f"NVML query failed: {describe_error(exc)}")
 
 
 def _enumerate_gpus(nvml: ModuleType) -> GpuReport:
@@ -433,7 +430,7 @@ def _enumerate_gpus(nvml: ModuleType) -> GpuReport:
         driver: str | None = _text(nvml.nvmlSystemGetDriverVersion())
     except Exception as exc:
         driver = None
-        notes.append(f"driver version unknown: {_describe(exc)}")
+        notes.append(f"driver version unknown: {describe_error(exc)}")
     try:
         cuda: str | None = _cuda_version(nvml.nvmlSystemGetCudaDriverVersion())
     except Exception:
@@ -444,7 +441,7 @@ def _enumerate_gpus(nvml: ModuleType) -> GpuReport:
         try:
             gpus.append(_one_gpu(nvml, index, driver))
         except Exception as exc:
-            notes.append(f"GPU {index}: {_describe(exc)}")
+            notes.append(f"GPU {index}: {describe_error(exc)}")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and gpus:
         # NVML ignores CUDA_VISIBLE_DEVICES, CUDA runtimes do not: the lists can differ.
@@ -537,7 +534,7 @@ def _find_module(module: str) -> str | None:
         try:
             found = importlib.util.find_spec(name)
         except (ImportError, ValueError) as exc:
-            return f"not installed ({name}: {_describe(exc)})"
+            return f"not installed ({name}: {describe_error(exc)})"
         if found is None:
             return f"not installed (no module named {name!r})"
     return None
@@ -570,7 +567,7 @@ def probe_runtime(name: str) -> RuntimeInfo:
         try:
             module = importlib.import_module(spec.runtime_module)
         except Exception as exc:
-            failure = f"installed but failed to import: {_describe(exc)}"
+            failure = f"installed but failed to import: {describe_error(exc)}"
     version = spec.installed_version()
     if module is None:
         return RuntimeInfo(
@@ -592,7 +589,7 @@ def probe_runtime(name: str) -> RuntimeInfo:
                 devices, probe_notes = spec.probe(module)
                 notes.extend(probe_notes)
         except Exception as exc:
-            reason = f"imported, but listing devices failed: {_describe(exc)}"
+            reason = f"imported, but listing devices failed: {describe_error(exc)}"
     return RuntimeInfo(
         name=name,
         installed=True,
@@ -616,7 +613,7 @@ def discover_onnx() -> OnnxInfo:
             ir_version=int(onnx.IR_VERSION),
         )
     except Exception as exc:
-        return OnnxInfo(None, None, None, reason=f"onnx unusable: {_describe(exc)}")
+        return OnnxInfo(None, None, None, reason=f"onnx unusable: {describe_error(exc)}")
 
 
 # --------------------------------------------------------------------------- report
