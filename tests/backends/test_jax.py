@@ -251,10 +251,10 @@ def test_unknown_device_names_are_refused(typed: str) -> None:
 
 
 def test_discovery_lists_tpus_through_jax() -> None:
-    from crossinfer.hardware.discover import _probe_jax
+    from crossinfer.backends.jax_entry import probe
 
     fake_jax = types.SimpleNamespace(devices=lambda: TPU_VM("tpu"))
-    devices, notes = _probe_jax(fake_jax)  # type: ignore[arg-type]
+    devices, notes = probe(fake_jax)  # type: ignore[arg-type]
     assert devices == ("tpu:0 (TPU v5 lite)", "tpu:1 (TPU v5 lite)")
     assert any("bf16" in note for note in notes)
 

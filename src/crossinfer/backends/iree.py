@@ -40,6 +40,7 @@ from crossinfer.errors import (
     UsageError,
     short_message,
 )
+from crossinfer.hardware.nvml import open_nvml
 from crossinfer.model import ModelArtifact
 
 
@@ -238,16 +239,16 @@ def cuda_target(capability: tuple[int, int] | None) -> str:
 
 
 def _local_cuda_capability() -> tuple[int, int] | None:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(
-            pynvml.nvmlDeviceGetHandleByIndex(0)
-        )
+    with open_nvml() as nvml:
+        if nvml.lib is None:  # no NVML, no driver: the caller falls back to a default
+            return None
+        try:
+            major, minor = nvml.lib.nvmlDeviceGetCudaComputeCapability(
+                nvml.lib.nvmlDeviceGetHandleByIndex(0)
+            )
+        except Exception:  # no GPU: the caller falls back to a default
+            return None
         return int(major), int(minor)
-    except Exception:  # no NVML, no driver, no GPU: the caller falls back to a default
-        return None
 
 
 def compile_mlir(mlir: str, target_backend: str, flags: Sequence[str], source: str) -> bytes:

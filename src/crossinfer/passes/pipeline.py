@@ -23,9 +23,11 @@ import numpy as np
 from crossinfer.backends.base import (
     BackendEntry,
     Precision,
+    Preset,
     SessionOptions,
     Target,
     backend_entry,
+    find_backend_entry,
     load_backend,
 )
 from crossinfer.check.isolate import run_isolated
@@ -55,25 +57,6 @@ PASSES: dict[str, tuple[str, str, Precision]] = {
     ),
 }
 
-# --precision shortcuts: the passes that suit each backend, and the runtime precision to ask for
-PRESETS: dict[tuple[str, str], tuple[tuple[str, ...], Precision]] = {
-    ("onnxruntime", "fp16"): (("simplify", "fp16"), Precision.FP32),
-    ("onnxruntime", "int8"): (("simplify", "int8-static"), Precision.FP32),
-    ("onnxruntime", "int8-accuracy-aware"): (("simplify", "int8-accuracy-aware"), Precision.FP32),
-    ("openvino", "int8"): (("int8-nncf",), Precision.FP32),
-    ("openvino", "int8-accuracy-aware"): (("int8-nncf-accuracy-aware",), Precision.FP32),
-    # OpenVINO converts at compile time: no pass, the runtime is asked for the precision
-    ("openvino", "bf16"): ((), Precision.BF16),
-    ("openvino", "fp16"): ((), Precision.FP16),
-    # jax casts weights and inputs when it traces; iree demotes matmul/conv inputs when it compiles
-    ("jax", "bf16"): ((), Precision.BF16),
-    ("jax", "fp16"): ((), Precision.FP16),
-    ("iree", "bf16"): ((), Precision.BF16),
-    ("iree", "fp16"): ((), Precision.FP16),
-    # torch converts the weights (FP16) or runs under autocast (BF16) when it prepares the session
-    ("torch", "bf16"): ((), Precision.BF16),
-    ("torch", "fp16"): ((), Precision.FP16),
-}
 NOISE_PCT = 5.0  # a speed change within this is not called a regression
 
 
@@ -87,10 +70,17 @@ def get_pass(name: str) -> OptimizationPass:
     return instance
 
 
-def preset(target: Target, precision: str) -> tuple[tuple[str, ...], Precision]:
-    key = (target.backend, precision.lower())
-    if key not in PRESETS:
-        known = ", ".join(sorted(p for b, p in PRESETS if b == target.backend)) or "none"
+def backend_presets(backend: str) -> Mapping[str, Preset]:
+    """The --precision shortcuts of a backend (its registry entry's): recipe -> (the passes that
+    suit it, the runtime precision to ask for); none for a backend not registered."""
+    entry = find_backend_entry(backend)
+    return entry.presets if entry is not None else {}
+
+
+def preset(target: Target, precision: str) -> Preset:
+    presets = backend_presets(target.backend)
+    if precision.lower() not in presets:
+        known = ", ".join(sorted(presets)) or "none"
         raise UsageError(
             f"--precision {precision} has no recipe for {target.backend}: available there: {known}"
             + (
@@ -99,7 +89,7 @@ def preset(target: Target, precision: str) -> tuple[tuple[str, ...], Precision]:
                 else ""
             )
         )
-    return PRESETS[key]
+    return presets[precision.lower()]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,13 @@ from typing import Any
 import numpy as np
 
 from crossinfer import schema
-from crossinfer.backends.base import Precision, Session, SessionOptions, get_backend
+from crossinfer.backends.base import (
+    Precision,
+    Session,
+    SessionOptions,
+    find_backend_entry,
+    get_backend,
+)
 from crossinfer.errors import (
     BatcherStoppedError,
     InferenceError,
@@ -88,7 +94,11 @@ READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNL
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
+
+def _platform(backend: str) -> str:
+    """The KServe metadata platform: the backend's registry entry says it."""
+    entry = find_backend_entry(backend)
+    return entry.platform if entry is not None else f"{backend}_onnx"
 
 
 # --- per-model settings --------------------------------------------------------------------
@@ -253,7 +263,7 @@ class ServedModel:
         self.serving = config
         self.inputs: tuple[TensorSpec, ...] = artifact.inputs
         self.outputs: tuple[TensorSpec, ...] = artifact.outputs
-        self.platform = _PLATFORMS.get(config.backend, f"{config.backend}_onnx")
+        self.platform = _platform(config.backend)
         self.max_batch_size = _max_batch_size(artifact, config)
         # what metadata promises; a runtime answering another type (OpenVINO gives FP16 for
         # BF16) is converted so clients get the declared datatype
