@@ -155,12 +155,12 @@ def test_http_input_and_output_in_system_shared_memory(
     wanted.set_shared_memory("out", LOGITS_BYTES)
     result = http.infer("mlp", [tensor], outputs=[wanted])
 
-    entry = result.get_output("logits")
-    assert entry == {
+    # as Triton answers: no data, and no parameters (perf_analyzer's C++ client would read
+    # them as binary_data_size)
+    assert result.get_output("logits") == {
         "name": "logits",
         "datatype": "FP32",
         "shape": [ROWS, 10],
-        "parameters": {"shared_memory_region": "out", "shared_memory_byte_size": LOGITS_BYTES},
     }
     got = shm.get_contents_as_numpy(out_handle, np.float32, [ROWS, 10])
     want = reference("zoo:mlp", {"features": x})["logits"]
@@ -192,11 +192,7 @@ def test_http_offsets_within_one_region_and_mixed_outputs(
     summed = httpclient.InferRequestedOutput("summed", binary_data=False)
     result = http.infer("two", [ta, tb], outputs=[doubled, summed])
 
-    assert result.get_output("doubled")["parameters"] == {
-        "shared_memory_region": "pool",
-        "shared_memory_byte_size": 24,
-        "shared_memory_offset": 1000,
-    }
+    assert result.get_output("doubled") == {"name": "doubled", "datatype": "FP32", "shape": [2, 3]}
     np.testing.assert_array_equal(
         shm.get_contents_as_numpy(handle, np.float32, [2, 3], offset=1064), a * 2
     )
@@ -221,7 +217,7 @@ def test_http_bytes_tensor_in_shared_memory(
     out = httpclient.InferRequestedOutput("same")
     out.set_shared_memory("text", 512, offset=512)
     result = http.infer("text", [tensor], outputs=[out])
-    assert result.get_output("same")["parameters"]["shared_memory_byte_size"] == size
+    assert result.get_output("same")["shape"] == [2, 2]
     got = shm.get_contents_as_numpy(handle, np.object_, [2, 2], offset=512)
     assert got.tolist() == text.tolist()
 
@@ -390,8 +386,8 @@ def test_grpc_input_and_output_in_system_shared_memory(
     result = grpc_client.infer("mlp", [tensor], outputs=[wanted])
     output = result.get_output("logits")
     assert list(output.shape) == [ROWS, 10]
-    assert output.parameters["shared_memory_region"].string_param == "out"
-    assert output.parameters["shared_memory_byte_size"].int64_param == LOGITS_BYTES
+    assert (output.datatype, len(output.parameters)) == ("FP32", 0)
+    assert result.get_response().raw_output_contents == [b""]  # one (empty) entry per output
     got = shm.get_contents_as_numpy(out_handle, np.float32, [ROWS, 10])
     want = reference("zoo:mlp", {"features": x})["logits"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
@@ -552,7 +548,7 @@ def test_cuda_shared_memory_through_a_fake_ipc_opener(
     doubled = httpclient.InferRequestedOutput("doubled")
     doubled.set_shared_memory("gpu", 24, offset=1024)
     result = http.infer("two", [ta, tb], outputs=[doubled])
-    assert result.get_output("doubled")["parameters"]["shared_memory_region"] == "gpu"
+    assert "data" not in result.get_output("doubled")
     got = np.frombuffer(memory.read(1024, 24), np.float32).reshape(2, 3)
     np.testing.assert_array_equal(got, a * 2)
 

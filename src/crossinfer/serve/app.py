@@ -347,9 +347,7 @@ class HttpApp:
 def _encode_response(
     model: ServedModel, request: InferRequest, outputs: dict[str, Any], accept: bytes | None
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
-    written = (
-        write_shared_memory_outputs(request, outputs) if request.shared_memory_outputs else None
-    )
+    written = write_shared_memory_outputs(request, outputs) if request.shared_memory_outputs else {}
     payload, headers = build_infer_response(
         model.name,
         model.version,

@@ -278,7 +278,8 @@ def encode_infer_response(
     """A ModelInferResponse with every tensor in raw_output_contents (what tritonclient reads).
 
     Outputs requested in shared memory are written there first; as in Triton, each keeps an
-    (empty) raw_output_contents entry so the entries stay in step with the outputs.
+    (empty) raw_output_contents entry so the entries stay in step with the outputs, and carries
+    name, datatype and shape only.
     """
     written = write_shared_memory_outputs(request, outputs) if request.shared_memory_outputs else {}
     response: Any = pb.new("ModelInferResponse", model_name=model.name, model_version=model.version)
@@ -292,17 +293,8 @@ def encode_infer_response(
             )
         array = np.asarray(array)
         datatype = datatype_of(array.dtype.name)
-        entry = response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        params = written.get(name)
-        if params is None:
-            response.raw_output_contents.append(_raw(array, datatype))
-            continue
-        for key, value in params.items():
-            if isinstance(value, str):
-                entry.parameters[key].string_param = value
-            else:
-                entry.parameters[key].int64_param = value
-        response.raw_output_contents.append(b"")
+        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        response.raw_output_contents.append(b"" if name in written else _raw(array, datatype))
     return response
 
 

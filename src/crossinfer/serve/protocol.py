@@ -9,7 +9,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -600,7 +600,7 @@ def build_infer_response(
     *,
     requested: Sequence[str] = (),
     binary: bool | Mapping[str, bool] = False,
-    shared_memory: Mapping[str, Mapping[str, Any]] | None = None,
+    shared_memory: Collection[str] = (),
 ) -> tuple[bytes, dict[str, str]]:
     """Body and headers of an infer response.
 
@@ -608,9 +608,9 @@ def build_infer_response(
     output name (missing: JSON) or for all whether a tensor travels as binary data after the
     JSON header; with any binary tensor the ``Inference-Header-Content-Length`` header is set.
     ``shared_memory`` names the outputs already written into shared memory (see
-    `write_shared_memory_outputs`): their entries carry those parameters and no data.
+    `write_shared_memory_outputs`): their entries carry name, datatype and shape only, as
+    Triton's do (its C++ client, perf_analyzer's, reads any output's parameters as binary data).
     """
-    shared_memory = shared_memory or {}
     names = list(requested) or list(outputs)
     entries: list[dict[str, Any]] = []
     blobs: list[bytes] = []
@@ -629,7 +629,6 @@ def build_infer_response(
             "shape": [int(d) for d in array.shape],
         }
         if name in shared_memory:
-            entry["parameters"] = dict(shared_memory[name])
             entries.append(entry)
             continue
         as_binary = binary if isinstance(binary, bool) else binary.get(name, False)
@@ -657,7 +656,7 @@ def build_infer_response(
 def write_shared_memory_outputs(
     request: InferRequest, outputs: Mapping[str, np.ndarray[Any, Any]]
 ) -> dict[str, dict[str, Any]]:
-    """Write the outputs the request asked for in shared memory; their response parameters.
+    """Write the outputs the request asked for in shared memory; where each went, by name.
 
     Raises `ProtocolError` (400) when an output is larger than the bytes its request set aside.
     """

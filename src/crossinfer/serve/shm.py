@@ -177,7 +177,7 @@ class OutputSlot:
     byte_size: int
 
     def write(self, data: bytes | memoryview) -> dict[str, Any]:
-        """Copy an output's bytes into the region; the parameters its response entry carries."""
+        """Copy an output's bytes into the region; where they went (region, byte size, offset)."""
         size = len(data)
         if size > self.byte_size:
             raise ProtocolError(
