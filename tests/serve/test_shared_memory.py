@@ -600,6 +600,28 @@ def test_registry_unit(tmp_path: Any) -> None:
         os.unlink(f"/dev/shm{key}")
 
 
+def test_keys_never_follow_symbolic_links(tmp_path: Any) -> None:
+    """Anyone can plant a link in /dev/shm; following it would map the target read-write."""
+    target = tmp_path / "secret"
+    target.write_bytes(b"not for clients" * 10)
+    link = f"crossinfer-link-{uuid.uuid4().hex[:12]}"
+    os.symlink(target, f"/dev/shm/{link}")
+    registry = SharedMemoryRegistry()
+    try:
+        with pytest.raises(ProtocolError, match=r"cannot register .* region 'evil': cannot open"):
+            registry.register_system("evil", f"/{link}", offset=0, byte_size=16)
+        assert len(registry) == 0
+    finally:
+        os.unlink(f"/dev/shm/{link}")
+    folder = f"/dev/shm/crossinfer-dir-{uuid.uuid4().hex[:12]}"
+    os.mkdir(folder)
+    try:
+        with pytest.raises(ProtocolError, match="cannot open key"):
+            registry.register_system("dir", "/" + os.path.basename(folder), offset=0, byte_size=1)
+    finally:
+        os.rmdir(folder)
+
+
 def test_grpc_status_code_for_duplicates() -> None:
     from crossinfer.serve.grpc import grpc_code
 

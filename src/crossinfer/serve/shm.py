@@ -18,6 +18,7 @@ import ctypes
 import ctypes.util
 import mmap
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -79,7 +80,9 @@ class _SystemRegion:
         self.name, self.key, self.offset, self.byte_size = name, key, offset, byte_size
         path = os.path.join(_SHM_DIR, _object_name(key, name))
         try:
-            fd = os.open(path, os.O_RDWR)
+            # as shm_open does: never through a symbolic link, which anyone may plant in
+            # /dev/shm to point the server at a file of its own (it maps read-write)
+            fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             raise ProtocolError(
                 400,
@@ -94,7 +97,14 @@ class _SystemRegion:
                 f"'{key}' ({path}): {exc.strerror or exc}",
             ) from None
         try:
-            size = os.fstat(fd).st_size
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ProtocolError(
+                    400,
+                    f"cannot register system shared memory region '{name}': key '{key}' is not "
+                    "a shared memory object",
+                )
+            size = info.st_size
             end = offset + byte_size
             if end > size:
                 raise ProtocolError(
