@@ -8,6 +8,7 @@ to and from the device is not.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import gc
 import importlib
@@ -321,9 +322,12 @@ def test_unregister_mid_request_keeps_the_mapping_until_the_request_is_done(
     http: httpclient.InferenceServerClient, regions: Regions, server: BackgroundServer
 ) -> None:
     x = features(seed=3)
-    key, handle = regions.create(FEATURES_BYTES + LOGITS_BYTES)
-    shm.set_shared_memory_region(handle, [x])
-    http.register_system_shared_memory("both", key, FEATURES_BYTES + LOGITS_BYTES)
+    in_key, in_handle = regions.create(FEATURES_BYTES)
+    out_key, out_handle = regions.create(LOGITS_BYTES)
+    shm.set_shared_memory_region(in_handle, [x])
+    # two regions: each request side must hold its own (the output's is only written at the end)
+    http.register_system_shared_memory("in", in_key, FEATURES_BYTES)
+    http.register_system_shared_memory("out", out_key, LOGITS_BYTES)
     model = server.server.repository.get("mlp")
     server.call_soon(lambda: model.batcher.hold_until(1000))
     results: list[Any] = []
@@ -331,9 +335,9 @@ def test_unregister_mid_request_keeps_the_mapping_until_the_request_is_done(
     def send() -> None:
         with httpclient.InferenceServerClient(server.http_url) as c:
             tensor = httpclient.InferInput("features", [ROWS, 784], "FP32")
-            tensor.set_shared_memory("both", FEATURES_BYTES)
+            tensor.set_shared_memory("in", FEATURES_BYTES)
             out = httpclient.InferRequestedOutput("logits")
-            out.set_shared_memory("both", LOGITS_BYTES, offset=FEATURES_BYTES)
+            out.set_shared_memory("out", LOGITS_BYTES)
             results.append(c.infer("mlp", [tensor], outputs=[out]))
 
     thread = threading.Thread(target=send)
@@ -349,7 +353,7 @@ def test_unregister_mid_request_keeps_the_mapping_until_the_request_is_done(
         server.call_soon(model.batcher.release)
         thread.join(30)
     assert len(results) == 1
-    got = shm.get_contents_as_numpy(handle, np.float32, [ROWS, 10], offset=FEATURES_BYTES)
+    got = shm.get_contents_as_numpy(out_handle, np.float32, [ROWS, 10])
     want = reference("zoo:mlp", {"features": x})["logits"]
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -584,11 +588,29 @@ def test_registry_unit(tmp_path: Any) -> None:
         assert os.pread(fd, 3, 4999 + 50) == b"abc"
         with pytest.raises(ProtocolError, match="should be at least 9 bytes"):
             slot.write(b"x" * 9)
+        # an output slot taken before unregistering still receives its output
+        late = registry.output_slot("z", "r", 60, 4)
+        registry.unregister(SYSTEM, "r")
+        assert late.write(b"late")["shared_memory_region"] == "r"
+        assert os.pread(fd, 4, 4999 + 60) == b"late"
+        registry.register_system("r", key, offset=4999, byte_size=100)
         # an owner that shrinks its object must not crash the server (SIGBUS): refused instead
         os.ftruncate(fd, 4096)
         with pytest.raises(ProtocolError, match="was truncated by its owner"):
             registry.input_data("x", "r", 0, 4)
-        registry.register_cuda("c", bytes(64), device_id=0, byte_size=16)
+
+        asyncio.run(registry.register_cuda("c", bytes(64), device_id=0, byte_size=16))
+        memory = FAKE_DEVICES[bytes(64)]
+        pending = registry.output_slot("w", "c", 0, 8)  # an in-flight request's output
+        dropped = registry.output_slot("v", "c", 8, 8)  # a request that fails before writing
+        registry.unregister(CUDA, "c")
+        assert not memory.closed  # still in use: the IPC mapping stays open
+        pending.write(b"12345678")
+        assert memory.read(0, 8) == b"12345678" and not memory.closed
+        del dropped
+        gc.collect()
+        assert memory.closed  # closed once the last user let go
+        asyncio.run(registry.register_cuda("c", bytes(64), device_id=0, byte_size=16))
         assert [r["name"] for r in registry.status(SYSTEM)] == ["r"]
         assert [r["name"] for r in registry.status(CUDA)] == ["c"]
         registry.unregister(CUDA)

@@ -225,10 +225,7 @@ class HttpApp:
                 )
             else:
                 handle = decode_raw_handle(body.get("raw_handle"), name)
-                # opening a CUDA IPC handle imports torch and creates a context: seconds, off
-                # the event loop
-                await asyncio.to_thread(
-                    registry.register_cuda,
+                await registry.register_cuda(
                     name,
                     handle,
                     device_id=_required(body, "device_id", name),

@@ -453,9 +453,7 @@ class _Service:
         return _from_json("CudaSharedMemoryStatusResponse", {"regions": regions})
 
     async def CudaSharedMemoryRegister(self, request: Any) -> message.Message:
-        # opening a CUDA IPC handle imports torch and creates a context: off the event loop
-        await asyncio.to_thread(
-            self._shm.register_cuda,
+        await self._shm.register_cuda(
             request.name,
             request.raw_handle,
             device_id=request.device_id,

@@ -12,6 +12,7 @@ client made it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import ctypes
@@ -19,8 +20,9 @@ import ctypes.util
 import mmap
 import os
 import stat
+import threading
+import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 from crossinfer.serve.protocol import ProtocolError
@@ -134,17 +136,26 @@ class _SystemRegion:
         """A writable view of the region's bytes ``[offset, offset + size)`` (bounds checked)."""
         # a client that shrank its object since registering would make any access a SIGBUS
         # that kills the server: check the object still covers the region first
-        if self._mm.size() < self._end:
+        try:
+            object_size = self._mm.size()
+            whole = memoryview(self._mm)
+        except ValueError:  # closed: unregistered between the lookup and now (another thread)
+            raise ProtocolError(
+                400,
+                f"system shared memory region '{self.name}' was unregistered while this "
+                "request was being read: register it again",
+            ) from None
+        if object_size < self._end:
             raise ProtocolError(
                 400,
                 f"system shared memory region '{self.name}' (key '{self.key}') was truncated "
-                f"by its owner to {self._mm.size()} bytes since it was registered: "
+                f"by its owner to {object_size} bytes since it was registered: "
                 "unregister it and register it again",
             )
         start = self._start + offset
         # the view holds the mapping open: unregistering mid-request leaves it valid until the
         # request is done with it (mmap.close refuses while views exist)
-        return memoryview(self._mm)[start : start + size]
+        return whole[start : start + size]
 
     def read(self, offset: int, size: int) -> memoryview:
         return self.view(offset, size)
@@ -156,13 +167,20 @@ class _SystemRegion:
 
 
 class _CudaRegion:
-    """A registered CUDA allocation of another process, opened through its IPC handle."""
+    """A registered CUDA allocation of another process, opened through its IPC handle.
+
+    Requests that will write an output here hold it (`acquire`/`release`): unregistering
+    closes the IPC mapping only once the last of them is done, never under a copy.
+    """
 
     kind = CUDA
 
     def __init__(self, name: str, memory: CudaMemory, device_id: int, byte_size: int) -> None:
         self.name, self.device_id, self.byte_size = name, device_id, byte_size
         self.memory = memory
+        self._users = 0
+        self._closing = False
+        self._lock = threading.Lock()  # writes may finish in a worker thread
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "device_id": self.device_id, "byte_size": self.byte_size}
@@ -170,21 +188,46 @@ class _CudaRegion:
     def read(self, offset: int, size: int) -> bytes:
         return self.memory.read(offset, size)
 
+    def acquire(self) -> None:
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            last = self._closing and self._users == 0
+        if last:
+            self.memory.close()
+
     def close(self) -> None:
-        self.memory.close()
+        with self._lock:
+            self._closing = True
+            idle = self._users == 0
+        if idle:
+            self.memory.close()
 
 
 _Region = _SystemRegion | _CudaRegion
 
 
-@dataclass
 class OutputSlot:
-    """Where a requested output goes: ``byte_size`` bytes at ``offset`` of a registered region."""
+    """Where a requested output goes: ``byte_size`` bytes at ``offset`` of a registered region.
 
-    tensor: str
-    region: _Region
-    offset: int
-    byte_size: int
+    The slot holds the region from the request's parsing to its answer, so a region
+    unregistered meanwhile still receives the output (as Triton's in-flight requests do).
+    """
+
+    def __init__(self, tensor: str, region: _Region, offset: int, byte_size: int) -> None:
+        self.tensor, self.region, self.offset, self.byte_size = tensor, region, offset, byte_size
+        self._view: memoryview | None = None
+        self._done: Callable[[], Any] = lambda: None
+        if isinstance(region, _SystemRegion):
+            # an exported view keeps the mapping open whatever happens to the registration
+            self._view = region.view(offset, byte_size)
+        else:
+            region.acquire()
+            # released after the write, or when a failed request drops the slot unwritten
+            self._done = weakref.finalize(self, region.release)
 
     def write(self, data: bytes | memoryview) -> dict[str, Any]:
         """Copy an output's bytes into the region; where they went (region, byte size, offset)."""
@@ -196,10 +239,17 @@ class OutputSlot:
                 f"({self.byte_size} bytes) should be at least {size} bytes to hold the results "
                 f"(region '{self.region.name}')",
             )
-        if isinstance(self.region, _SystemRegion):
-            self.region.view(self.offset, size)[:] = data
-        else:
-            self.region.memory.write(self.offset, data)
+        try:
+            if self._view is not None:
+                assert isinstance(self.region, _SystemRegion)
+                # asked again (not self._view): the object's size is checked once more, as late
+                # as possible; self._view keeps the mapping open meanwhile
+                self.region.view(self.offset, size)[:] = data
+            else:
+                assert isinstance(self.region, _CudaRegion)
+                self.region.memory.write(self.offset, data)
+        finally:
+            self._done()
         params: dict[str, Any] = {
             "shared_memory_region": self.region.name,
             "shared_memory_byte_size": size,
@@ -218,7 +268,9 @@ class SharedMemoryRegistry:
     ``cuda_opener`` opens a CUDA IPC handle (tests set a fake one); by default (None) CUDA
     regions are opened with the CUDA runtime when torch with CUDA is importable and a GPU is
     present.
-    Every method runs on the server's event loop; only `OutputSlot.write` may run in a thread.
+    Registering, unregistering and status run on the server's event loop; `input_data`,
+    `output_slot` (parsing a large request) and `OutputSlot.write` (encoding a large answer) may
+    run in a worker thread: they only read the table.
     """
 
     def __init__(self, *, cuda_opener: CudaOpener | None = None) -> None:
@@ -233,10 +285,14 @@ class SharedMemoryRegistry:
         _check_size(byte_size, offset, name, SYSTEM)
         self._regions[name] = _SystemRegion(name, key, offset, byte_size)
 
-    def register_cuda(
+    async def register_cuda(
         self, name: str, raw_handle: bytes, *, device_id: int, byte_size: int
     ) -> None:
-        """Open a client's CUDA allocation from its ``cudaIpcMemHandle_t`` (64 raw bytes)."""
+        """Open a client's CUDA allocation from its ``cudaIpcMemHandle_t`` (64 raw bytes).
+
+        Opening imports torch and creates a CUDA context (seconds the first time): it runs in a
+        worker thread, and the region is added back on the event loop.
+        """
         self._check_new(name, CUDA)
         _check_size(byte_size, 0, name, CUDA)
         if isinstance(device_id, bool) or not isinstance(device_id, int) or device_id < 0:
@@ -252,7 +308,12 @@ class SharedMemoryRegistry:
                 f"{_IPC_HANDLE_BYTES}-byte cudaIpcMemHandle_t, got {len(raw_handle)} bytes",
             )
         opener = self.cuda_opener or _open_cuda_ipc
-        memory = opener(bytes(raw_handle), device_id, byte_size)
+        memory = await asyncio.to_thread(opener, bytes(raw_handle), device_id, byte_size)
+        try:
+            self._check_new(name, CUDA)  # a concurrent register may have taken the name
+        except ProtocolError:
+            memory.close()
+            raise
         self._regions[name] = _CudaRegion(name, memory, device_id, byte_size)
 
     def status(self, kind: str, name: str | None = None) -> list[dict[str, Any]]:
@@ -418,14 +479,14 @@ class _CudaRuntime:
         self.check(self._lib.cudaSetDevice(ctypes.c_int(device_id)), f"cudaSetDevice({device_id})")
 
     def open_handle(self, handle: bytes) -> int:
-        class IpcHandle(ctypes.Structure):
-            _fields_ = [("reserved", ctypes.c_char * _IPC_HANDLE_BYTES)]
+        class IpcHandle(ctypes.Structure):  # cudaIpcMemHandle_t, passed by value
+            _fields_ = [("reserved", ctypes.c_ubyte * _IPC_HANDLE_BYTES)]
 
         ptr = ctypes.c_void_p()
         self.check(
             self._lib.cudaIpcOpenMemHandle(
                 ctypes.byref(ptr),
-                IpcHandle(handle),
+                IpcHandle.from_buffer_copy(handle),
                 ctypes.c_uint(self._LAZY_ENABLE_PEER_ACCESS),
             ),
             "cudaIpcOpenMemHandle",
