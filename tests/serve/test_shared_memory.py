@@ -648,3 +648,59 @@ def test_grpc_status_code_for_duplicates() -> None:
     from crossinfer.serve.grpc import grpc_code
 
     assert grpc_code(409) == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_parser_without_a_registry_refuses_shared_memory_tensors() -> None:
+    import json
+
+    from crossinfer.model import TensorSpec
+    from crossinfer.serve.protocol import parse_infer_request
+
+    spec = [TensorSpec("x", "float32", ("batch", 2), 1)]
+    doc = {
+        "inputs": [
+            {
+                "name": "x",
+                "shape": [1, 2],
+                "datatype": "FP32",
+                "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 8},
+            }
+        ]
+    }
+    with pytest.raises(ProtocolError, match="input 'x' uses shared memory, which this server"):
+        parse_infer_request(
+            json.dumps(doc).encode(),
+            header_length=None,
+            content_encoding=None,
+            inputs=spec,
+            max_body_bytes=1 << 20,
+        )
+
+
+def test_grpc_raw_contents_count_excludes_shared_memory_inputs(
+    grpc_client: grpcclient.InferenceServerClient, regions: Regions, server: BackgroundServer
+) -> None:
+    key, _ = regions.create(64)
+    grpc_client.register_system_shared_memory("r", key, 64)
+    request = grpcclient.service_pb2.ModelInferRequest(model_name="two")
+    for name in ("a", "b"):
+        tensor = request.inputs.add(name=name, datatype="FP32", shape=[2, 3])
+        if name == "b":
+            tensor.parameters["shared_memory_region"].string_param = "r"
+            tensor.parameters["shared_memory_byte_size"].int64_param = 24
+    request.raw_input_contents.extend([bytes(24), bytes(24)])  # one too many: b is in the region
+    channel = grpc.insecure_channel(server.grpc_url)
+    try:
+        infer = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            infer(request, timeout=30)
+    finally:
+        channel.close()
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "holds 2 tensors but the request names 1 inputs outside shared memory" in str(
+        info.value.details()
+    )
