@@ -644,6 +644,24 @@ def test_keys_never_follow_symbolic_links(tmp_path: Any) -> None:
         os.rmdir(folder)
 
 
+def test_objects_of_another_user_are_refused() -> None:
+    key = f"/crossinfer-other-{uuid.uuid4().hex[:12]}"
+    fd = os.open(f"/dev/shm{key}", os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        os.ftruncate(fd, 64)
+        other = os.geteuid() + 1
+        if os.geteuid() != 0:
+            pytest.skip("changing an object's owner needs root")
+        os.fchown(fd, other, -1)
+        registry = SharedMemoryRegistry()
+        with pytest.raises(ProtocolError, match=f"belongs to uid {other}, not to the user"):
+            registry.register_system("theirs", key, offset=0, byte_size=64)
+        assert len(registry) == 0
+    finally:
+        os.close(fd)
+        os.unlink(f"/dev/shm{key}")
+
+
 def test_grpc_status_code_for_duplicates() -> None:
     from crossinfer.serve.grpc import grpc_code
 

@@ -7,7 +7,8 @@ offset and a byte size in an input's or requested output's parameters instead of
 namespace, as Triton's do) and checks every access against the region's bounds.
 
 The server maps the client's region and never creates or unlinks one: ``/dev/shm`` is left as the
-client made it.
+client made it. It maps only regular objects owned by its own user, never through a symbolic link:
+a client cannot turn it on files or other users' memory.
 """
 
 from __future__ import annotations
@@ -105,6 +106,15 @@ class _SystemRegion:
                     400,
                     f"cannot register system shared memory region '{name}': key '{key}' is not "
                     "a shared memory object",
+                )
+            if info.st_uid != os.geteuid():
+                # the server maps read-write with its own rights: a client must not reach, say,
+                # a root server's objects of other programs through it
+                raise ProtocolError(
+                    400,
+                    f"cannot register system shared memory region '{name}': key '{key}' belongs "
+                    f"to uid {info.st_uid}, not to the user the server runs as (uid "
+                    f"{os.geteuid()}): create the object as that user",
                 )
             size = info.st_size
             end = offset + byte_size
