@@ -926,6 +926,14 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(min=1, help="Intra-op threads per session.")
     ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-O",
+            help="A backend knob KEY=VALUE for every model (repeatable), as `bench --option`.",
+        ),
+    ] = None,
     max_body_bytes: Annotated[
         int, typer.Option(min=1, help="Largest request body accepted (413 beyond it).")
     ] = 64 * 1024 * 1024,
@@ -959,6 +967,11 @@ def serve(
         "threads": threads,
     }
     overrides.update({k: v for k, v in given.items() if v is not None})
+    try:
+        if option:
+            overrides["extra"] = _parse_options(option)
+    except CrossinferError as exc:
+        _fail(exc)
     nothing_ready = False
 
     def on_ready(server: InferenceServer) -> None:
