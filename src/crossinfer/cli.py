@@ -282,10 +282,10 @@ def bench(
     from crossinfer.backends.base import SessionOptions, Target
     from crossinfer.bench.render import render_comparisons, render_results
     from crossinfer.bench.result import SCENARIOS
-    from crossinfer.bench.runner import BenchPlan, find_baseline, run_benchmark, settings_changes
+    from crossinfer.bench.runner import BenchPlan, run_benchmark, settings_changes
     from crossinfer.bench.stats import compare_results
     from crossinfer.model import load_model
-    from crossinfer.store import ResultStore, default_store_path
+    from crossinfer.store import ResultStore, default_store_path, find_baseline
 
     try:
         target = Target.parse(backend)

@@ -14,17 +14,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import make_model
 from crossinfer.backends.base import Session, get_backend
-from crossinfer.bench.loadgen import (
-    EARLY_STOPPING_MIN_QUERIES,
-    LoadGenSettings,
-    SamplePool,
-    ScenarioOutcome,
-    check_batchable,
-    find_server_qps,
-    parse_summary,
-    quick_settings,
-    run_scenario,
-)
+from crossinfer.bench.loadgen import ScenarioOutcome, run_scenario
+from crossinfer.bench.pool import SamplePool, check_batchable
+from crossinfer.bench.server_search import find_server_qps
+from crossinfer.bench.settings import EARLY_STOPPING_MIN_QUERIES, LoadGenSettings, quick_settings
+from crossinfer.bench.summary import parse_summary
 from crossinfer.errors import InferenceError, UsageError
 from crossinfer.model import load_model
 

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 import fake_backends
 from crossinfer.backends.base import SessionOptions, Target, register_backend, unregister_backend
 from crossinfer.bench.result import SCENARIOS
-from crossinfer.bench.runner import NOT_COMPLIANT, BenchPlan, find_baseline, run_benchmark
+from crossinfer.bench.runner import NOT_COMPLIANT, BenchPlan, run_benchmark
 from crossinfer.cli import app
 from crossinfer.errors import UsageError
 from crossinfer.model import load_model
-from crossinfer.store import ResultStore
+from crossinfer.store import ResultStore, find_baseline
 
 runner = CliRunner()
 

@@ -11,7 +11,6 @@ from rich.table import Table
 
 from crossinfer.bench.result import BenchResult
 from crossinfer.bench.stats import Comparison
-from crossinfer.store import StoredResult
 
 
 def _number(value: float) -> str:
@@ -75,7 +74,8 @@ def render_results(results: Sequence[BenchResult], console: Console, *, title: s
         )
 
 
-def render_history(rows: Sequence[StoredResult], console: Console) -> None:
+def render_history(rows: Sequence[tuple[int, BenchResult]], console: Console) -> None:
+    """Stored results as (row id, result) pairs, newest first, as `ResultStore.query` gives them."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("id", justify="right", no_wrap=True)
     table.add_column("when (UTC)", no_wrap=True)
@@ -84,10 +84,9 @@ def render_history(rows: Sequence[StoredResult], console: Console) -> None:
     table.add_column("figure", justify="right", no_wrap=True)
     table.add_column("p99 ms", justify="right", no_wrap=True)
     table.add_column("loadgen", no_wrap=True)
-    for stored in rows:
-        r = stored.result
+    for row_id, r in rows:
         table.add_row(
-            str(stored.id),
+            str(row_id),
             r.created_at[5:16].replace("T", " "),
             escape(f"{r.model_source}\n{r.backend}:{r.device}"),
             f"{r.scenario} b{r.batch_size}",

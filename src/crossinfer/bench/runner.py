@@ -22,23 +22,17 @@ from crossinfer.backends.base import (
     load_backend,
 )
 from crossinfer.bench.energy import EnergyMeter
-from crossinfer.bench.fingerprint import fingerprint_key, hardware_fingerprint, runtime_versions
-from crossinfer.bench.loadgen import (
-    LoadGenSettings,
-    SamplePool,
-    ScenarioOutcome,
-    check_batchable,
-    find_server_qps,
-    quick_settings,
-    run_scenario,
-)
+from crossinfer.bench.fingerprint import hardware_fingerprint, runtime_versions
+from crossinfer.bench.loadgen import ScenarioOutcome, run_scenario
 from crossinfer.bench.memory import PeakMemory
+from crossinfer.bench.pool import SamplePool, check_batchable
 from crossinfer.bench.result import SCENARIOS, BenchResult, EnergyReading, LatencyStats
+from crossinfer.bench.server_search import find_server_qps
+from crossinfer.bench.settings import LoadGenSettings, quick_settings
 from crossinfer.bench.stats import latency_stats, stability
 from crossinfer.check.isolate import run_isolated
 from crossinfer.errors import CrossinferError, InferenceError, UsageError
 from crossinfer.model import ModelArtifact
-from crossinfer.store import ResultStore, StoredResult
 
 NOT_COMPLIANT = "quick run: not a compliant MLPerf run"
 # MLPerf's Server p99 bounds for the models it defines (../shared/REFERENCE.md); 10 ms otherwise
@@ -339,28 +333,6 @@ def _result(
         created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         notes=tuple(notes),
     )
-
-
-def find_baseline(store: ResultStore, result: BenchResult) -> StoredResult | None:
-    """The newest earlier run of the same model, target, precision, scenario and batch size on
-    the same hardware, whatever its settings: a change of threads is what --compare must catch.
-    """
-    key = fingerprint_key(result.hardware)
-    for stored in store.query(
-        model_sha256=result.model_sha256,
-        backend=result.backend,
-        device=result.device,
-        scenario=result.scenario,
-    ):
-        old = stored.result
-        if (
-            old.precision == result.precision
-            and old.batch_size == result.batch_size
-            and fingerprint_key(old.hardware) == key
-            and old.created_at <= result.created_at
-        ):
-            return stored
-    return None
 
 
 def settings_changes(new: BenchResult, old: BenchResult) -> list[str]:
