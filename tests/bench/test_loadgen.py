@@ -203,8 +203,18 @@ def test_a_failing_session_raises_naming_the_scenario(
 def test_a_failing_session_during_calibration_names_the_scenario(
     mlp: Session, mlp_pool: SamplePool, tmp_path: Path
 ) -> None:
-    session = Recording(mlp, fail_after=0)
+    # the warm-up runs batch size 1 twice before calibrating
+    session = Recording(mlp, fail_after=2)
     with pytest.raises(InferenceError, match=r"^Offline run failed: .*calibrating.*boom"):
+        run_scenario(session, mlp_pool, quick_settings("offline"), log_dir=tmp_path)
+    assert session.batch_sizes == [1, 1, 1]
+
+
+def test_a_failing_session_during_warm_up_names_the_scenario(
+    mlp: Session, mlp_pool: SamplePool, tmp_path: Path
+) -> None:
+    session = Recording(mlp, fail_after=0)
+    with pytest.raises(InferenceError, match=r"^Offline run failed: .*warming up.*boom"):
         run_scenario(session, mlp_pool, quick_settings("offline"), log_dir=tmp_path)
 
 

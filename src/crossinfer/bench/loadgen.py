@@ -9,6 +9,7 @@ server_search.py (the Server QPS search, a sequence of these runs).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import time
 from collections.abc import Mapping, Sequence
@@ -18,12 +19,13 @@ from types import ModuleType
 from typing import Any
 
 from crossinfer.backends.base import Session
-from crossinfer.bench.pool import SamplePool, check_batchable
+from crossinfer.bench.pool import SamplePool, StagedPool, as_staged, check_batchable, run_shapes
 from crossinfer.bench.settings import Calibration, LoadGenSettings, to_test_settings
 from crossinfer.bench.summary import detail_errors, metric_key, number, parse_summary
 from crossinfer.bench.sut import WORKER_JOIN_S, Sut, calibrate
 from crossinfer.errors import (
     BackendUnavailableError,
+    CrossinferError,
     InferenceError,
     InputError,
     UsageError,
@@ -70,6 +72,8 @@ class ScenarioOutcome:
     loadgen_settings: Mapping[str, Any]  # what LoadGen was told (expected latency/QPS, counts)
     loadgen_errors: tuple[str, ...] = ()  # error lines of mlperf_log_detail.txt
     notes: tuple[str, ...] = field(default=())
+    # batch size -> its first run before LoadGen started (compile/capture included), seconds
+    warmup_s: Mapping[int, float] = field(default_factory=dict)
 
     @property
     def summary_path(self) -> Path:
@@ -86,7 +90,7 @@ class ScenarioOutcome:
 
 def run_scenario(
     session: Session,
-    pool: SamplePool,
+    pool: SamplePool | StagedPool,
     settings: LoadGenSettings,
     *,
     log_dir: Path,
@@ -97,8 +101,14 @@ def run_scenario(
     Expected latency (SingleStream/MultiStream), expected QPS (Offline) and, when not given,
     the Server target QPS (half the measured throughput) come from `calibration`, measured here
     when missing. A failing session raises InferenceError naming the scenario.
+
+    A plain `SamplePool` is staged as numpy; a `StagedPool` (pinned or device inputs) is used as
+    staged. Staging happens once, before calibration: LoadGen's LoadSamplesToRam finds it done.
+    Every batch shape the run uses (`run_shapes`) is run before LoadGen starts, and the first
+    run's time (compile or capture) is kept apart in `ScenarioOutcome.warmup_s`.
     """
     lg = _loadgen()
+    pool = as_staged(pool, session)
     name = settings.loadgen_scenario
     model = getattr(getattr(session, "target", None), "backend", "the session")
     check_batchable(session.inputs, settings.batch_size, model=f"{model} session")
@@ -113,6 +123,16 @@ def run_scenario(
             f"MultiStream needs a pool of at least {settings.multistream_samples_per_query} "
             f"samples, got {len(pool)}"
         )
+    try:
+        pool.load()
+        warmup = pool.warm_up(run_shapes(settings, fixed_shapes=pool.fixed_shapes))
+    except CrossinferError as exc:
+        raise InferenceError(f"{name} run failed while warming up: {exc}") from exc
+    except Exception as exc:
+        raise InferenceError(
+            f"{name} run failed: session.run failed while warming up: "
+            f"{type(exc).__name__}: {short_message(exc)}"
+        ) from exc
     if calibration is None and _needs_calibration(settings):
         try:
             calibration = calibrate(
@@ -134,8 +154,8 @@ def run_scenario(
 
     sut = Sut(lg, session, pool, settings)
     sut_handle = lg.ConstructSUT(sut.issue, sut.flush)
-    # The whole pool is the performance set: load/unload are no-ops over memory we already hold.
-    qsl_handle = lg.ConstructQSL(len(pool), len(pool), _no_op, _no_op)
+    # The whole pool is the performance set, staged once already (load returns at once).
+    qsl_handle = lg.ConstructQSL(len(pool), len(pool), pool.load, _no_op)
     started = time.perf_counter()
     try:
         sut.start()
@@ -156,7 +176,7 @@ def run_scenario(
         ) from failure
     if not stopped:
         raise InferenceError(f"{name} run: a worker thread did not stop within {WORKER_JOIN_S} s")
-    return _outcome(sut, settings, log_dir, wall_s, told)
+    return dataclasses.replace(_outcome(sut, settings, log_dir, wall_s, told), warmup_s=warmup)
 
 
 def _no_op(_indices: list[int]) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from crossinfer.backends.base import Session
 from crossinfer.bench.loadgen import ScenarioOutcome, run_scenario
-from crossinfer.bench.pool import SamplePool
+from crossinfer.bench.pool import SamplePool, StagedPool, as_staged
 from crossinfer.bench.settings import LoadGenSettings
 from crossinfer.bench.sut import calibrate
 from crossinfer.errors import InferenceError, UsageError
@@ -43,7 +43,7 @@ class ServerSearch:
 
 def find_server_qps(
     session: Session,
-    pool: SamplePool,
+    pool: SamplePool | StagedPool,
     settings: LoadGenSettings,
     *,
     log_root: Path,
@@ -63,6 +63,7 @@ def find_server_qps(
     overloaded step ends early (LoadGen's server_max_async_queries) instead of draining.
     """
     started = time.monotonic()
+    pool = as_staged(pool, session)  # staged once, for every step
     if settings.scenario != "server":
         settings = dataclasses.replace(settings, scenario="server")
     if max_steps < 1:

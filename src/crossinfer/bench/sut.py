@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from crossinfer.backends.base import Session
-from crossinfer.bench.pool import SamplePool
+from crossinfer.backends.base import InputPlacement, Session, StagedLane
+from crossinfer.bench.pool import SamplePool, StagedPool, as_staged
 from crossinfer.bench.settings import Calibration, LoadGenSettings
 from crossinfer.errors import CrossinferError, InferenceError, short_message
 
@@ -28,7 +28,7 @@ WORKER_JOIN_S = 30.0
 
 def calibrate(
     session: Session,
-    pool: SamplePool,
+    pool: SamplePool | StagedPool,
     *,
     batch_size: int = 1,
     instances: int = 1,
@@ -36,19 +36,20 @@ def calibrate(
 ) -> Calibration:
     """Time the session directly for about `budget_s` (after one warm-up run of each shape).
 
-    The throughput loop builds each batch from the pool as the SUT does, so that the cost of
-    concatenating inputs is in the figure LoadGen is told to expect.
+    Every run goes through the staged pool's lanes as the SUT's do, so that the cost of
+    building batches (and of copying them to a device) is in the figure LoadGen is told to expect.
+    A plain `SamplePool` is staged as numpy here.
     """
-    indices = [i % len(pool) for i in range(batch_size)]
+    staged = as_staged(pool, session)
+    indices = [i % len(staged) for i in range(batch_size)]
     try:
-        session.run(pool.batch([0]))
+        lane = staged.lane()
+        lane.run([0])
         if batch_size > 1:
-            session.run(pool.batch(indices))
-        latency = _median_run_ns(session, pool, [0], budget_s / 3)
-        batch_latency = (
-            latency if batch_size == 1 else _median_run_ns(session, pool, indices, budget_s / 3)
-        )
-        throughput = _threaded_throughput(session, pool, indices, instances, budget_s / 3)
+            lane.run(indices)
+        latency = _median_run_ns(lane, [0], budget_s / 3)
+        batch_latency = latency if batch_size == 1 else _median_run_ns(lane, indices, budget_s / 3)
+        throughput = _threaded_throughput(session, staged, indices, instances, budget_s / 3)
     except CrossinferError:
         raise
     except Exception as exc:
@@ -58,23 +59,20 @@ def calibrate(
     return Calibration(latency, batch_latency, batch_size, throughput, instances)
 
 
-def _median_run_ns(
-    session: Session, pool: SamplePool, indices: list[int], budget_s: float
-) -> float:
-    feeds = pool.batch(indices)
+def _median_run_ns(lane: StagedLane, indices: list[int], budget_s: float) -> float:
     times: list[int] = []
     deadline = time.perf_counter() + budget_s
     while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
         t0 = time.perf_counter_ns()
-        session.run(feeds)
+        lane.run(indices)
         times.append(time.perf_counter_ns() - t0)
     return float(statistics.median(times))
 
 
 def _threaded_throughput(
-    session: Session, pool: SamplePool, indices: list[int], instances: int, budget_s: float
+    session: Session, pool: StagedPool, indices: list[int], instances: int, budget_s: float
 ) -> float:
-    # The batches go through the SUT's own code path (inputs concatenated, responses built,
+    # The batches go through the SUT's own code path (batches built, responses built,
     # books kept) with LoadGen stubbed out: for a small model that overhead is most of the cost.
     settings = LoadGenSettings(scenario="offline", batch_size=len(indices), instances=instances)
     sut = Sut(DryLoadGen(), session, pool, settings)
@@ -133,7 +131,7 @@ class Sut:
         self,
         lg: ModuleType | DryLoadGen,
         session: Session,
-        pool: SamplePool,
+        pool: StagedPool,
         settings: LoadGenSettings,
     ) -> None:
         self._lg = lg
@@ -146,6 +144,8 @@ class Sut:
         self._flushed = threading.Event()
         self._workers: list[threading.Thread] = []
         self.inline = settings.scenario in ("singlestream", "multistream")
+        # a pinned pool copies the next batch on the lane's stream while this one computes
+        self._prefetch = pool.placement is InputPlacement.PINNED
         self.query_latencies_ns: list[int] = []
         self.batch_latencies_ns: list[int] = []
         self.batch_sizes: list[int] = []
@@ -220,8 +220,12 @@ class Sut:
     def _work(self) -> None:
         delay_s = self._settings.max_queue_delay_ms / 1000
         dynamic = self._settings.scenario == "server" and self._batch_size > 1
+        # a chunk (or the stop sentinel, None) taken from the queue early: its copy started
+        taken_ahead = False
+        ahead: list[_Item] | None = None
         while True:
-            first = self._queue.get()
+            first = ahead if taken_ahead else self._queue.get()
+            taken_ahead, ahead = False, None
             if first is None:
                 return
             items = list(first)
@@ -242,20 +246,40 @@ class Sut:
                         stop = True
                         break
                     items.extend(more)
-            for i in range(0, len(items), self._batch_size):
-                self._process(items[i : i + self._batch_size])
+            batches = [
+                items[i : i + self._batch_size] for i in range(0, len(items), self._batch_size)
+            ]
+            if self._prefetch and not dynamic and not stop:
+                # Offline's chunks wait in the queue: take the next one now so that its copy
+                # overlaps this one's compute (a Server batch forms only when it is due)
+                try:
+                    ahead = self._queue.get_nowait()
+                    taken_ahead = True
+                except queue.Empty:
+                    pass
+            for i, batch in enumerate(batches):
+                following = batches[i + 1] if i + 1 < len(batches) else ahead
+                self._process(batch, following)
             if stop:
                 return
 
-    def _process(self, items: list[_Item]) -> None:
-        """Run one batch and complete its samples; never raises."""
+    def _indices(self, items: Sequence[_Item]) -> list[int]:
+        return self._pool.padded(
+            [index for _, index, _ in items], self._batch_size, self._settings.scenario
+        )
+
+    def _process(self, items: list[_Item], following: Sequence[_Item] | None = None) -> None:
+        """Run one batch and complete its samples; never raises. `following`: the batch that
+        runs next on this worker, whose copy may start while this one computes."""
         started = time.perf_counter_ns()
         n = len(items)
         first: np.ndarray | None = None
         if self.error is None:
             try:
-                outputs = self._session.run(self._pool.batch([index for _, index, _ in items]))
-                first = _first_output_rows(outputs, n)
+                indices = self._indices(items)
+                prefetch = self._indices(following) if following and self._prefetch else None
+                outputs = self._pool.lane().run(indices, prefetch=prefetch)
+                first = _first_output_rows(outputs, n, len(indices))
             except BaseException as exc:
                 self._record_error(exc)
         response = self._lg.QuerySampleResponse
@@ -300,12 +324,15 @@ class Sut:
                 self.error_after_samples = self.samples_completed
 
 
-def _first_output_rows(outputs: Mapping[str, np.ndarray], n: int) -> np.ndarray | None:
+def _first_output_rows(
+    outputs: Mapping[str, np.ndarray], n: int, ran: int | None = None
+) -> np.ndarray | None:
     # LoadGen only needs a response per sample; the first output's rows are real bytes to point
-    # at. An output without a batch dimension of n cannot be split: answer with empty buffers.
+    # at. An output without a batch dimension of `ran` (n, or the padded size the batch ran at)
+    # cannot be split: answer with empty buffers. Padding rows are dropped.
     if not outputs:
         return None
-    first = np.ascontiguousarray(next(iter(outputs.values())))
-    if first.ndim == 0 or first.shape[0] != n:
+    first = np.asarray(next(iter(outputs.values())))
+    if first.ndim == 0 or first.shape[0] != (ran or n):
         return None
-    return first
+    return np.ascontiguousarray(first[:n])
