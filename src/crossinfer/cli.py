@@ -274,6 +274,14 @@ def bench(
     timeout: Annotated[
         float, typer.Option(min=1, help="Seconds each batch size may take before it is killed.")
     ] = 1800.0,
+    inputs_on_device: Annotated[
+        bool,
+        typer.Option(
+            "--inputs-on-device",
+            help="Keep the sample pool resident on the device (measures the device, not the "
+            "system; results are labelled so).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure MLPerf LoadGen scenarios on one backend x device and keep the results."""
@@ -300,6 +308,7 @@ def bench(
             quick=quick,
             instances=instances,
             server_latency_ms=server_latency_ms,
+            inputs_on_device=inputs_on_device,
         )
         options = SessionOptions(
             precision=_precision(precision), threads=threads, performance_hint=_hint(hint)

@@ -125,6 +125,14 @@ def run_scenario(
         )
     try:
         pool.load()
+    except CrossinferError:
+        raise
+    except Exception as exc:
+        raise InferenceError(
+            f"{name} run failed: staging the sample pool ({pool.placement.value} inputs) failed: "
+            f"{type(exc).__name__}: {short_message(exc)}"
+        ) from exc
+    try:
         warmup = pool.warm_up(run_shapes(settings, fixed_shapes=pool.fixed_shapes))
     except CrossinferError as exc:
         raise InferenceError(f"{name} run failed while warming up: {exc}") from exc

@@ -65,6 +65,8 @@ def render_results(results: Sequence[BenchResult], console: Console, *, title: s
             f"energy: {escape(first.energy.method)}",
             highlight=False,
         )
+        for line in staging_lines(results):
+            console.print(line, highlight=False)
         if not first.compliant:
             console.print(
                 "[yellow]quick run: not a compliant MLPerf run[/yellow] (official runs last 600 s)"
@@ -72,6 +74,34 @@ def render_results(results: Sequence[BenchResult], console: Console, *, title: s
         console.print(
             f"LoadGen logs: {escape(str(first.loadgen_log_dir).rsplit('/', 2)[0])}", highlight=False
         )
+
+
+def staging_lines(results: Sequence[BenchResult]) -> list[str]:
+    """Where the inputs were staged (labelled when on the device) and the warm-up per shape."""
+    lines: list[str] = []
+    placements = sorted({r.input_placement for r in results})
+    if "device" in placements:
+        lines.append(
+            "[yellow]inputs on device[/yellow]: the figures measure the device, not the system "
+            "(no host-to-device copies)"
+        )
+    if "pinned" in placements:
+        lines.append("inputs: pinned host memory, each batch copied on its worker's own stream")
+    casts = {
+        f"{name} {how}" for r in results for name, how in r.input_staging.get("cast", {}).items()
+    }
+    if casts:
+        lines.append(f"inputs cast once when staged (preprocessing): {', '.join(sorted(casts))}")
+    warmup: dict[str, float] = {}
+    for r in results:
+        for size, seconds in r.warmup_s.items():
+            warmup.setdefault(size, seconds)
+    if warmup:
+        shapes = ", ".join(f"b{size} {warmup[size]:.2f} s" for size in sorted(warmup, key=int))
+        lines.append(
+            f"warm-up before LoadGen (first run per batch shape, compile/capture included): {shapes}"
+        )
+    return lines
 
 
 def render_history(rows: Sequence[tuple[int, BenchResult]], console: Console) -> None:
