@@ -259,17 +259,20 @@ def test_device_inputs_asked_of_a_numpy_session_fall_back_with_the_reason() -> N
     assert INPUTS_ON_DEVICE not in staged.notes()
 
 
-def test_each_worker_thread_gets_its_own_lane() -> None:
+def test_each_worker_gets_its_own_lane_warmed_before_loadgen(tmp_path: Path) -> None:
     session = FakeDeviceSession()
-    staged = StagedPool(_pool(), session, placement=DEVICE)
-    lanes: list[object] = []
-    threads = [threading.Thread(target=lambda: lanes.append(staged.lane())) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert session.lanes == 3 and len({id(lane) for lane in lanes}) == 3
-    assert staged.lane() is staged.lane()
+    staged = StagedPool(_pool(16), session, placement=PINNED)
+    assert staged.lane(0) is staged.lane(0) and staged.lane(1) is not staged.lane(0)
+    session.lanes = 0
+    fresh = StagedPool(_pool(16), session, placement=PINNED)
+    settings = LoadGenSettings(
+        scenario="offline", min_duration_ms=200, target_qps=2000, batch_size=4, instances=3
+    )
+    run_scenario(session, fresh, settings, log_dir=tmp_path)
+    assert session.lanes == 3
+    # worker 0 warms the shape twice; workers 1 and 2 run it once each to allocate their buffers
+    assert [len(i) for i, _ in session.calls[:4]] == [4, 4, 4, 4]
+    assert session.calls[0][0] == (0, 2, 4, 6)  # the gather path, not a view, is warmed
 
 
 def test_offline_on_a_pinned_pool_prefetches_the_next_batch(tmp_path: Path) -> None:

@@ -133,7 +133,9 @@ def run_scenario(
             f"{type(exc).__name__}: {short_message(exc)}"
         ) from exc
     try:
-        warmup = pool.warm_up(run_shapes(settings, fixed_shapes=pool.fixed_shapes))
+        warmup = pool.warm_up(
+            run_shapes(settings, fixed_shapes=pool.fixed_shapes), workers=settings.instances
+        )
     except CrossinferError as exc:
         raise InferenceError(f"{name} run failed while warming up: {exc}") from exc
     except Exception as exc:

@@ -175,7 +175,8 @@ class StagedPool:
     preprocessing, done once); where the session takes them, the rows are also copied into pinned
     host or device memory by the session's own staging hook. A batch is built by index: a view
     when the indices are consecutive, else one `np.take` into the lane's preallocated buffer;
-    nothing is concatenated per batch. Each worker thread gets its own lane (buffers, stream).
+    nothing is concatenated per batch. Each worker gets its own lane (buffers, copy stream),
+    created and warmed before LoadGen starts.
     """
 
     def __init__(
@@ -207,7 +208,7 @@ class StagedPool:
         self._arrays: dict[str, Any] | None = None
         self._staged: StagedInputs | None = None
         self._lock = threading.Lock()
-        self._lanes = threading.local()
+        self._lanes: dict[int, StagedLane] = {}
 
     def __len__(self) -> int:
         return len(self.pool)
@@ -283,13 +284,18 @@ class StagedPool:
                 )
         return feeds
 
-    def lane(self) -> StagedLane:
-        """This thread's lane: its own batch buffers (and, staged on a device, its own stream)."""
-        lane: StagedLane | None = getattr(self._lanes, "lane", None)
-        if lane is None:
-            self.load()
-            lane = _NumpyLane(self) if self._staged is None else self._staged.lane()
-            self._lanes.lane = lane
+    def lane(self, worker: int = 0) -> StagedLane:
+        """Worker `worker`'s lane: its own batch buffers (and, staged on a device, its own copy
+        stream). One worker uses a lane at a time; the lane outlives the run, for the next."""
+        held = self._lanes.get(worker)  # every batch asks: no lock once the lane exists
+        if held is not None:
+            return held
+        self.load()
+        with self._lock:
+            lane = self._lanes.get(worker)
+            if lane is None:
+                lane = _NumpyLane(self) if self._staged is None else self._staged.lane()
+                self._lanes[worker] = lane
         return lane
 
     def padded(self, indices: Sequence[int], batch_size: int, scenario: str) -> list[int]:
@@ -302,19 +308,30 @@ class StagedPool:
         total = len(self.pool)
         return [*indices, *((indices[-1] + k) % total for k in range(1, size - n + 1))]
 
-    def warm_up(self, sizes: Sequence[int]) -> dict[int, float]:
+    def warm_up(self, sizes: Sequence[int], *, workers: int = 1) -> dict[int, float]:
         """Run each batch size twice before LoadGen starts; the first run's time (compile or
-        capture included, for sessions that do either) is kept per size, once per pool."""
-        lane = self.lane()
+        capture included, for sessions that do either) is kept per size, once per pool. Every
+        other worker's lane runs the largest size once, so that its buffers exist already."""
+        lane = self.lane(0)
         for size in sizes:
             if size in self.warmup_s:
                 continue
-            indices = [i % len(self.pool) for i in range(size)]
+            indices = self._rows(size)
             started = time.perf_counter()
             lane.run(indices)
             self.warmup_s[size] = time.perf_counter() - started
             lane.run(indices)  # what the first run allocated lazily is in place from now on
+        if sizes and self._staged is not None:  # numpy lanes' buffers cost nothing to grow
+            largest = self._rows(max(sizes))
+            for worker in range(1, workers):
+                if worker not in self._lanes:
+                    self.lane(worker).run(largest)
         return {size: self.warmup_s[size] for size in sizes}
+
+    def _rows(self, size: int) -> list[int]:
+        # not consecutive when the pool allows it: the gather path, not the view, is warmed
+        total = len(self.pool)
+        return [(2 * i) % total for i in range(size)] if size > 1 else [0]
 
     def describe(self) -> dict[str, Any]:
         """How the inputs were staged, for the result (placement, dtypes, casts, why not asked)."""

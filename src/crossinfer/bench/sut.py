@@ -43,7 +43,7 @@ def calibrate(
     staged = as_staged(pool, session)
     indices = [i % len(staged) for i in range(batch_size)]
     try:
-        lane = staged.lane()
+        lane = staged.lane(0)
         lane.run([0])
         if batch_size > 1:
             lane.run(indices)
@@ -78,15 +78,17 @@ def _threaded_throughput(
     sut = Sut(DryLoadGen(), session, pool, settings)
     deadline = time.perf_counter() + budget_s
 
-    def loop() -> None:
+    def loop(worker: int) -> None:
         runs = 0
         while sut.error is None and (runs < 2 or (time.perf_counter() < deadline and runs < 400)):
             query = _Query(0, len(indices))
-            sut._process([(i, index, query) for i, index in enumerate(indices)])
+            sut._process([(i, index, query) for i, index in enumerate(indices)], worker=worker)
             runs += 1
 
     t0 = time.perf_counter()
-    threads = [threading.Thread(target=loop, daemon=True) for _ in range(instances)]
+    threads = [
+        threading.Thread(target=loop, args=(worker,), daemon=True) for worker in range(instances)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -161,7 +163,10 @@ class Sut:
             return
         for i in range(self._settings.instances):
             worker = threading.Thread(
-                target=self._work, name=f"crossinfer-loadgen-worker-{i}", daemon=True
+                target=self._work,
+                args=(i,),
+                name=f"crossinfer-loadgen-worker-{i}",
+                daemon=True,
             )
             worker.start()
             self._workers.append(worker)
@@ -217,7 +222,7 @@ class Sut:
 
     # internals
 
-    def _work(self) -> None:
+    def _work(self, worker: int) -> None:
         delay_s = self._settings.max_queue_delay_ms / 1000
         dynamic = self._settings.scenario == "server" and self._batch_size > 1
         # a chunk (or the stop sentinel, None) taken from the queue early: its copy started
@@ -259,7 +264,7 @@ class Sut:
                     pass
             for i, batch in enumerate(batches):
                 following = batches[i + 1] if i + 1 < len(batches) else ahead
-                self._process(batch, following)
+                self._process(batch, following, worker=worker)
             if stop:
                 return
 
@@ -268,9 +273,12 @@ class Sut:
             [index for _, index, _ in items], self._batch_size, self._settings.scenario
         )
 
-    def _process(self, items: list[_Item], following: Sequence[_Item] | None = None) -> None:
-        """Run one batch and complete its samples; never raises. `following`: the batch that
-        runs next on this worker, whose copy may start while this one computes."""
+    def _process(
+        self, items: list[_Item], following: Sequence[_Item] | None = None, *, worker: int = 0
+    ) -> None:
+        """Run one batch on `worker`'s lane and complete its samples; never raises.
+        `following`: the batch that runs next on this worker, whose copy may start while this
+        one computes. The inline scenarios run one query at a time, on worker 0's lane."""
         started = time.perf_counter_ns()
         n = len(items)
         first: np.ndarray | None = None
@@ -278,7 +286,7 @@ class Sut:
             try:
                 indices = self._indices(items)
                 prefetch = self._indices(following) if following and self._prefetch else None
-                outputs = self._pool.lane().run(indices, prefetch=prefetch)
+                outputs = self._pool.lane(worker).run(indices, prefetch=prefetch)
                 first = _first_output_rows(outputs, n, len(indices))
             except BaseException as exc:
                 self._record_error(exc)
