@@ -33,7 +33,7 @@ from crossinfer.bench.pool import (
     run_shapes,
 )
 from crossinfer.bench.render import render_results
-from crossinfer.bench.runner import BenchPlan, bench_session
+from crossinfer.bench.runner import NOT_COMPLIANT, BenchPlan, bench_session
 from crossinfer.bench.settings import LoadGenSettings, quick_settings
 from crossinfer.model import TensorSpec, load_model
 
@@ -397,7 +397,7 @@ def test_inputs_on_device_are_labelled_in_the_result_and_its_render(tmp_path: Pa
     (result,) = child.results
     assert session.staged_as is DEVICE
     assert result.input_placement == "device"
-    assert result.notes[0] == INPUTS_ON_DEVICE
+    assert result.notes[:2] == (NOT_COMPLIANT, INPUTS_ON_DEVICE)
     assert result.settings["inputs"] == "device"
     assert result.input_staging["placement"] == "device"
     assert set(result.warmup_s) == {"4"}
@@ -427,7 +427,7 @@ def test_a_numpy_backend_keeps_its_settings_and_says_why_not_on_device(tmp_path:
     (result,) = _bench(session, tmp_path, on_device=True).results
     assert result.input_placement == "numpy"
     assert "inputs" not in result.settings  # unchanged settings: --compare sees no change
-    assert result.notes[0].startswith("device inputs asked, numpy inputs used")
+    assert result.notes[1].startswith("device inputs asked, numpy inputs used")
 
 
 def test_a_real_backend_runs_through_the_numpy_lane(tmp_path: Path) -> None:

@@ -280,8 +280,14 @@ def _with_staging(result: BenchResult, staged: StagedPool, outcome: ScenarioOutc
         input_placement=placement,
         input_staging=staged.describe(),
         warmup_s={str(size): round(s, 4) for size, s in outcome.warmup_s.items()},
-        notes=(*staged.notes(), *result.notes),
+        # after the compliance note, which stays first; before the run's own notes
+        notes=_insert_after_compliance(result.notes, staged.notes()),
     )
+
+
+def _insert_after_compliance(notes: Sequence[str], more: Sequence[str]) -> tuple[str, ...]:
+    first = 1 if notes and "not a compliant MLPerf run" in notes[0] else 0
+    return (*notes[:first], *more, *notes[first:])
 
 
 def _settings(
