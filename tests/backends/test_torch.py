@@ -345,3 +345,93 @@ def test_staged_lanes_give_what_run_gives(tmp_path: Path, placement: InputPlacem
         assert not staged.pool["x"].is_pinned()
     staged.close()
     assert staged.pool == {}
+
+
+class _FakeEvent:
+    def __init__(self, log: list[tuple[str, ...]], name: str) -> None:
+        self.log, self.name = log, name
+
+    def synchronize(self) -> None:
+        self.log.append(("synchronize", self.name))
+
+
+class _FakeStream:
+    """Stands in for a CUDA stream: records waits and events in one log, in order."""
+
+    def __init__(self, log: list[tuple[str, ...]], name: str) -> None:
+        self.log, self.name, self.events = log, name, 0
+
+    def wait_event(self, event: _FakeEvent) -> None:
+        self.log.append(("wait", self.name, event.name))
+
+    def record_event(self) -> _FakeEvent:
+        self.events += 1
+        event = _FakeEvent(self.log, f"{self.name}{self.events}")
+        self.log.append(("record", self.name, event.name))
+        return event
+
+
+def test_the_pinned_lanes_stream_ordering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA branch of the pinned lane, with streams and events recorded instead of run:
+    compute waits for its batch's copy; the next batch is copied (into the other slot) after this
+    one is launched; a slot is overwritten only after its last copy and the compute that read it."""
+    from contextlib import contextmanager
+
+    from crossinfer.backends.torch import _TorchStaged
+
+    log: list[tuple[str, ...]] = []
+    compute, copy = _FakeStream(log, "compute"), _FakeStream(log, "copy")
+
+    @contextmanager
+    def on_stream(stream: _FakeStream) -> Any:
+        log.append(("enter", stream.name))
+        yield
+        log.append(("leave", stream.name))
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: compute)
+    monkeypatch.setattr(torch.cuda, "stream", on_stream)
+    session = _linear_session(tmp_path)
+    run_tensors = session.run_tensors
+
+    def logged(feeds: Any) -> Any:
+        log.append(("compute", ",".join(str(int(v)) for v in feeds["x"][:, 0])))
+        return run_tensors(feeds)
+
+    monkeypatch.setattr(session, "run_tensors", logged)
+    pool = SamplePool.random(session.inputs, count=8, seed=5)
+    host = StagedPool(pool, session)
+    host.load()
+    assert host._arrays is not None
+    host._arrays["x"][:, 0] = np.arange(8)  # row i starts with i: the log names the rows
+    staged = _TorchStaged(session, host._arrays, InputPlacement.PINNED, pin=False)
+    lane = staged.lane()
+    lane._cuda, lane._stream = True, copy  # the CUDA branch, on the CPU
+    lane.run([1, 4], prefetch=[6, 2])
+    lane.run([6, 2], prefetch=[3, 0])
+    lane.run([3, 0])
+    assert lane.prefetch_hits == 2
+    assert log == [
+        # batch [1, 4] into slot 0: gathered, copied on the copy stream
+        ("enter", "copy"),
+        ("record", "copy", "copy1"),
+        ("leave", "copy"),
+        ("wait", "compute", "copy1"),  # compute waits for that copy only
+        ("compute", "1,4"),
+        ("record", "compute", "compute1"),  # slot 0 read by this compute
+        # [6, 2] into slot 1 while [1, 4] computes
+        ("enter", "copy"),
+        ("record", "copy", "copy2"),
+        ("leave", "copy"),
+        ("wait", "compute", "copy2"),
+        ("compute", "6,2"),
+        ("record", "compute", "compute2"),
+        # [3, 0] back into slot 0: its pinned buffer's copy done, its last compute done
+        ("synchronize", "copy1"),
+        ("enter", "copy"),
+        ("wait", "copy", "compute1"),
+        ("record", "copy", "copy3"),
+        ("leave", "copy"),
+        ("wait", "compute", "copy3"),
+        ("compute", "3,0"),
+        ("record", "compute", "compute3"),
+    ]
