@@ -436,3 +436,40 @@ def test_a_real_backend_runs_through_the_numpy_lane(tmp_path: Path) -> None:
     outcome = run_scenario(session, pool, quick_settings("offline", batch_size=4), log_dir=tmp_path)
     assert outcome.samples_completed > 0
     assert set(outcome.warmup_s) == {4}
+
+
+def test_server_on_a_pinned_pool_takes_no_query_ahead(tmp_path: Path) -> None:
+    # a query taken early by a busy worker would wait while an idle one could run it
+    session = FakeDeviceSession()
+    staged = StagedPool(_pool(16), session, placement=PINNED)
+    settings = LoadGenSettings(
+        scenario="server",
+        quick=True,
+        min_duration_ms=200,
+        min_query_count=64,
+        target_qps=400,
+        instances=2,
+    )
+    outcome = run_scenario(session, staged, settings, log_dir=tmp_path)
+    assert outcome.samples_completed >= 64
+    assert all(prefetch is None for _, prefetch in session.calls)
+
+
+def test_multistream_prefetches_the_next_chunk_of_its_query(tmp_path: Path) -> None:
+    session = FakeDeviceSession()
+    staged = StagedPool(_pool(16), session, placement=PINNED)
+    settings = LoadGenSettings(
+        scenario="multistream",
+        quick=True,
+        min_duration_ms=100,
+        min_query_count=16,
+        expected_latency_ms=1.0,
+        batch_size=4,
+    )
+    run_scenario(session, staged, settings, log_dir=tmp_path)
+    loadgen_calls = session.calls[2:]  # after the warm-up's two runs at batch 4
+    # 8 samples a query in two batches of 4: the first names the second
+    firsts, seconds = loadgen_calls[0::2], loadgen_calls[1::2]
+    assert len(firsts) == len(seconds) >= 16
+    assert all(prefetch == nxt for (_, prefetch), (nxt, _) in zip(firsts, seconds, strict=False))
+    assert all(prefetch is None for _, prefetch in seconds)

@@ -204,8 +204,8 @@ class Sut:
                 items[i : i + self._batch_size] for i in range(0, len(items), self._batch_size)
             ]
             if self.inline:
-                for chunk in chunks:
-                    self._process(chunk)
+                for i, chunk in enumerate(chunks):
+                    self._process(chunk, chunks[i + 1] if i + 1 < len(chunks) else None)
             else:
                 for chunk in chunks:
                     self._queue.put(chunk)
@@ -254,9 +254,10 @@ class Sut:
             batches = [
                 items[i : i + self._batch_size] for i in range(0, len(items), self._batch_size)
             ]
-            if self._prefetch and not dynamic and not stop:
+            if self._prefetch and self._settings.scenario == "offline" and not stop:
                 # Offline's chunks wait in the queue: take the next one now so that its copy
-                # overlaps this one's compute (a Server batch forms only when it is due)
+                # overlaps this one's compute. Not Server's queries: one taken early here would
+                # wait for this batch while another worker could run it at once.
                 try:
                     ahead = self._queue.get_nowait()
                     taken_ahead = True
