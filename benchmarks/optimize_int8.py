@@ -5,12 +5,18 @@ measured by the optimize pipeline itself (direct session timing at --batch), FP3
 the same run, so the speed-up is a ratio from one machine state.
 
     uv run --extra openvino python benchmarks/optimize_int8.py [--models zoo:resnet50,zoo:digits] [--batch 32]
+    uv run --extra openvino python benchmarks/optimize_int8.py --isa-cap AVX2 --targets openvino:cpu
+
+Each row names the INT8 recipe the target's ISA chose (7-bit weights without VNNI). `--isa-cap`
+sets ONEDNN_MAX_CPU_ISA, so OpenVINO takes an older CPU's INT8 path (its numerics exactly, not
+that CPU's speed); ONNX Runtime ignores the cap.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import tempfile
 from pathlib import Path
@@ -34,12 +40,21 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "optimize_int8.json"
     )
+    parser.add_argument(
+        "--isa-cap",
+        default=None,
+        help="ONEDNN_MAX_CPU_ISA for OpenVINO (AVX2: the path of a CPU without VNNI)",
+    )
     args = parser.parse_args()
+    if args.isa_cap:
+        os.environ["ONEDNN_MAX_CPU_ISA"] = args.isa_cap  # the children inherit it
 
     system = discover()
     machine = (
         f"{system.cpu.model_name}, {system.cpu.logical_cores} logical cores, {platform.platform()}"
+        + (f", OpenVINO capped at {args.isa_cap}" if args.isa_cap else "")
     )
+    load_before = os.getloadavg()
     rows = []
     for source in args.models.split(","):
         artifact = load_model(source)
@@ -63,10 +78,18 @@ def main() -> None:
                     measure_batch=args.batch,
                     measure_seconds=args.seconds,
                 )
+            recipe = report.int8_recipe
             for step in report.steps:
                 m = step.measurement
                 rows.append(
                     {
+                        "recipe": (
+                            f"{recipe.int8_path.split(':')[0]}: "
+                            + ("7-bit" if recipe.reduce_range else "8-bit")
+                            + (", per-channel" if recipe.per_channel else "")
+                            if recipe and step.pass_name != "baseline"
+                            else ""
+                        ),
                         "model": source,
                         "target": spec,
                         "step": step.pass_name,
@@ -98,6 +121,7 @@ def main() -> None:
         "speedup",
         "parity",
         "cosine",
+        "recipe",
     ):
         table.add_column(column)
     for r in rows:
@@ -112,10 +136,13 @@ def main() -> None:
             "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
             str(r["parity"]),
             "-" if r["min_cosine"] is None else f"{r['min_cosine']:.4f}",
+            r["recipe"],
         )
-    Console(width=160).print(table)
+    Console(width=180).print(table)
+    load = {"before": load_before, "after": os.getloadavg()}
+    print(f"load average before {load_before[0]:.1f}, after {load['after'][0]:.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2))
+    args.out.write_text(json.dumps({"machine": machine, "load": load, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
 
 

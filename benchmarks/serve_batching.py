@@ -26,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from serve_common import RESULTS, crossinfer_serve, machine
 
 from crossinfer import load_model
-from crossinfer.serve.perf import PerfAnalyzerError, PerfRow, locate_perf_analyzer
+from crossinfer.errors import PerfAnalyzerError
+from crossinfer.serve.perf import PerfRow, locate_perf_analyzer
 
 # model -> (p99 bound in ms, max_batch_size when batching, concurrency range, window ms)
 PLANS = {

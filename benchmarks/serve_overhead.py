@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from serve_common import RESULTS, crossinfer_serve, in_process, machine, near_zero_model
 
 from crossinfer import load_model
-from crossinfer.serve.perf import PerfAnalyzerError, PerfRow, locate_perf_analyzer
+from crossinfer.errors import PerfAnalyzerError
+from crossinfer.serve.perf import PerfRow, locate_perf_analyzer
 
 # model key -> (batch sizes, concurrency range, measurement window scale)
 PLANS = {

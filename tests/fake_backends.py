@@ -10,6 +10,7 @@ import ctypes
 import os
 import time
 from collections.abc import Mapping
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from crossinfer.backends.base import (
     Compatibility,
     DeviceInfo,
     Placement,
+    Precision,
     SessionOptions,
     Target,
     validate_feeds,
@@ -115,3 +117,43 @@ class ExitingBackend(_Base):
 
 def entry(cls: type[_Base]) -> BackendEntry:
     return BackendEntry(cls.name, __name__, cls.__name__, "this is a test backend")
+
+
+# --- a toy backend declared the way a new runtime would be: one entry, nothing else ----------
+
+TOY_DEVICES = ("cpu", "toy-accelerator")  # what the toy "runtime" (this module) offers
+
+
+class ToyBackend(_Base):
+    """Runs the model correctly on 'cpu'; registered through TOY_ENTRY only."""
+
+    name = "toy"
+
+    def prepare(
+        self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None
+    ) -> _Session:
+        return _Session(artifact, self.name)
+
+
+def toy_probe(runtime: ModuleType) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Doctor's view of the toy runtime: reads the module doctor imported."""
+    return tuple(runtime.TOY_DEVICES), ("a toy runtime for tests",)
+
+
+def toy_knob_grid(cores: int) -> tuple[Mapping[str, Any], ...]:
+    return ({"threads": cores}, {"threads": 1, "instances": cores})
+
+
+TOY_ENTRY = BackendEntry(
+    "toy",
+    __name__,
+    "ToyBackend",
+    "pip install toy-runtime",
+    runtime_module=__name__,
+    # the first is not installed: the version is the second's
+    distributions=("crossinfer-no-such-toy-runtime", "numpy"),
+    probe=toy_probe,
+    knob_grid=toy_knob_grid,
+    presets={"fp16": (("simplify", "fp16"), Precision.FP32)},
+    serving_platform="toy_platform",
+)

@@ -91,13 +91,29 @@ def test_check_json_and_require(linear_path: Path) -> None:
     assert data["inputs"]["x"] == {"shape": [3, 8], "dtype": "float32"}
 
 
-def test_check_required_target_that_fails_exits_1(linear_path: Path) -> None:
-    result = runner.invoke(
-        app, ["check", str(linear_path), "-t", "onnxruntime:cuda", "--require", "onnxruntime:cuda"]
-    )
-    assert result.exit_code == 1
-    assert "required target(s) did not pass: onnxruntime:cuda" in result.stderr
-    assert "CUDAExecutionProvider" in result.stdout
+def _unavailable_onnxruntime_device() -> tuple[str, str]:
+    """A device this machine's onnxruntime reports unavailable (CUDA where there is no
+    onnxruntime-gpu), and the provider its reason names; skips where every one is available."""
+    from crossinfer.backends.base import backend_entry, load_backend
+
+    for device in load_backend(backend_entry("onnxruntime")).devices():
+        if not device.available:
+            return device.name, device.description
+    pytest.skip("every onnxruntime device is available on this machine: none to fail on")
+
+
+@pytest.mark.parametrize("kind", ["unavailable here", "unknown"])
+def test_check_required_target_that_fails_exits_1(linear_path: Path, kind: str) -> None:
+    # derived from this machine's discovery: a fixed 'onnxruntime:cuda' passes where a GPU is
+    if kind == "unknown":
+        device, named = "no-such-device", "onnxruntime knows no device 'no-such-device'"
+    else:
+        device, named = _unavailable_onnxruntime_device()
+    target = f"onnxruntime:{device}"
+    result = runner.invoke(app, ["check", str(linear_path), "-t", target, "--require", target])
+    assert result.exit_code == 1, result.output
+    assert f"required target(s) did not pass: {target}" in result.stderr
+    assert named in result.stdout
 
 
 def test_check_with_inputs_file(linear_path: Path, tmp_path: Path) -> None:
@@ -155,3 +171,23 @@ def test_demo_runs_discover_and_check(tmp_path: Path) -> None:
     # and on through optimize and tune to a report and a spec to serve
     assert (tmp_path / "report.html").is_file() and (tmp_path / "mlp.deploy.toml").is_file()
     assert "crossinfer serve" in " ".join(result.stdout.split())
+
+
+def test_bench_option_reaches_the_backend_and_the_stored_settings(tmp_path: Path) -> None:
+    store = tmp_path / "results.sqlite"
+    base = ["bench", "zoo:mlp", "-b", "torch:cpu", "--quick", "--store", str(store), "--json"]
+    result = runner.invoke(app, [*base, "--option", "mode=eager", "-O", "channels_last=0"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)["results"]
+    assert rows and rows[0]["settings"]["options"] == {"mode": "eager", "channels_last": "0"}
+
+
+def test_bench_option_errors_name_the_key() -> None:
+    result = runner.invoke(app, ["bench", "zoo:mlp", "--option", "mode"])
+    assert result.exit_code != 0
+    assert "--option 'mode' is not KEY=VALUE" in result.output
+    result = runner.invoke(
+        app, ["bench", "zoo:mlp", "-b", "torch:cpu", "--quick", "--no-store", "-O", "moed=compile"]
+    )
+    assert result.exit_code != 0
+    assert "torch does not know option(s) moed" in result.output

@@ -13,10 +13,10 @@ import pytest
 
 from crossinfer.bench.fingerprint import fingerprint_key
 from crossinfer.bench.result import BenchResult, EnergyReading, LatencyStats, Stability
+from crossinfer.errors import StoreError
 from crossinfer.store import (
     SCHEMA_VERSION,
     ResultStore,
-    StoreError,
     default_store_path,
     result_from_dict,
 )

@@ -45,6 +45,8 @@ from crossinfer.errors import (
     ModelFormatError,
     ModelNotFoundError,
     ModelValidationError,
+    SpecError,
+    StoreError,
     UnsupportedOpsetError,
     UsageError,
     ZooError,
@@ -52,10 +54,10 @@ from crossinfer.errors import (
 from crossinfer.hardware import SystemReport, discover
 from crossinfer.model import ModelArtifact, TensorSpec, load_model
 from crossinfer.passes.pipeline import optimize
-from crossinfer.store import ResultStore, StoreError
+from crossinfer.spec import BatchingSpec, DeploymentSpec, load_spec, write_spec
+from crossinfer.store import ResultStore
 from crossinfer.tune.config import TuneConfig
 from crossinfer.tune.runner import TuneResult, tune
-from crossinfer.tune.spec import BatchingSpec, DeploymentSpec, SpecError, load_spec, write_spec
 from crossinfer.zoo import ZOO_MODELS, ZooDataset, zoo_dataset, zoo_model_path
 
 __all__ = [

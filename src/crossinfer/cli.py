@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -18,7 +19,7 @@ from crossinfer.errors import CrossinferError, UsageError
 if TYPE_CHECKING:
     from crossinfer.backends.base import Precision
     from crossinfer.bench.result import BenchResult
-    from crossinfer.bench.runner import BenchError
+    from crossinfer.bench.runner import BenchFailure
     from crossinfer.check import CheckRow
     from crossinfer.passes.pipeline import StepReport
 
@@ -246,6 +247,16 @@ def bench(
     precision: Annotated[
         str, typer.Option(help="fp32, fp16, bf16, ...: what the runtime is asked for.")
     ] = "fp32",
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-O",
+            help="A backend knob KEY=VALUE (repeatable): torch mode=eager|compile|cudagraphs, "
+            "compile_mode, channels_last; jax matmul_precision; iree --compiler-flags; OpenVINO "
+            "properties; ONNX Runtime provider options and session config entries.",
+        ),
+    ] = None,
     quick: Annotated[
         bool,
         typer.Option("--quick", help="Short runs (about 1 s each): not a compliant MLPerf run."),
@@ -311,7 +322,10 @@ def bench(
             inputs_on_device=inputs_on_device,
         )
         options = SessionOptions(
-            precision=_precision(precision), threads=threads, performance_hint=_hint(hint)
+            precision=_precision(precision),
+            threads=threads,
+            performance_hint=_hint(hint),
+            extra=_parse_options(option or ()),
         )
         artifact = load_model(model)
         store_path = store or default_store_path()
@@ -394,7 +408,7 @@ def _print_result(result: BenchResult) -> None:
     )
 
 
-def _print_bench_error(error: BenchError) -> None:
+def _print_bench_error(error: BenchFailure) -> None:
     err_console.print(
         f"  [red]{', '.join(error.scenarios)} batch {error.batch_size} failed:[/red] {escape(error.reason)}",
         highlight=False,
@@ -506,7 +520,7 @@ def optimize(
     from crossinfer.backends.base import Precision, SessionOptions, Target
     from crossinfer.model import load_model
     from crossinfer.passes.pipeline import optimize as run_optimize
-    from crossinfer.passes.pipeline import preset
+    from crossinfer.passes.pipeline import planned_int8_recipe, preset
     from crossinfer.passes.render import render_optimize
 
     try:
@@ -531,6 +545,9 @@ def optimize(
         from crossinfer.passes.calibration import load_labelled_set
 
         labelled = load_labelled_set(dataset, artifact)
+        recipe = planned_int8_recipe(tgt, names)
+        if recipe is not None and not as_json:
+            err_console.print(recipe.headline(), highlight=False)
         status = contextlib.nullcontext() if as_json else err_console.status("optimizing ...")
         # calibration tools (NNCF, ORT's calibrators) draw progress on stdout: keep it for results
         with status, contextlib.redirect_stdout(sys.stderr):
@@ -558,6 +575,22 @@ def optimize(
         render_optimize(report, console)
     if any((step.regression and step.kept) or step.error for step in report.steps):
         raise typer.Exit(1)
+
+
+def _parse_options(values: Sequence[str]) -> dict[str, str]:
+    """`--option KEY=VALUE` pairs; the backend checks the keys it takes when it prepares."""
+    options: dict[str, str] = {}
+    for text in values:
+        key, sep, value = text.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UsageError(
+                f"--option '{text}' is not KEY=VALUE: write e.g. --option mode=compile"
+            )
+        if key in options:
+            raise UsageError(f"--option {key} given twice ({options[key]} and {value.strip()})")
+        options[key] = value.strip()
+    return options
 
 
 def _print_step(step: StepReport) -> None:
@@ -902,6 +935,14 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(min=1, help="Intra-op threads per session.")
     ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-O",
+            help="A backend knob KEY=VALUE for every model (repeatable), as `bench --option`.",
+        ),
+    ] = None,
     max_body_bytes: Annotated[
         int, typer.Option(min=1, help="Largest request body accepted (413 beyond it).")
     ] = 64 * 1024 * 1024,
@@ -935,6 +976,11 @@ def serve(
         "threads": threads,
     }
     overrides.update({k: v for k, v in given.items() if v is not None})
+    try:
+        if option:
+            overrides["extra"] = _parse_options(option)
+    except CrossinferError as exc:
+        _fail(exc)
     nothing_ready = False
 
     def on_ready(server: InferenceServer) -> None:

@@ -13,9 +13,23 @@
     │   ├── DeviceUnavailableError   the runtime is there, the device is not
     │   ├── CompileError             the runtime refused to load or compile the model
     │   └── InferenceError           the runtime failed while running the model
-    └── UsageError                 a command-line value that cannot be understood
+    ├── UsageError                 a command-line value (or a serve config.toml) that cannot be used
+    ├── SpecError                  a deployment spec file cannot be used (names the file and key)
+    ├── CatalogError               a hardware catalog cannot be read, or lacks the instance named
+    ├── StoreError                 the results store cannot be opened, read or written
+    ├── ReportError                a tune result file cannot be turned into a report
+    ├── ProtocolError              a serving request the protocol refuses (``status``: HTTP status)
+    ├── ServingError               the server cannot take or finish a request now (HTTP 503)
+    │   ├── QueueFullError           the model's queue is full
+    │   ├── QueueTimeoutError        the request's timeout passed while it was queued
+    │   └── BatcherStoppedError      the model is unloading and accepts no new requests
+    ├── PerfAnalyzerUnavailableError  perf_analyzer is not installed or cannot start here
+    └── PerfAnalyzerError          perf_analyzer ran and failed
 
 Native errors from a runtime are translated at the backend boundary with ``raise ... from exc``.
+Errors cross the child-process boundary (``check.isolate``) as their class name; `error_class`
+turns the name back into the class, so callers judge by the tree (``issubclass``), never by a
+string that a rename would silently stop matching.
 """
 
 from __future__ import annotations
@@ -78,7 +92,72 @@ class InferenceError(BackendError):
 
 
 class UsageError(CrossinferError):
-    """A command-line value that cannot be understood."""
+    """A command-line value (or a serve config.toml) that cannot be understood."""
+
+
+class SpecError(CrossinferError):
+    """A deployment spec file cannot be used; the message names the file and the key."""
+
+
+class CatalogError(CrossinferError):
+    """A catalog file cannot be read, or names an instance it does not have."""
+
+
+class StoreError(CrossinferError):
+    """The results store cannot be opened, read or written."""
+
+
+class ReportError(CrossinferError):
+    """A tune result file cannot be turned into a report."""
+
+
+class ProtocolError(CrossinferError):
+    """A request the protocol layer refuses; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ServingError(CrossinferError):
+    """The server cannot take or finish a request right now (the HTTP front end answers 503)."""
+
+
+class QueueFullError(ServingError):
+    """The model's queue holds max_queue_size requests already; retry later or raise the limit."""
+
+
+class QueueTimeoutError(ServingError):
+    """The request's timeout passed before a model instance took it from the queue."""
+
+
+class BatcherStoppedError(ServingError):
+    """The batcher is stopping or stopped and accepts no new requests."""
+
+
+class PerfAnalyzerUnavailableError(CrossinferError):
+    """perf_analyzer is not installed or cannot start here; the message says what to install."""
+
+
+class PerfAnalyzerError(CrossinferError):
+    """perf_analyzer ran and failed; the message carries the end of its output."""
+
+
+def _tree(root: type[CrossinferError]) -> dict[str, type[CrossinferError]]:
+    found = {root.__name__: root} if root.__module__ == __name__ else {}
+    for sub in root.__subclasses__():
+        found.update(_tree(sub))
+    return found
+
+
+ERROR_CLASSES: dict[str, type[CrossinferError]] = _tree(CrossinferError)
+"""Every class of the tree above by its name (built from the tree, so it cannot fall behind)."""
+
+
+def error_class(name: str) -> type[CrossinferError] | None:
+    """The crossinfer error class called `name` (a child process's report); None for a foreign one."""
+    return ERROR_CLASSES.get(name)
 
 
 def short_message(exc: BaseException, limit: int = 400) -> str:

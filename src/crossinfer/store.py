@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Union, get_args, get_origin, get_type_hints
 
 from crossinfer.bench.fingerprint import canonical_json, fingerprint_key
 from crossinfer.bench.result import BenchResult
-from crossinfer.errors import CrossinferError
+from crossinfer.errors import StoreError
 
 SCHEMA_VERSION = 1
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -69,10 +69,6 @@ _COLUMNS = (
 )
 _INSERT = f"INSERT INTO results ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 _NEWEST_FIRST = "ORDER BY created_at DESC, id DESC"
-
-
-class StoreError(CrossinferError):
-    """The results store cannot be opened, read or written."""
 
 
 class StoredResult(NamedTuple):

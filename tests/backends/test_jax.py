@@ -156,11 +156,16 @@ def test_bad_inputs_are_refused_with_the_input_named(bert_fp32, bert_feeds) -> N
 def test_matmul_precision_is_an_option_and_checked() -> None:
     artifact = load_model("zoo:mlp")
     session = JaxBackend().prepare(
-        artifact, "cpu", SessionOptions(extra={"matmul_precision": "bfloat16", "foo": "1"})
+        artifact, "cpu", SessionOptions(extra={"matmul_precision": "bfloat16"})
     )
     info = session.describe()
     assert "'bfloat16'" in info["precision_method"]
-    assert info["ignored_options"] == ["extra foo (jax takes matmul_precision)"]
+    with pytest.raises(
+        UsageError, match=r"jax does not know option\(s\) foo: it takes matmul_prec"
+    ):
+        JaxBackend().prepare(
+            artifact, "cpu", SessionOptions(extra={"matmul_precision": "bfloat16", "foo": "1"})
+        )
     with pytest.raises(UsageError, match="matmul_precision 'fastest' is not one of default"):
         JaxBackend().prepare(artifact, "cpu", SessionOptions(extra={"matmul_precision": "fastest"}))
 
@@ -246,10 +251,10 @@ def test_unknown_device_names_are_refused(typed: str) -> None:
 
 
 def test_discovery_lists_tpus_through_jax() -> None:
-    from crossinfer.hardware.discover import _probe_jax
+    from crossinfer.backends.jax_entry import probe
 
     fake_jax = types.SimpleNamespace(devices=lambda: TPU_VM("tpu"))
-    devices, notes = _probe_jax(fake_jax)  # type: ignore[arg-type]
+    devices, notes = probe(fake_jax)  # type: ignore[arg-type]
     assert devices == ("tpu:0 (TPU v5 lite)", "tpu:1 (TPU v5 lite)")
     assert any("bf16" in note for note in notes)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Mapping
@@ -17,7 +18,12 @@ from crossinfer.backends.base import Session, get_backend
 from crossinfer.bench.loadgen import ScenarioOutcome, run_scenario
 from crossinfer.bench.pool import SamplePool, check_batchable
 from crossinfer.bench.server_search import find_server_qps
-from crossinfer.bench.settings import EARLY_STOPPING_MIN_QUERIES, LoadGenSettings, quick_settings
+from crossinfer.bench.settings import (
+    EARLY_STOPPING_MIN_QUERIES,
+    QUICK_QUERY_BUDGET_S,
+    LoadGenSettings,
+    quick_settings,
+)
 from crossinfer.bench.summary import parse_summary
 from crossinfer.errors import InferenceError, UsageError
 from crossinfer.model import load_model
@@ -119,14 +125,52 @@ def test_offline_runs_batches_of_the_batch_size(
     assert all(size == 8 for size in loadgen_runs[:-1])
 
 
+# the Server test loads the SUT this lightly, and bounds p99 this loosely: a 2-core CI machine
+# that is busy with other jobs delays a thread by tens of ms now and then (500 QPS against
+# LoadGen's default 10 ms bound was INVALID there), and the test is of crossinfer's Server
+# plumbing, not of the machine's scheduling
+SERVER_BUSY_SHARE = 0.05
+SERVER_MAX_QPS = 200.0  # keeps the run short: early stopping's 459 queries in about 2.3 s
+# the quick budget must still fit those 459 queries (below this, fewer: INVALID is possible)
+SERVER_MIN_QPS = EARLY_STOPPING_MIN_QUERIES["server"] / QUICK_QUERY_BUDGET_S + 2
+SERVER_P99_BOUND_MS = 1000.0
+
+
+def _light_server_qps(session: Session, pool: SamplePool) -> float:
+    """A target QPS at which the SUT is busy SERVER_BUSY_SHARE of one core, from its median
+    batch-1 latency on this machine now, within [SERVER_MIN_QPS, SERVER_MAX_QPS]."""
+    feeds = dict(pool.samples[0])
+    session.run(feeds)
+    times = []
+    for _ in range(20):
+        start = time.perf_counter()
+        session.run(feeds)
+        times.append(time.perf_counter() - start)
+    light = SERVER_BUSY_SHARE / float(np.median(times))
+    return max(SERVER_MIN_QPS, min(SERVER_MAX_QPS, light))
+
+
 def test_server_at_a_low_target_qps_is_valid(
     mlp: Session, mlp_pool: SamplePool, tmp_path: Path
 ) -> None:
-    settings = quick_settings("server", target_qps=500, batch_size=4, instances=2)
+    qps = _light_server_qps(mlp, mlp_pool)
+    settings = dataclasses.replace(
+        quick_settings("server", target_qps=qps, batch_size=4, instances=2),
+        server_target_latency_ms=SERVER_P99_BOUND_MS,
+    )
     outcome = run_scenario(mlp, mlp_pool, settings, log_dir=tmp_path)
     _check_common(outcome)
-    assert outcome.valid, outcome.summary
+    why = {k: v for k, v in outcome.summary.items() if "satisf" in k or "atency (ns)" in k}
+    assert outcome.valid, (qps, why, outcome.summary.get("Early Stopping Result"))
     assert outcome.summary["Performance constraints satisfied"] == "Yes"
+    assert outcome.loadgen_settings["server_target_qps"] == qps
+    assert outcome.loadgen_settings["server_target_latency_ns"] == SERVER_P99_BOUND_MS * 1e6
+    # what LoadGen's summary says it was asked for, parsed back
+    assert float(outcome.summary["target_qps"]) == pytest.approx(qps, rel=1e-3)
+    assert int(outcome.summary["target_latency (ns)"]) == SERVER_P99_BOUND_MS * 1e6
+    # the Poisson schedule (seeded) averages close to the target over 459+ queries
+    assert float(outcome.summary["Scheduled samples per second"]) == pytest.approx(qps, rel=0.15)
+    assert outcome.queries >= EARLY_STOPPING_MIN_QUERIES["server"]
     assert outcome.metric_name == "Completed samples per second"
     assert len(outcome.latencies_ns) == outcome.queries == outcome.samples_completed
     assert max(outcome.batch_sizes) <= 4

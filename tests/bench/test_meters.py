@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from crossinfer.bench.energy import POWERCAP_ROOT, EnergyMeter, rapl_delta_uj
+from crossinfer.bench.energy import POWERCAP_ROOT, EnergyMeter, rapl_delta_uj, rapl_zones
 from crossinfer.bench.memory import PeakMemory
 
 MB = 1024 * 1024
@@ -197,15 +197,40 @@ def test_rapl_packages_with_a_wraparound(tmp_path: Path) -> None:
     assert reading.method == "RAPL package-0"
 
 
+def _set_counter(path: Path, value: int) -> None:
+    """Change a fake counter at once, as sysfs does: write_text truncates first, and a poll
+    that lands in between reads an empty file (a failed read: no figure at all)."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(f"{value}\n")
+    os.replace(staged, path)
+
+
 def test_rapl_polling_counts_more_than_one_wrap(tmp_path: Path) -> None:
+    # a fake counter, so the wrap logic is tested on every machine, RAPL readable or not
     package = _zone(tmp_path, "package-0", "intel-rapl:0", 900, 1000)
     with EnergyMeter(gpu_indices=(), powercap_root=tmp_path, poll_s=0.005) as meter:
         for value in (100, 900, 100):  # +200, +800, +200 µJ: 1.2 ranges in all
-            package.write_text(f"{value}\n")
-            deadline = time.monotonic() + 2
+            _set_counter(package, value)
+            # each value must be polled before the next (a missed wrap is lost): wait for the
+            # poller as long as a loaded machine needs, and fail with why if it never comes
+            deadline = time.monotonic() + 60
             while meter._rapl_last[0] != value and time.monotonic() < deadline:
                 time.sleep(0.002)
-    assert meter.joules == pytest.approx(1200e-6)
+            assert meter._rapl_last[0] == value, f"the poller never read {value} in 60 s"
+    assert meter.joules == pytest.approx(1200e-6), meter.method
+    assert meter.method == "RAPL package-0"
+
+
+def test_rapl_polling_on_this_machine_counts_up() -> None:
+    zones, why = rapl_zones(POWERCAP_ROOT)
+    if not zones:
+        pytest.skip(f"no RAPL counter readable here: {why}")
+    with EnergyMeter(gpu_indices=(), poll_s=0.01) as meter:
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:  # a package draws power while it works
+            sum(i * i for i in range(10_000))
+    assert meter.joules is not None and meter.joules > 0, meter.method
+    assert meter.method == "RAPL " + "+".join(zone.name for zone in zones)
 
 
 def test_unreadable_rapl_says_so(tmp_path: Path) -> None:

@@ -113,11 +113,18 @@ def test_cli_bench_stores_compares_and_history_lists(store_path: Path, tmp_path:
 
     second = runner.invoke(app, [*args, "--compare", "--threads", "1"])
     assert second.exit_code in (0, 1), second.output  # 1 only when a regression is flagged
-    compared = json.loads(second.stdout)["comparisons"]
+    again = json.loads(second.stdout)
+    compared = again["comparisons"]
     assert len(compared) == 1 and compared[0]["baseline_id"] is not None
     assert "threads None -> 1" in compared[0]["changes"]
-    metrics = {c["metric"] for c in compared[0]["comparisons"]}
-    assert metrics == {"throughput", "p99 latency"} or len(metrics) == 2
+    # both metrics, each comparing the second run's figure with the first run's
+    by_metric = {c["metric"]: c for c in compared[0]["comparisons"]}
+    assert list(by_metric) == ["throughput", "p99 latency"]
+    old, new = data["results"][0], again["results"][0]
+    assert by_metric["throughput"]["old"] == old["throughput"]
+    assert by_metric["throughput"]["new"] == new["throughput"]
+    assert by_metric["p99 latency"]["old"] == old["latency"]["p99_ms"]
+    assert by_metric["p99 latency"]["new"] == new["latency"]["p99_ms"]
     flagged = any(c["regressed"] for c in compared[0]["comparisons"])
     assert (second.exit_code == 1) == flagged
 
@@ -126,6 +133,7 @@ def test_cli_bench_stores_compares_and_history_lists(store_path: Path, tmp_path:
         assert len(rows) == 2
         newest = rows[0].result
         assert find_baseline(store, newest) is not None
+        assert compared[0]["baseline_id"] == rows[1].id  # the first run
 
     listed = runner.invoke(app, ["history", "zoo:mlp", "--store", str(store_path), "--json"])
     assert listed.exit_code == 0, listed.output

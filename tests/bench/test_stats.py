@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import platform
 import random
@@ -266,3 +267,23 @@ def test_runtime_versions_come_from_metadata() -> None:
     versions = runtime_versions()
     assert versions["python"] == platform.python_version()
     assert {"numpy", "onnx", "onnxruntime", "mlcommons-loadgen"} <= set(versions)
+
+
+@pytest.mark.parametrize(
+    ("name", "distributions"),
+    [("torch", ("torch",)), ("jax", ("jax",)), ("iree", ("iree-base-runtime", "iree-runtime"))],
+)
+def test_runtime_versions_include_every_backend_installed(
+    name: str, distributions: tuple[str, ...]
+) -> None:
+    # torch, jax and iree were once left out: a resumed tune reused measurements after an
+    # upgrade and bench --compare never named the change
+    installed = []
+    for distribution in distributions:
+        try:
+            installed.append(importlib.metadata.version(distribution))
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    if not installed:
+        pytest.skip(f"{name} is not installed")
+    assert runtime_versions()[name] == installed[0]

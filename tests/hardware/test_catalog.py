@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from crossinfer.hardware.catalog import CatalogError, load_catalog, resolve_price
+from crossinfer.errors import CatalogError
+from crossinfer.hardware.catalog import load_catalog, resolve_price
 
 
 def test_every_instance_price_has_a_date_and_a_source() -> None:
@@ -87,6 +88,25 @@ source = "amortised purchase price"
             "[[instance]]\nname='x'\nprovider='p'\nprice_per_hour='cheap'\nprice_date='2026'\nsource='s'\n",
             "price_per_hour must be a number",
         ),
+        # strict: an unknown key is refused with the nearest name, nothing is coerced with str()
+        (
+            "[[instance]]\nname='x'\nprovider='p'\nprise_per_hour=1.0\nprice_date='2026'\nsource='s'\n",
+            r"\[instance #1 \(x\)\] unknown key 'prise_per_hour': did you mean 'price_per_hour'\?",
+        ),
+        (
+            "[[device]]\nname = 3\nkind = 'gpu'\nsource = 's'\n",
+            r"device #1.name must be a non-empty string, got 3",
+        ),
+        ("[[device]]\nname = 'x'\nkind = 'gpus'\nsource = 's'\n", "kind 'gpus' is not one of"),
+        (
+            "[[device]]\nname = 'x'\nkind = 'gpu'\nsource = 's'\nunconfirmed = 'no'\n",
+            "unconfirmed must be true or false, got 'no'",
+        ),
+        (
+            "[[device]]\nname = 'x'\nkind = 'gpu'\nsource = 's'\nmatch = 'H1'\n",
+            "match must be a list",
+        ),
+        ("device = 3\n", "device must be an array of tables"),
     ],
 )
 def test_bad_catalog_files_are_refused_naming_the_problem(
@@ -96,6 +116,15 @@ def test_bad_catalog_files_are_refused_naming_the_problem(
     path.write_text(text)
     with pytest.raises(CatalogError, match=message):
         load_catalog(path)
+
+
+def test_an_unquoted_price_date_is_read_as_its_text(tmp_path: Path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text(
+        "[[instance]]\nname = 'box'\nprovider = 'self'\nprice_per_hour = 0.5\n"
+        "price_date = 2026-11-01\nsource = 'invoice'\n"
+    )
+    assert load_catalog(path).instance("box").price_date == "2026-11-01"
 
 
 def test_missing_catalog_file(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from crossinfer.backends.base import Precision, get_backend
 from crossinfer.check.inputs import random_inputs
 from crossinfer.check.parity import OutputComparison, compare_outputs, default_tolerance
 from crossinfer.errors import CompileError, InputError, UsageError
+from crossinfer.hardware.int8 import int8_recipe
 from crossinfer.model import ModelArtifact, load_model
 from crossinfer.passes.base import CalibrationData, PassContext, read_provenance
 from crossinfer.passes.calibration import load_calibration
@@ -176,9 +177,17 @@ def test_fp16_keeps_blocked_ops_in_fp32(tmp_path: Path) -> None:
 # --- int8-dynamic -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("reduce_range", [None, True])
 @pytest.mark.parametrize("source", ["zoo:mlp", BERT])
-def test_int8_dynamic_matches(source: str, tmp_path: Path) -> None:
-    parent, produced = _apply(Int8DynamicPass(), source, Int8DynamicConfig(), tmp_path)
+def test_int8_dynamic_matches(source: str, reduce_range: bool | None, tmp_path: Path) -> None:
+    # None: the recipe for this CPU decides (7-bit weights without VNNI, where 8-bit saturates);
+    # True: the 7-bit, per-channel model an AVX2-only CPU gets, which must hold on any CPU
+    config = Int8DynamicConfig(reduce_range=reduce_range, per_channel=reduce_range)
+    parent, produced = _apply(Int8DynamicPass(), source, config, tmp_path)
+    recipe = read_provenance(produced.path)["recipe"]  # type: ignore[index]
+    here = int8_recipe("onnxruntime:cpu")
+    expected = (here.reduce_range, here.per_channel) if reduce_range is None else (True, True)
+    assert recipe["applied"] == {"reduce_range": expected[0], "per_channel": expected[1]}
     results = _parity(parent, produced, Precision.INT8)
     assert all(r.passed for r in results), [r.reason for r in results]
     assert _signature(produced) == _signature(parent)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,12 +23,31 @@ from crossinfer.zoo import zoo_dataset
 runner = CliRunner()
 
 
+# the fake runtime's cost model: this many samples/s, divided by 1 + each MatMul that
+# SlowdownPass adds (the real measurement still runs, for outputs and accuracy)
+FAKE_THROUGHPUT = 1000.0
+
+
+def _controlled_speed(real: Any) -> Any:
+    def measure(entry: Any, artifact: Any, *args: Any) -> tuple[Any, Any]:
+        measured, outputs = real(entry, artifact, *args)
+        nodes = load_model(str(artifact.path)).load_proto().graph.node
+        added = sum(1 for n in nodes if n.name.startswith("slow_mm_"))
+        throughput = FAKE_THROUGHPUT / (1 + added)
+        return dataclasses.replace(measured, throughput=throughput), outputs
+
+    return measure
+
+
 @pytest.fixture
 def fake_passes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake passes, measured with a controlled speed: whether a pass is judged a regression
+    must not depend on how loaded the machine is while a unit test runs."""
     monkeypatch.setitem(
         pipeline.PASSES, "slowdown", ("fake_passes", "SlowdownPass", Precision.FP32)
     )
     monkeypatch.setitem(pipeline.PASSES, "noise", ("fake_passes", "NoisePass", Precision.FP32))
+    monkeypatch.setattr(pipeline, "_measure", _controlled_speed(pipeline._measure))
 
 
 def _digits_set() -> LabelledSet:
@@ -43,16 +64,17 @@ def test_a_slower_pass_is_a_regression_and_is_dropped(tmp_path: Path, fake_passe
         passes=[("slowdown", None)],
         out_dir=tmp_path,
         dataset=_digits_set(),
-        measure_seconds=1.0,
+        measure_seconds=0.4,
         measure_batch=64,
     )
     baseline, slow = report.steps
     assert baseline.measurement is not None and baseline.measurement.accuracy is not None
     assert baseline.measurement.accuracy > 0.9
+    assert baseline.measurement.throughput == FAKE_THROUGHPUT
     assert slow.parity_passed  # same outputs: only the speed is worse
-    assert slow.speedup is not None and slow.speedup < 0.95
+    assert slow.speedup == pytest.approx(1 / 25)  # 24 MatMuls added
     assert slow.regression and not slow.kept
-    assert "the baseline's throughput on onnxruntime:cpu" in slow.reasons[0]
+    assert slow.reasons[0].startswith("0.04x the baseline's throughput on onnxruntime:cpu: ")
     assert report.final.sha256 == artifact.sha256  # nothing kept: the original stays
     provenance = read_provenance(tmp_path / "01-slowdown.onnx")
     assert provenance is not None and provenance["parent"]["sha256"] == artifact.sha256
@@ -77,6 +99,7 @@ def test_a_pass_that_breaks_accuracy_is_flagged_and_kept_only_on_request(
     assert not noisy.parity_passed
     assert any("top-1 accuracy drops" in r for r in noisy.reasons)
     assert any("parity at fp32 tolerance fails" in r for r in noisy.reasons)
+    assert noisy.speedup == 1.0 and not any("throughput" in r for r in noisy.reasons)
     assert noisy.kept and report.final.path == tmp_path / "model.onnx"
     assert report.final.sha256 == noisy.artifact.sha256
 

@@ -20,7 +20,7 @@ from crossinfer.backends.base import (
     get_backend,
 )
 from crossinfer.model import ModelArtifact, load_model
-from crossinfer.tune.spec import BatchingSpec, DeploymentSpec, write_spec
+from crossinfer.spec import BatchingSpec, DeploymentSpec, write_spec
 from crossinfer.zoo import zoo_model_path
 
 

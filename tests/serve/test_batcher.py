@@ -11,15 +11,18 @@ import numpy as np
 import pytest
 
 from crossinfer.backends.base import Placement, Target, get_backend
-from crossinfer.errors import InferenceError, InputError
-from crossinfer.model import TensorSpec, load_model
-from crossinfer.serve.batcher import (
-    BatcherConfig,
+from crossinfer.errors import (
     BatcherStoppedError,
-    DynamicBatcher,
+    InferenceError,
+    InputError,
     QueueFullError,
     QueueTimeoutError,
 )
+from crossinfer.model import TensorSpec, load_model
+from crossinfer.serve.batcher import (
+    DynamicBatcher,
+)
+from crossinfer.spec import BatchingSpec
 
 T = TypeVar("T")
 LIMIT_S = 10.0  # every test's event loop is bounded by this
@@ -90,7 +93,7 @@ async def gather_held(
 def test_held_requests_form_full_batches_and_split_back() -> None:
     async def main() -> None:
         session = FakeSession()
-        batcher = await started(DynamicBatcher([session], BatcherConfig(max_batch_size=4)))
+        batcher = await started(DynamicBatcher([session], BatchingSpec(max_batch_size=4)))
         outs = await gather_held(batcher, [lambda i=i: batcher.infer(x(i)) for i in range(8)])
         await batcher.stop()
         for i, out in enumerate(outs):
@@ -108,7 +111,7 @@ def test_held_requests_form_full_batches_and_split_back() -> None:
 def test_preferred_batch_sizes() -> None:
     async def main(preferred: tuple[int, ...], n: int) -> list[int]:
         session = FakeSession()
-        config = BatcherConfig(max_batch_size=8, preferred_batch_sizes=preferred)
+        config = BatchingSpec(max_batch_size=8, preferred_batch_sizes=preferred)
         batcher = await started(DynamicBatcher([session], config))
         await gather_held(batcher, [lambda: batcher.infer(x(1.0)) for _ in range(n)])
         await batcher.stop()
@@ -121,7 +124,7 @@ def test_preferred_batch_sizes() -> None:
 def test_multi_row_requests_never_overflow_max_batch_size() -> None:
     async def main() -> list[int]:
         session = FakeSession()
-        batcher = await started(DynamicBatcher([session], BatcherConfig(max_batch_size=4)))
+        batcher = await started(DynamicBatcher([session], BatchingSpec(max_batch_size=4)))
         feeds = [np.ones((rows, 3), np.float32) * rows for rows in (3, 2, 2)]
         outs = await gather_held(batcher, [lambda f=f: batcher.infer({"x": f}) for f in feeds])
         for f, out in zip(feeds, outs, strict=True):
@@ -137,7 +140,7 @@ def test_multi_row_requests_never_overflow_max_batch_size() -> None:
 def test_mixed_shapes_and_dtypes_never_batch_together() -> None:
     async def main() -> None:
         session = FakeSession()
-        batcher = await started(DynamicBatcher([session], BatcherConfig(max_batch_size=8)))
+        batcher = await started(DynamicBatcher([session], BatchingSpec(max_batch_size=8)))
         kinds = [
             (3, np.float32),
             (5, np.float32),
@@ -160,7 +163,7 @@ def test_mixed_shapes_and_dtypes_never_batch_together() -> None:
 def test_higher_priority_runs_first() -> None:
     async def main() -> list[float]:
         session = FakeSession()
-        config = BatcherConfig(max_batch_size=1, priority_levels=3, default_priority=2)
+        config = BatchingSpec(max_batch_size=1, priority_levels=3, default_priority=2)
         batcher = await started(DynamicBatcher([session], config))
         prios = [3, None, 1, 2, 1]  # None: the default (2)
         await gather_held(
@@ -178,7 +181,7 @@ def test_higher_priority_runs_first() -> None:
 def test_full_queue_rejects_immediately() -> None:
     async def main() -> None:
         batcher = await started(
-            DynamicBatcher([FakeSession()], BatcherConfig(max_batch_size=4, max_queue_size=2))
+            DynamicBatcher([FakeSession()], BatchingSpec(max_batch_size=4, max_queue_size=2))
         )
         batcher.hold_until(100)
         queued = [asyncio.create_task(batcher.infer(x(i))) for i in range(2)]
@@ -196,7 +199,7 @@ def test_full_queue_rejects_immediately() -> None:
 
 def test_request_times_out_in_the_queue() -> None:
     async def main() -> None:
-        config = BatcherConfig(max_batch_size=4, default_timeout_us=10_000_000)
+        config = BatchingSpec(max_batch_size=4, default_timeout_us=10_000_000)
         batcher = await started(DynamicBatcher([FakeSession()], config))
         batcher.hold_until(100)  # never reached: only the timeout can end the first request
         patient = asyncio.create_task(batcher.infer(x(1.0)))
@@ -216,7 +219,7 @@ def test_failing_batch_fails_only_its_requests() -> None:
     async def main() -> None:
         session = FakeSession()
         batcher = await started(
-            DynamicBatcher([session], BatcherConfig(max_batch_size=2), model_name="mlp")
+            DynamicBatcher([session], BatchingSpec(max_batch_size=2), model_name="mlp")
         )
         values = [1.0, -1.0, 3.0, 4.0]  # batch [1, -1] fails, batch [3, 4] succeeds
         batcher.hold_until(4)
@@ -238,7 +241,7 @@ def test_failing_batch_fails_only_its_requests() -> None:
 
 def test_stop_drains_every_accepted_request() -> None:
     async def main() -> None:
-        config = BatcherConfig(max_batch_size=2, max_queue_delay_us=60_000_000)
+        config = BatchingSpec(max_batch_size=2, max_queue_delay_us=60_000_000)
         batcher = await started(DynamicBatcher([FakeSession(), FakeSession()], config))
         batcher.hold_until(100)
         tasks = [asyncio.create_task(batcher.infer(x(i))) for i in range(5)]
@@ -254,7 +257,7 @@ def test_stop_drains_every_accepted_request() -> None:
 
 def test_stop_without_drain_fails_queued_requests() -> None:
     async def main() -> None:
-        batcher = await started(DynamicBatcher([FakeSession()], BatcherConfig(max_batch_size=2)))
+        batcher = await started(DynamicBatcher([FakeSession()], BatchingSpec(max_batch_size=2)))
         batcher.hold_until(100)
         tasks = [asyncio.create_task(batcher.infer(x(i))) for i in range(3)]
         await wait_pending(batcher, 3)
@@ -269,7 +272,7 @@ def test_stop_without_drain_fails_queued_requests() -> None:
 def test_queue_delay_fills_a_batch_and_a_full_batch_does_not_wait() -> None:
     async def main(delay_us: int, n: int) -> list[int]:
         session = FakeSession()
-        config = BatcherConfig(max_batch_size=4, max_queue_delay_us=delay_us)
+        config = BatchingSpec(max_batch_size=4, max_queue_delay_us=delay_us)
         batcher = await started(DynamicBatcher([session], config))
         await asyncio.gather(*(batcher.infer(x(i)) for i in range(n)))
         await batcher.stop()
@@ -282,7 +285,7 @@ def test_queue_delay_fills_a_batch_and_a_full_batch_does_not_wait() -> None:
 def test_no_batching_passes_tensors_unchanged() -> None:
     async def main() -> None:
         session = FakeSession()
-        batcher = await started(DynamicBatcher(lambda: session, BatcherConfig(max_batch_size=0)))
+        batcher = await started(DynamicBatcher(lambda: session, BatchingSpec(max_batch_size=0)))
         outs = await gather_held(
             batcher, [lambda: batcher.infer({"x": np.ones((3,), np.float32)}) for _ in range(3)]
         )
@@ -303,7 +306,7 @@ def test_event_loop_stays_responsive_while_a_session_computes() -> None:
 
     async def main() -> int:
         batcher = await started(
-            DynamicBatcher([FakeSession(hook=block)], BatcherConfig(max_batch_size=4))
+            DynamicBatcher([FakeSession(hook=block)], BatchingSpec(max_batch_size=4))
         )
         ticks = 0
 
@@ -335,7 +338,7 @@ def test_real_onnxruntime_session_batches_and_matches_unbatched_results() -> Non
 
     async def main() -> list[dict[str, np.ndarray]]:
         batcher = await started(
-            DynamicBatcher([session], BatcherConfig(max_batch_size=4), model_name="mlp")
+            DynamicBatcher([session], BatchingSpec(max_batch_size=4), model_name="mlp")
         )
         outs = await gather_held(batcher, [lambda f=f: batcher.infer(f) for f in feeds])
         await batcher.stop()
@@ -351,6 +354,8 @@ def test_real_onnxruntime_session_batches_and_matches_unbatched_results() -> Non
 
 def test_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError, match="preferred_batch_sizes"):
-        BatcherConfig(max_batch_size=4, preferred_batch_sizes=(8,))
+        BatchingSpec(max_batch_size=4, preferred_batch_sizes=(8,))
     with pytest.raises(ValueError, match=r"default_priority must lie in 1\.\.2"):
-        BatcherConfig(max_batch_size=4, priority_levels=2, default_priority=3)
+        BatchingSpec(max_batch_size=4, priority_levels=2, default_priority=3)
+    with pytest.raises(ValueError, match="settle max_batch_size"):
+        DynamicBatcher([FakeSession()], BatchingSpec(max_batch_size=None))

@@ -6,6 +6,7 @@ cannot start on this machine.
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -13,14 +14,15 @@ import signal
 import subprocess
 import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from crossinfer.errors import PerfAnalyzerUnavailableError
 from crossinfer.serve.perf import (
     PerfAnalyzer,
-    PerfAnalyzerUnavailableError,
     locate_perf_analyzer,
     parse_csv,
 )
@@ -133,6 +135,31 @@ def test_perf_analyzer_measures_crossinfer_serve(
     # perf_analyzer read the server's statistics around each window (the statistics extension)
     assert "Server:" in output and "Inference count:" in output
     assert "throughput:" in output
+
+
+def _mlp_regions() -> set[str]:
+    # perf_analyzer names its regions after the model's tensors ("features_0_0", "logits")
+    return {n for n in os.listdir("/dev/shm") if n.startswith(("features", "logits"))}
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_perf_analyzer_with_system_shared_memory(
+    perf_analyzer: PerfAnalyzer, serve_mlp: ServeProcess, protocol: str
+) -> None:
+    """Inputs and outputs travel through /dev/shm regions perf_analyzer registers (Triton's
+    system_shared_memory extension); none is left behind, on the server or in /dev/shm."""
+    before = _mlp_regions()
+    url = serve_mlp.http if protocol == "http" else serve_mlp.grpc
+    args = [*PERF_ARGS, "--shared-memory", "system"]
+    rows, output = perf_analyzer.run("mlp", url, protocol, args, timeout_s=180)
+    assert [r.concurrency for r in rows] == [1, 2], output
+    for row in rows:
+        assert row.throughput > 0
+        assert 0 < row.p50_us <= row.p99_us
+    assert "Inference count:" in output
+    assert _mlp_regions() <= before  # perf_analyzer unlinked its regions; the server made none
+    with urllib.request.urlopen(f"http://{serve_mlp.http}/v2/systemsharedmemory/status") as r:
+        assert json.loads(r.read()) == []  # perf_analyzer unregistered what it registered
 
 
 def test_perf_analyzer_csv_is_parsed() -> None:

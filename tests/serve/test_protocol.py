@@ -12,12 +12,12 @@ import ml_dtypes
 import numpy as np
 import pytest
 
+from crossinfer.errors import ProtocolError
 from crossinfer.model import TensorSpec
 from crossinfer.serve.protocol import (
     DATATYPES,
     HEADER_LENGTH,
     InferRequest,
-    ProtocolError,
     build_infer_response,
     datatype_of,
     error_body,

@@ -25,9 +25,9 @@ from serve_models import (
 )
 
 from crossinfer.backends.base import register_backend, unregister_backend
-from crossinfer.errors import ModelNotFoundError, UsageError
+from crossinfer.errors import ModelNotFoundError, ProtocolError, UsageError
 from crossinfer.serve.events import LOGGER_NAME, JsonFormatter
-from crossinfer.serve.protocol import InferRequest, ProtocolError
+from crossinfer.serve.protocol import InferRequest
 from crossinfer.serve.repository import (
     DELAY_SCHEDULER_ENV,
     ModelRepository,
@@ -351,7 +351,7 @@ def test_single_model_sources_from_the_command_line(tmp_path: Path) -> None:
 
         repo = open_repository("zoo:mlp", overrides={"max_batch_size": 2, "bogus": 1})
         await repo.start()
-        assert "unknown key(s) ['bogus']" in states(repo)["mlp"][1]
+        assert "unknown key 'bogus'" in states(repo)["mlp"][1]
 
     run(main())
     with pytest.raises(ModelNotFoundError, match="does not exist"):

@@ -234,3 +234,121 @@ def test_a_pick_that_ran_once_is_confirmed_when_the_confirmed_ones_fall_back() -
     # keys[0] confirmed first (mean 60); keys[1] (90, once) became the best: confirmed too
     assert outcome.confirmed == [keys[0], keys[1]]
     assert outcome.measured[keys[1]].runs == 2  # type: ignore[union-attr]
+
+
+# p99 of one batch run = overhead + per-sample time x batch size (ms), scaled by the knob setting:
+# what a runtime on a slow CPU looks like against a 100 ms bound
+LATENCY = {"int8": (10.0, 60.0), "fp32": (150.0, 100.0), "bf16": (80.0, 10.0)}
+KNOB_LATENCY = {0: 1.0, 1: 1.6, 2: 1.8}
+P99_BOUND = Constraints(max_p99_ms=100.0)
+
+
+def _slow_machine(candidate: Candidate) -> Metrics:
+    overhead, per_sample = LATENCY[candidate.variant.recipe]
+    knob = KNOBS.index(candidate.knobs)
+    p99 = (overhead + per_sample * candidate.batch_size) * KNOB_LATENCY[knob]
+    instances = candidate.knobs.instances
+    return Metrics(
+        throughput=1000.0 * candidate.batch_size * instances / p99,
+        p50_ms=p99 * 0.9,
+        p99_ms=p99,
+        percentiles_ms={},
+        peak_rss_mb=100.0,
+        energy_j_per_inference=None,
+        energy_method="not measured",
+    )
+
+
+def _slow_space(recipes: tuple[str, ...]) -> Space:
+    return build_space(
+        [_variant(r) for r in recipes],
+        BATCHES,
+        batchable=True,
+        cores=2,
+        knobs={"onnxruntime": KNOBS},
+    )
+
+
+def test_quick_steps_a_variant_down_to_the_batch_that_meets_the_p99_bound() -> None:
+    from crossinfer.tune.recommend import recommend
+
+    space = _slow_space(("int8", "fp32"))
+    calls: list[str] = []
+
+    def measure(candidate: Candidate) -> Metrics:
+        calls.append(candidate.key)
+        return _slow_machine(candidate)
+
+    # both variants miss 100 ms at the screening batch (8); a budget that leaves no room to climb
+    outcome = quick(space, measure, _rank(P99_BOUND), budget=4)
+    int8_1 = "onnxruntime:cpu/int8/batch 1/default threads"
+    fp32_1 = "onnxruntime:cpu/fp32/batch 1/default threads"
+    # screen both, then the nearer miss (int8: 490 ms) first; each goes straight to batch 1
+    assert calls == [
+        "onnxruntime:cpu/int8/batch 8/default threads",
+        "onnxruntime:cpu/fp32/batch 8/default threads",
+        int8_1,
+        fp32_1,
+    ]
+    rec = recommend(space, outcome, P99_BOUND, Scorer(Objective.THROUGHPUT))
+    assert rec.pick is not None and rec.pick.key == int8_1
+    assert rec.pick.metrics is not None and rec.pick.metrics.p99_ms == pytest.approx(70.0)
+    # fp32 misses even at batch 1 (250 ms): dropped, its larger batches keep the reason
+    assert [v.text for v in rec.result(fp32_1).violations] == [
+        "p99 250.00 ms > 100 ms allowed (+150%)"
+    ]
+    reason = outcome.skipped["onnxruntime:cpu/fp32/batch 2/default threads"]
+    assert reason == (
+        "not measured: dropped: this variant misses the constraints down to batch 1 "
+        f"({fp32_1}), and larger batches only add latency and memory"
+    )
+    assert all(r == reason for k, r in outcome.skipped.items() if "/fp32/" in k)
+
+
+def test_a_dropped_variant_is_not_climbed_and_the_rest_climb_from_their_feasible_point() -> None:
+    space = _slow_space(("int8", "fp32"))
+    outcome = quick(space, _slow_machine, _rank(P99_BOUND))  # the default budget: room to climb
+    fp32 = [k for k in outcome.measured if "/fp32/" in k]
+    assert fp32 == [
+        "onnxruntime:cpu/fp32/batch 8/default threads",
+        "onnxruntime:cpu/fp32/batch 1/default threads",
+    ]
+    # int8 climbed on from batch 1, where it stays: batch 2 (130 ms) and the other knobs at
+    # batch 1 (112 and 126 ms) miss; the path runs from its screening point
+    assert outcome.path == [
+        "onnxruntime:cpu/int8/batch 8/default threads -> "
+        "onnxruntime:cpu/int8/batch 1/default threads"
+    ]
+    assert {
+        "onnxruntime:cpu/int8/batch 2/default threads",
+        "onnxruntime:cpu/int8/batch 1/1 threads, x2 instances",
+        "onnxruntime:cpu/int8/batch 1/1 threads",
+    } <= set(outcome.measured)
+
+
+def test_quick_steps_down_again_when_the_first_step_still_misses() -> None:
+    # bf16's p99 is mostly a fixed cost (80 + 10 x batch): halving the batch does not halve it
+    space = _slow_space(("bf16",))
+    calls: list[str] = []
+
+    def measure(candidate: Candidate) -> Metrics:
+        calls.append(candidate.key)
+        return _slow_machine(candidate)
+
+    outcome = quick(space, measure, _rank(P99_BOUND), budget=3)
+    # 160 ms at batch 8 (+60%: try batch 4), 120 ms at batch 4 (+20%: try batch 2), 100 ms meets
+    assert [k.split("/")[2] for k in calls] == ["batch 8", "batch 4", "batch 2"]
+    assert outcome.measured[calls[-1]].p99_ms == pytest.approx(100.0)  # type: ignore[union-attr]
+    assert not any("dropped" in r for r in outcome.skipped.values())
+
+
+def test_budget_that_runs_out_while_stepping_down_says_so() -> None:
+    space = _slow_space(("bf16",))
+    outcome = quick(space, _slow_machine, _rank(P99_BOUND), budget=2)
+    assert len(outcome.measured) == 2
+    reason = outcome.skipped["onnxruntime:cpu/bf16/batch 1/default threads"]
+    assert reason == (
+        "not measured: screened at onnxruntime:cpu/bf16/batch 8/default threads, which missed "
+        "the constraints; quick's budget of 2 measurements ran out before a smaller batch size "
+        "met them"
+    )

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from crossinfer.model import load_model
+from crossinfer.spec import load_spec
 from crossinfer.store import ResultStore
 from crossinfer.tune.constraints import Constraints
 from crossinfer.tune.runner import NAIVE_DEFAULT, TuneConfig, TuneResult, tune
-from crossinfer.tune.spec import load_spec
 
 CONFIG = TuneConfig(
     backends=("onnxruntime",),

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import enum
 import importlib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+import importlib.metadata
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import KW_ONLY, dataclass, field
+from types import ModuleType
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -210,23 +212,87 @@ class Backend(Protocol):
 
 # --- registry ------------------------------------------------------------------------------
 
+# A backend's runtime as doctor sees it: the imported runtime module -> (devices, notes).
+DeviceProbe = Callable[[ModuleType], tuple[tuple[str, ...], tuple[str, ...]]]
+# A backend's tune grid: logical cores -> the knob settings to try (tune.space.Knobs fields),
+# most conventional first.
+KnobGrid = Callable[[int], tuple[Mapping[str, Any], ...]]
+# An optimize --precision shortcut: the passes to run, and the precision to ask the runtime for.
+Preset = tuple[tuple[str, ...], Precision]
+
 
 @dataclass(frozen=True)
 class BackendEntry:
-    """Where a backend lives and what to install when it cannot be imported."""
+    """Everything crossinfer knows about a backend without importing its runtime.
+
+    Where the Backend class lives and what to install when it cannot be imported; for doctor,
+    the runtime module to find and import, its device probe and its package names (also the
+    version the fingerprint records); tune's knob grid, optimize's precision presets and the
+    platform serve reports. Functions must be module-level: entries travel to child processes.
+    """
 
     name: str
     module: str  # "crossinfer.backends.onnxruntime"
     attribute: str  # the Backend class in that module
     install_hint: str  # "pip install 'crossinfer[openvino]'"
+    _: KW_ONLY
     is_reference: bool = False
+    # what doctor finds and imports ("iree.runtime"); None: doctor does not list this backend
+    runtime_module: str | None = None
+    # package names, first installed gives the version: ONNX Runtime ships under several
+    distributions: tuple[str, ...] = ()
+    probe: DeviceProbe | None = field(default=None, compare=False)
+    knob_grid: KnobGrid | None = field(default=None, compare=False)
+    presets: Mapping[str, Preset] = field(default_factory=dict, compare=False)
+    serving_platform: str | None = None  # KServe metadata platform; None: "<name>_onnx"
 
+    @property
+    def platform(self) -> str:
+        return self.serving_platform or f"{self.name}_onnx"
+
+    def installed_version(self) -> str | None:
+        """The version of the first of `distributions` installed; read from package metadata,
+        so nothing is imported."""
+        for distribution in self.distributions:
+            try:
+                return importlib.metadata.version(distribution)
+            except importlib.metadata.PackageNotFoundError:
+                continue
+        return None
+
+
+# One line per backend: the module declaring its ENTRY, which must import no runtime at the top
+# (a missing OpenVINO never breaks ONNX Runtime). The built-in backends import theirs at the top,
+# so each has a small <name>_entry.py beside it; a backend that imports its runtime inside its
+# functions can declare ENTRY in its own module. Read at the first registry lookup, not at
+# import, so an entry module may import this one.
+_BUILTIN = (
+    "crossinfer.backends.onnxruntime_entry",
+    "crossinfer.backends.openvino_entry",
+    "crossinfer.backends.torch_entry",
+    "crossinfer.backends.jax_entry",
+    "crossinfer.backends.iree_entry",
+    "crossinfer.backends.reference_entry",
+)
 
 _REGISTRY: dict[str, BackendEntry] = {}
+_builtins_loaded = False
 
 
-def register_backend(entry: BackendEntry) -> None:
-    """Add a backend; a second backend under the same name is a mistake, not an override."""
+def _registry() -> dict[str, BackendEntry]:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        builtin = [importlib.import_module(module).ENTRY for module in _BUILTIN]
+        # the built-in backends come first, in the order above, before any registered since
+        added = dict(_REGISTRY)
+        _REGISTRY.clear()
+        for entry in (*builtin, *added.values()):
+            _add(entry)
+    return _REGISTRY
+
+
+def _add(entry: BackendEntry) -> None:
     if entry.name in _REGISTRY:
         raise ValueError(
             f"backend '{entry.name}' is already registered ({_REGISTRY[entry.name].module})"
@@ -234,19 +300,31 @@ def register_backend(entry: BackendEntry) -> None:
     _REGISTRY[entry.name] = entry
 
 
+def register_backend(entry: BackendEntry) -> None:
+    """Add a backend; a second backend under the same name is a mistake, not an override."""
+    _registry()
+    _add(entry)
+
+
 def unregister_backend(name: str) -> None:
-    _REGISTRY.pop(name, None)
+    _registry().pop(name, None)
 
 
 def backend_entries() -> list[BackendEntry]:
-    return list(_REGISTRY.values())
+    return list(_registry().values())
+
+
+def find_backend_entry(name: str) -> BackendEntry | None:
+    """The entry of a registered backend, or None."""
+    return _registry().get(name)
 
 
 def backend_entry(name: str) -> BackendEntry:
+    registry = _registry()
     try:
-        return _REGISTRY[name]
+        return registry[name]
     except KeyError:
-        known = ", ".join(sorted(_REGISTRY))
+        known = ", ".join(sorted(registry))
         raise UsageError(f"unknown backend '{name}': known backends are {known}") from None
 
 
@@ -264,48 +342,6 @@ def load_backend(entry: BackendEntry) -> Backend:
             f"backend '{entry.name}' cannot be used: {exc}: {entry.install_hint}"
         ) from exc
     return backend
-
-
-for _entry in (
-    BackendEntry(
-        "onnxruntime",
-        "crossinfer.backends.onnxruntime",
-        "OnnxRuntimeBackend",
-        "pip install onnxruntime (or onnxruntime-gpu for CUDA/TensorRT)",
-    ),
-    BackendEntry(
-        "openvino",
-        "crossinfer.backends.openvino",
-        "OpenVinoBackend",
-        "pip install 'crossinfer[openvino]'",
-    ),
-    BackendEntry(
-        "torch",
-        "crossinfer.backends.torch",
-        "TorchBackend",
-        "pip install 'crossinfer[torch]'",
-    ),
-    BackendEntry(
-        "jax",
-        "crossinfer.backends.jax",
-        "JaxBackend",
-        "pip install 'crossinfer[jax]' (jax[cuda12] for NVIDIA GPUs, jax[tpu] on a TPU VM)",
-    ),
-    BackendEntry(
-        "iree",
-        "crossinfer.backends.iree",
-        "IreeBackend",
-        "pip install 'crossinfer[iree]'",
-    ),
-    BackendEntry(
-        "reference",
-        "crossinfer.backends.reference",
-        "ReferenceBackend",
-        "pip install onnx",
-        is_reference=True,
-    ),
-):
-    register_backend(_entry)
 
 
 # --- feeds --------------------------------------------------------------------------------

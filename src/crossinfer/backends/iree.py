@@ -40,6 +40,7 @@ from crossinfer.errors import (
     UsageError,
     short_message,
 )
+from crossinfer.hardware.nvml import open_nvml
 from crossinfer.model import ModelArtifact
 
 
@@ -238,16 +239,16 @@ def cuda_target(capability: tuple[int, int] | None) -> str:
 
 
 def _local_cuda_capability() -> tuple[int, int] | None:
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(
-            pynvml.nvmlDeviceGetHandleByIndex(0)
-        )
+    with open_nvml() as nvml:
+        if nvml.lib is None:  # no NVML, no driver: the caller falls back to a default
+            return None
+        try:
+            major, minor = nvml.lib.nvmlDeviceGetCudaComputeCapability(
+                nvml.lib.nvmlDeviceGetHandleByIndex(0)
+            )
+        except Exception:  # no GPU: the caller falls back to a default
+            return None
         return int(major), int(minor)
-    except Exception:  # no NVML, no driver, no GPU: the caller falls back to a default
-        return None
 
 
 def compile_mlir(mlir: str, target_backend: str, flags: Sequence[str], source: str) -> bytes:
@@ -364,10 +365,13 @@ class IreeSession:
                 self._ignored.append(name)
         if options.threads is not None:
             _limit_threads(options.threads, self._ignored)
+        unknown = sorted(k for k in options.extra if not k.startswith("--") and k != "flags")
+        if unknown:
+            raise UsageError(
+                f"iree does not know option(s) {', '.join(unknown)}: it takes compiler flags "
+                "as --iree-...=VALUE keys and 'flags' (a space-separated list)"
+            )
         self._flags = compile_flags(device.target_backend, self._precision, options.extra)
-        for key in options.extra:
-            if not key.startswith("--") and key != "flags":
-                self._ignored.append(f"extra {key} (iree takes --compiler-flags and 'flags')")
         self._config = ireert.Config(device.driver)
         self._modules: dict[tuple[Any, ...], Any] = {}
         self._lock = threading.Lock()

@@ -221,9 +221,12 @@ class JaxSession:
                 f"jax matmul_precision '{self._matmul_precision}' is not one of "
                 f"{', '.join(_MATMUL_PRECISIONS)}"
             )
-        for key in options.extra:
-            if key != "matmul_precision":
-                self._ignored.append(f"extra {key} (jax takes matmul_precision)")
+        unknown = sorted(key for key in options.extra if key != "matmul_precision")
+        if unknown:
+            raise UsageError(
+                f"jax does not know option(s) {', '.join(unknown)}: it takes matmul_precision "
+                f"({', '.join(_MATMUL_PRECISIONS)})"
+            )
         for name in ("threads", "graph_optimization_level", "performance_hint", "streams"):
             if getattr(options, name) is not None:
                 # XLA's CPU thread pool is sized when the process starts (XLA_FLAGS)

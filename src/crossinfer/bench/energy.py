@@ -6,15 +6,15 @@ estimates from TDP.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from crossinfer.bench.result import EnergyReading
+from crossinfer.hardware.nvml import Nvml, open_nvml
 
 __all__ = ["POWERCAP_ROOT", "EnergyMeter", "RaplZone", "rapl_delta_uj", "rapl_zones"]
 
@@ -102,7 +102,7 @@ class EnergyMeter:
         self._rapl = rapl
         self._root = powercap_root
         self._poll_s = poll_s
-        self._nvml: ModuleType | None = None
+        self._nvml: Nvml | None = None
         self._gpu_handles: list[tuple[int, Any]] = []
         self._gpu_start_mj: list[int] = []
         self._zones: list[RaplZone] = []
@@ -133,8 +133,9 @@ class EnergyMeter:
         else:
             self.rapl_reason = "RAPL not asked for"
         for _, handle in self._gpu_handles:
-            assert self._nvml is not None
-            self._gpu_start_mj.append(int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(handle)))
+            assert self._nvml is not None and self._nvml.lib is not None
+            lib = self._nvml.lib
+            self._gpu_start_mj.append(int(lib.nvmlDeviceGetTotalEnergyConsumption(handle)))
         return self
 
     def __exit__(
@@ -145,12 +146,11 @@ class EnergyMeter:
     ) -> None:
         parts: dict[str, float] = {}
         for (index, handle), start in zip(self._gpu_handles, self._gpu_start_mj, strict=True):
-            assert self._nvml is not None
-            end = int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(handle))
+            assert self._nvml is not None and self._nvml.lib is not None
+            end = int(self._nvml.lib.nvmlDeviceGetTotalEnergyConsumption(handle))
             parts[f"GPU {index}"] = (end - start) / 1000.0
         if self._nvml is not None:
-            with contextlib.suppress(Exception):
-                self._nvml.nvmlShutdown()
+            self._nvml.close()
             self._nvml = None
         self._stop.set()
         if self._thread is not None:
@@ -191,16 +191,11 @@ class EnergyMeter:
         if self._gpu_indices == ():
             self.gpu_reason = "no GPU used"
             return
-        try:
-            import pynvml as nvml
-        except ImportError as exc:
-            self.gpu_reason = f"no NVIDIA GPU energy (NVML bindings not importable: {exc})"
+        opened = open_nvml()
+        if opened.lib is None:
+            self.gpu_reason = f"no NVIDIA GPU energy ({opened.reason})"
             return
-        try:
-            nvml.nvmlInit()
-        except Exception as exc:
-            self.gpu_reason = f"no NVIDIA GPU (NVML: {str(exc).strip() or type(exc).__name__})"
-            return
+        nvml = opened.lib
         handles: list[tuple[int, Any]] = []
         problems: list[str] = []
         try:
@@ -219,11 +214,10 @@ class EnergyMeter:
         except Exception as exc:
             problems.append(f"NVML query failed ({exc})")
         if not handles:
-            with contextlib.suppress(Exception):
-                nvml.nvmlShutdown()
+            opened.close()
             self.gpu_reason = "; ".join(problems) if problems else "NVML lists no NVIDIA GPU"
             return
-        self._nvml = nvml
+        self._nvml = opened
         self._gpu_handles = handles
         self.gpu_reason = "; ".join(problems)
 

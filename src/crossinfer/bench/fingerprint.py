@@ -12,19 +12,13 @@ import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from crossinfer.backends.base import backend_entries
 from crossinfer.hardware.discover import discover_cpu, discover_gpus
 
-# Distributions per reported name, first installed wins: ONNX Runtime ships under several names.
-_VERSIONED: dict[str, tuple[str, ...]] = {
+# Libraries that shape timings besides the runtimes, whose package names their registry entries
+# give: distributions per reported name, first installed wins.
+_LIBRARIES: dict[str, tuple[str, ...]] = {
     "onnx": ("onnx",),
-    "onnxruntime": (
-        "onnxruntime",
-        "onnxruntime-gpu",
-        "onnxruntime-openvino",
-        "onnxruntime-directml",
-        "onnxruntime-qnn",
-    ),
-    "openvino": ("openvino",),
     "numpy": ("numpy",),
     "mlcommons-loadgen": ("mlcommons-loadgen",),
 }
@@ -74,10 +68,14 @@ def runtime_versions() -> dict[str, str]:
     packages that are not installed are left out.
     """
     versions: dict[str, str] = {}
-    for name, distributions in _VERSIONED.items():
+    for name, distributions in _LIBRARIES.items():
         version = _first_installed(distributions)
         if version is not None:
             versions[name] = version
+    for entry in backend_entries():
+        runtime = entry.installed_version()
+        if runtime is not None:
+            versions[entry.name] = runtime
     versions["python"] = platform.python_version()
     return versions
 

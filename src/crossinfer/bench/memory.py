@@ -5,16 +5,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
 import sys
 import threading
 from collections.abc import Sequence
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import Any
 
 import psutil
+
+from crossinfer.hardware.nvml import Nvml, open_nvml
 
 __all__ = ["PeakMemory"]
 
@@ -44,7 +45,7 @@ class PeakMemory:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._maxrss_start = 0
-        self._nvml: ModuleType | None = None
+        self._nvml: Nvml | None = None
         self._handles: list[Any] = []
         self._gpu_label = ""
         self._peak_mine_mb: float | None = None
@@ -122,38 +123,30 @@ class PeakMemory:
                 self._peak_device_mb = max(self._peak_device_mb or 0.0, device)
 
     def _open_nvml(self) -> None:
-        try:
-            import pynvml as nvml
-        except ImportError as exc:
-            self.device_mem_reason = f"not measured: NVML bindings not importable ({exc})"
+        nvml = open_nvml()
+        if nvml.lib is None:
+            self.device_mem_reason = f"not measured: {nvml.reason}"
             return
+        lib = nvml.lib
         try:
-            nvml.nvmlInit()
-        except Exception as exc:
-            self.device_mem_reason = f"not measured: no NVIDIA GPU (NVML: {_nvml_text(exc)})"
-            return
-        try:
-            count = int(nvml.nvmlDeviceGetCount())
+            count = int(lib.nvmlDeviceGetCount())
             indices = self._gpu_indices if self._gpu_indices is not None else range(count)
-            self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
+            self._handles = [lib.nvmlDeviceGetHandleByIndex(i) for i in indices]
         except Exception as exc:
             self.device_mem_reason = f"not measured: NVML query failed ({_nvml_text(exc)})"
-            with contextlib.suppress(Exception):
-                nvml.nvmlShutdown()
+            nvml.close()
             return
         if not self._handles:
             self.device_mem_reason = "not measured: NVML lists no GPU"
-            with contextlib.suppress(Exception):
-                nvml.nvmlShutdown()
+            nvml.close()
             return
         self._nvml = nvml
-        indices = self._gpu_indices if self._gpu_indices is not None else range(count)
         self._gpu_label = "GPU " + ",".join(str(i) for i in indices)
 
     def _device_used_mb(self) -> tuple[float | None, float]:
         """This process's GPU memory (None when NVML does not list it) and the devices' used."""
-        nvml = self._nvml
-        assert nvml is not None
+        assert self._nvml is not None and self._nvml.lib is not None
+        nvml = self._nvml.lib
         pid = os.getpid()
         mine: int | None = None
         for handle in self._handles:
@@ -168,8 +161,7 @@ class PeakMemory:
     def _close_nvml(self) -> None:
         if self._nvml is None:
             return
-        with contextlib.suppress(Exception):
-            self._nvml.nvmlShutdown()
+        self._nvml.close()
         self._nvml = None
         if self._peak_mine_mb is not None:
             self.peak_device_mem_mb = self._peak_mine_mb

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import crossinfer.errors
 from crossinfer import __version__
 from crossinfer.backends.base import (
     BackendEntry,
@@ -32,7 +31,7 @@ from crossinfer.bench.result import SCENARIOS, BenchResult, EnergyReading, Laten
 from crossinfer.bench.server_search import find_server_qps
 from crossinfer.bench.settings import LoadGenSettings, quick_settings
 from crossinfer.bench.stats import latency_stats, stability
-from crossinfer.check.isolate import run_isolated
+from crossinfer.check.isolate import ChildOutcome, run_isolated
 from crossinfer.errors import CrossinferError, InferenceError, UsageError
 from crossinfer.model import ModelArtifact
 
@@ -68,9 +67,12 @@ class BenchPlan:
             raise UsageError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
 
 
-@dataclass(frozen=True)
-class BenchError:
-    """A setting that could not be measured, with the reason (crash, timeout, runtime error)."""
+@dataclass(frozen=True, kw_only=True)
+class BenchFailure:
+    """A setting that could not be measured, with the reason (crash, timeout, runtime error).
+
+    A record in `BenchRun.errors`, not an exception: a failed setting is a result of the run.
+    """
 
     target: str
     batch_size: int
@@ -81,7 +83,7 @@ class BenchError:
 @dataclass(frozen=True)
 class BenchRun:
     results: tuple[BenchResult, ...]
-    errors: tuple[BenchError, ...] = field(default=())
+    errors: tuple[BenchFailure, ...] = field(default=())
 
 
 def server_latency_for(artifact: ModelArtifact) -> float:
@@ -101,7 +103,7 @@ def run_benchmark(
     log_root: Path,
     timeout_s: float = 1800.0,
     on_result: Callable[[BenchResult], None] | None = None,
-    on_error: Callable[[BenchError], None] | None = None,
+    on_error: Callable[[BenchFailure], None] | None = None,
 ) -> BenchRun:
     """Measure every scenario of `plan` at every batch size; one child process per batch size.
 
@@ -112,7 +114,7 @@ def run_benchmark(
     entry = backend_entry(target.backend)
     latency_bound = plan.server_latency_ms or server_latency_for(artifact)
     results: list[BenchResult] = []
-    errors: list[BenchError] = []
+    errors: list[BenchFailure] = []
     for i, batch in enumerate(plan.batch_sizes):
         scenarios = tuple(s for s in plan.scenarios if s in ("offline", "server") or i == 0)
         if not scenarios:
@@ -141,23 +143,29 @@ def run_benchmark(
                 if on_error:
                     on_error(error)
             continue
-        if outcome.status == "error":
-            # our own errors already say what went wrong; a foreign one needs its type named
-            own = hasattr(crossinfer.errors, outcome.error_type)
-            reason = outcome.message if own else f"{outcome.error_type}: {outcome.message}"
-        else:
-            reason = f"{outcome.status}: {outcome.message}"
-        error = BenchError(str(target), batch, scenarios, reason)
+        error = BenchFailure(
+            target=str(target), batch_size=batch, scenarios=scenarios, reason=_reason(outcome)
+        )
         errors.append(error)
         if on_error:
             on_error(error)
     return BenchRun(tuple(results), tuple(errors))
 
 
+def _reason(outcome: ChildOutcome) -> str:
+    """Why a child process gave no result, for a BenchFailure."""
+    if outcome.status != "error":
+        return f"{outcome.status}: {outcome.message}"
+    # our own errors already say what went wrong; a foreign one needs its type named
+    if outcome.error_class is not None:
+        return outcome.message
+    return f"{outcome.error_type}: {outcome.message}"
+
+
 @dataclass(frozen=True)
 class ChildBench:
     results: tuple[BenchResult, ...]
-    errors: tuple[BenchError, ...]
+    errors: tuple[BenchFailure, ...]
 
 
 def bench_in_child(
@@ -227,7 +235,7 @@ def bench_session(
     Peak memory is left at 0 for the caller to fill in.
     """
     results: list[BenchResult] = []
-    errors: list[BenchError] = []
+    errors: list[BenchFailure] = []
     pool = SamplePool.random(artifact.inputs, count=plan.pool_size, seed=0)
     start = time.perf_counter()
     session.run(pool.batch([0]))
@@ -245,7 +253,14 @@ def bench_session(
                         session, staged, settings, plan, log_dir / scenario
                     )
             except CrossinferError as exc:
-                errors.append(BenchError(str(target), settings.batch_size, (scenario,), str(exc)))
+                errors.append(
+                    BenchFailure(
+                        target=str(target),
+                        batch_size=settings.batch_size,
+                        scenarios=(scenario,),
+                        reason=str(exc),
+                    )
+                )
                 continue
             energy = meter.reading(outcome.samples_completed)
             result = _result(
@@ -371,6 +386,7 @@ def _result(
             "threads": options.threads,
             "streams": options.streams,
             "performance_hint": options.performance_hint,
+            "options": dict(options.extra),  # backend knobs (--option KEY=VALUE)
             "instances": settings.instances,
             "max_queue_delay_ms": settings.max_queue_delay_ms
             if settings.scenario == "server"
@@ -408,7 +424,7 @@ def settings_changes(new: BenchResult, old: BenchResult) -> list[str]:
         if name == "runtime":
             continue
         before, after = old.settings.get(name), new.settings.get(name)
-        if before != after:
+        if before != after and (before or after):  # a key older rows lack is no change
             changes.append(f"{name} {before} -> {after}")
     for name in sorted(set(new.runtime_versions) | set(old.runtime_versions)):
         before, after = old.runtime_versions.get(name), new.runtime_versions.get(name)

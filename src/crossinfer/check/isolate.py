@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from crossinfer.errors import CrossinferError, error_class
+
 _CONTEXT = multiprocessing.get_context("spawn")
 
 
@@ -36,6 +38,11 @@ class ChildOutcome:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    @property
+    def error_class(self) -> type[CrossinferError] | None:
+        """The crossinfer error the child raised (judge with issubclass); None: a foreign one."""
+        return error_class(self.error_type) if self.status == "error" else None
 
 
 def run_isolated(

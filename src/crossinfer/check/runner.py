@@ -25,7 +25,14 @@ from crossinfer.backends.base import (
 )
 from crossinfer.check.isolate import ChildOutcome, run_isolated
 from crossinfer.check.parity import OutputComparison, Tolerance, compare_outputs, default_tolerance
-from crossinfer.errors import BackendUnavailableError, CrossinferError
+from crossinfer.errors import (
+    BackendUnavailableError,
+    CompileError,
+    CrossinferError,
+    DeviceUnavailableError,
+    InferenceError,
+    error_class,
+)
 from crossinfer.model import ModelArtifact
 
 
@@ -175,6 +182,10 @@ def check_model(
             row = _judge(
                 row, outputs, ref_outputs if ref_row.passed else None, tolerance, ref_target
             )
+            if row.verdict is Verdict.MISMATCH and (
+                precision is Precision.INT8 or is_quantized(artifact)
+            ):
+                row = _name_isa_drift(row, target, artifact)
         rows.append(row)
         if on_row:
             on_row(row)
@@ -191,6 +202,33 @@ def check_model(
         input_source=input_source,
         rows=tuple(rows),
     )
+
+
+_QUANTIZED_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "DynamicQuantizeLinear",
+        "MatMulInteger",
+        "ConvInteger",
+        "QLinearConv",
+        "QLinearMatMul",
+    }
+)
+
+
+def is_quantized(artifact: ModelArtifact) -> bool:
+    """Whether the graph computes in 8-bit integers (QDQ pairs or integer ops)."""
+    return any(op in _QUANTIZED_OPS for op in artifact.op_histogram)
+
+
+def _name_isa_drift(row: CheckRow, target: Target, artifact: ModelArtifact) -> CheckRow:
+    """An INT8 mismatch on a CPU without VNNI says which feature is missing and what to do."""
+    from crossinfer.hardware.int8 import vnni_missing_note
+    from crossinfer.passes.base import read_provenance
+
+    note = vnni_missing_note(str(target), provenance=read_provenance(artifact.path))
+    return row if note is None else replace(row, reason=f"{row.reason}; {note}")
 
 
 def _run_row(
@@ -224,7 +262,7 @@ def _row_from_outcome(
             name, Verdict.CRASHED, outcome.message, stderr_tail=outcome.stderr_tail
         ), None
     if outcome.status == "error":
-        verdict = _ERROR_VERDICTS.get(outcome.error_type, Verdict.ERROR)
+        verdict = _verdict_for(outcome.error_class)
         return (
             CheckRow(
                 name,
@@ -237,7 +275,7 @@ def _row_from_outcome(
     result: ChildResult = outcome.value
     if result.error is not None:
         error_type, message = result.error
-        verdict = _ERROR_VERDICTS.get(error_type, Verdict.ERROR)
+        verdict = _verdict_for(error_class(error_type))
         return (
             CheckRow(
                 name,
@@ -265,12 +303,22 @@ def _row_from_outcome(
     return row, result.outputs
 
 
-_ERROR_VERDICTS = {
-    "BackendUnavailableError": Verdict.UNAVAILABLE,
-    "DeviceUnavailableError": Verdict.UNAVAILABLE,
-    "CompileError": Verdict.UNSUPPORTED,
-    "InferenceError": Verdict.ERROR,
+# keyed by class, not name: a renamed class is renamed here too (or fails at import), and a
+# subclass gets its parent's verdict
+_ERROR_VERDICTS: dict[type[CrossinferError], Verdict] = {
+    BackendUnavailableError: Verdict.UNAVAILABLE,
+    DeviceUnavailableError: Verdict.UNAVAILABLE,
+    CompileError: Verdict.UNSUPPORTED,
+    InferenceError: Verdict.ERROR,
 }
+
+
+def _verdict_for(error: type[CrossinferError] | None) -> Verdict:
+    """The verdict for an error a child reported (its class from `error_class`); ERROR otherwise."""
+    for cls in error.__mro__ if error is not None else ():
+        if cls in _ERROR_VERDICTS:
+            return _ERROR_VERDICTS[cls]
+    return Verdict.ERROR
 
 
 def _judge_reference(

@@ -8,7 +8,6 @@ from __future__ import annotations
 from crossinfer.hardware.discover import (
     ARM_FEATURES,
     IMPORTANT_FEATURES,
-    KNOWN_RUNTIMES,
     X86_FEATURES,
     CpuInfo,
     GpuInfo,
@@ -21,6 +20,7 @@ from crossinfer.hardware.discover import (
     discover_cpu,
     discover_gpus,
     discover_onnx,
+    known_runtimes,
     parse_cpuinfo,
     probe_runtime,
 )
@@ -29,7 +29,6 @@ from crossinfer.hardware.render import render_report
 __all__ = [
     "ARM_FEATURES",
     "IMPORTANT_FEATURES",
-    "KNOWN_RUNTIMES",
     "X86_FEATURES",
     "CpuInfo",
     "GpuInfo",
@@ -42,6 +41,7 @@ __all__ = [
     "discover_cpu",
     "discover_gpus",
     "discover_onnx",
+    "known_runtimes",
     "parse_cpuinfo",
     "probe_runtime",
     "render_report",

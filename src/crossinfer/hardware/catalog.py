@@ -1,11 +1,15 @@
 """The hardware catalog: instance prices (with date and source) and device peak figures.
 
+The file's schema is declared below (`_DEVICE`, `_INSTANCE`): strict, an unknown key is refused
+with the nearest declared one, and a value of the wrong type is refused rather than coerced.
+
 `tune` turns throughput into cost per million inferences with it; the price of the machine it
 runs on is never guessed: the user names an instance (`--instance`) or a price.
 """
 
 from __future__ import annotations
 
+import datetime
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -13,12 +17,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from crossinfer.errors import CrossinferError
+from crossinfer import schema
+from crossinfer.errors import CatalogError
+from crossinfer.schema import Key
 
 __all__ = [
     "Catalog",
     "CatalogDevice",
-    "CatalogError",
     "Instance",
     "Price",
     "load_catalog",
@@ -28,11 +33,7 @@ __all__ = [
 CATALOG_VERSION = 1
 
 
-class CatalogError(CrossinferError):
-    """A catalog file cannot be read, or names an instance it does not have."""
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class CatalogDevice:
     """Peak figures of one processor, with where they come from."""
 
@@ -48,13 +49,13 @@ class CatalogDevice:
     power_w: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Instance:
     """A cloud instance type and its on-demand price."""
 
     name: str
     provider: str
-    region: str
+    region: str = ""
     price_per_hour: float  # USD
     price_date: str
     source: str
@@ -149,103 +150,85 @@ def resolve_price(
 # --------------------------------------------------------------------------- parsing
 
 
+_KINDS = ("gpu", "tpu", "accelerator", "cpu-core")
+
+
+def _date(value: Any) -> str:
+    # TOML reads price_date = 2024-06-01 (unquoted) as a date: as good as the string
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    return str(schema.text()(value))
+
+
+def _tables(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be an array of tables ([[...]]), got {value!r}")
+    return value
+
+
+_DOCUMENT: dict[str, Key | schema.Check] = {
+    "catalog_version": schema.integer(minimum=1),
+    "device": _tables,
+    "instance": _tables,
+}
+
+_DEVICE: dict[str, Key | schema.Check] = {
+    "name": Key(schema.text(), required=True),
+    "kind": Key(schema.one_of(_KINDS), required=True),
+    "source": Key(schema.text(), required=True),  # every figure names where it comes from
+    "unconfirmed": schema.boolean,
+    "match": schema.text_list,
+    "peak_tflops": schema.number_table,
+    "flops_per_cycle": schema.number_table,
+    "memory_gb": schema.number(positive=True),
+    "memory_bandwidth_gbs": schema.number(positive=True),
+    "power_w": schema.number(positive=True),
+}
+
+_INSTANCE: dict[str, Key | schema.Check] = {
+    "name": Key(schema.text(), required=True),
+    "provider": Key(schema.text(), required=True),
+    "region": schema.text(),
+    # every price needs a date and a source
+    "price_per_hour": Key(schema.number(positive=True), required=True),
+    "price_date": Key(_date, required=True),
+    "source": Key(schema.text(), required=True),
+    "unconfirmed": schema.boolean,
+    "vcpus": schema.integer(minimum=1),
+    "memory_gib": schema.number(positive=True),
+    "cpu": schema.text(),
+    "gpus": schema.integer(minimum=0),
+    "gpu": schema.text(),
+    "note": schema.text(),
+}
+
+
 def _parse(text: str, where: str) -> Catalog:
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise CatalogError(f"catalog {where} is not valid TOML: {exc}") from exc
+    label = f"catalog {where}"
     version = document.get("catalog_version", CATALOG_VERSION)
     if not isinstance(version, int) or version > CATALOG_VERSION:
         raise CatalogError(
-            f"catalog {where} has catalog_version {version!r}; this crossinfer reads up to "
+            f"{label} has catalog_version {version!r}; this crossinfer reads up to "
             f"{CATALOG_VERSION}"
         )
-    unknown = set(document) - {"catalog_version", "device", "instance"}
-    if unknown:
-        raise CatalogError(
-            f"catalog {where}: unknown top-level key(s) {sorted(unknown)}; "
-            "expected [[device]] and [[instance]] tables"
-        )
+    top = schema.read_table(document, _DOCUMENT, where=label, error=CatalogError)
     devices = tuple(
-        _device(raw, f"{where} device #{i + 1}") for i, raw in enumerate(document.get("device", []))
+        CatalogDevice(**_read(raw, _DEVICE, label, f"device #{i + 1}"))
+        for i, raw in enumerate(top.get("device", []))
     )
     instances = tuple(
-        _instance(raw, f"{where} instance #{i + 1}")
-        for i, raw in enumerate(document.get("instance", []))
+        Instance(**_read(raw, _INSTANCE, label, f"instance #{i + 1}"))
+        for i, raw in enumerate(top.get("instance", []))
     )
     return Catalog(devices, instances, where)
 
 
-def _device(raw: Any, where: str) -> CatalogDevice:
-    data = _table(raw, where)
-    _require(data, where, ("name", "kind", "source"))
-    return CatalogDevice(
-        name=str(data["name"]),
-        kind=str(data["kind"]),
-        source=str(data["source"]),
-        unconfirmed=bool(data.get("unconfirmed", False)),
-        match=tuple(str(m) for m in data.get("match", [])),
-        peak_tflops=_numbers(data.get("peak_tflops", {}), f"{where} peak_tflops"),
-        flops_per_cycle=_numbers(data.get("flops_per_cycle", {}), f"{where} flops_per_cycle"),
-        memory_gb=_optional_number(data, "memory_gb", where),
-        memory_bandwidth_gbs=_optional_number(data, "memory_bandwidth_gbs", where),
-        power_w=_optional_number(data, "power_w", where),
-    )
-
-
-def _instance(raw: Any, where: str) -> Instance:
-    data = _table(raw, where)
-    _require(data, where, ("name", "provider", "price_per_hour", "price_date", "source"))
-    price = _optional_number(data, "price_per_hour", where)
-    if price is None or price <= 0:
-        raise CatalogError(f"{where} ({data['name']}): price_per_hour must be a positive number")
-    vcpus = data.get("vcpus")
-    return Instance(
-        name=str(data["name"]),
-        provider=str(data["provider"]),
-        region=str(data.get("region", "")),
-        price_per_hour=price,
-        price_date=str(data["price_date"]),
-        source=str(data["source"]),
-        unconfirmed=bool(data.get("unconfirmed", False)),
-        vcpus=int(vcpus) if isinstance(vcpus, int) else None,
-        memory_gib=_optional_number(data, "memory_gib", where),
-        cpu=str(data.get("cpu", "")),
-        gpus=int(data.get("gpus", 0)),
-        gpu=str(data.get("gpu", "")),
-        note=str(data.get("note", "")),
-    )
-
-
-def _table(raw: Any, where: str) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise CatalogError(f"{where} must be a table")
-    return raw
-
-
-def _require(data: Mapping[str, Any], where: str, keys: tuple[str, ...]) -> None:
-    missing = [k for k in keys if k not in data]
-    if missing:
-        raise CatalogError(
-            f"{where}: missing key(s) {missing} (every price needs a date and source)"
-        )
-
-
-def _optional_number(data: Mapping[str, Any], key: str, where: str) -> float | None:
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise CatalogError(f"{where}: {key} must be a number, got {value!r}")
-    return float(value)
-
-
-def _numbers(raw: Any, where: str) -> dict[str, float]:
-    if not isinstance(raw, dict):
-        raise CatalogError(f"{where} must be a table of numbers")
-    out: dict[str, float] = {}
-    for key, value in raw.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise CatalogError(f"{where}.{key} must be a number, got {value!r}")
-        out[str(key)] = float(value)
-    return out
+def _read(raw: Any, declared: dict[str, Key | schema.Check], where: str, table: str) -> Any:
+    name = raw.get("name") if isinstance(raw, dict) else None
+    if isinstance(name, str):
+        table = f"{table} ({name})"
+    return schema.read_table(raw, declared, where=where, table=table, error=CatalogError)

@@ -5,21 +5,21 @@ Every probe turns failure into a reason string, so one broken part never hides t
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.metadata
 import importlib.util
 import os
 import platform
-import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
+from crossinfer.backends.base import BackendEntry, backend_entries, find_backend_entry
 from crossinfer.errors import UsageError
+from crossinfer.hardware.nvml import open_nvml
 
 JsonDict = dict[str, Any]
 IsaFamily = Literal["x86", "arm"]
@@ -113,7 +113,8 @@ def _shorten(text: str, limit: int = _MAX_REASON) -> str:
     return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """One short line for a probe's failure: the exception's class and the first line of it."""
     message = _shorten(str(exc))
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
@@ -276,7 +277,7 @@ def _read_proc_cpuinfo(path: str = "/proc/cpuinfo") -> ParsedCpuinfo:
         with open(path, encoding="utf-8", errors="replace") as handle:
             text = handle.read()
     except OSError as exc:
-        return ParsedCpuinfo(None, None, None, {}, (), f"cannot read {path}: {_describe(exc)}")
+        return ParsedCpuinfo(None, None, None, {}, (), f"cannot read {path}: {describe_error(exc)}")
     return parse_cpuinfo(text)
 
 
@@ -383,21 +384,6 @@ def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _nvml_library_name() -> str:
-    return "nvml.dll" if sys.platform == "win32" else "libnvidia-ml.so.1"
-
-
-def _nvml_init_reason(nvml: ModuleType, exc: Exception) -> str:
-    code = getattr(exc, "value", None)
-    if code is not None and code == getattr(nvml, "NVML_ERROR_LIBRARY_NOT_FOUND", 12):
-        return f"NVML not available: no NVIDIA driver ({_nvml_library_name()} not found)"
-    if code is not None and code == getattr(nvml, "NVML_ERROR_DRIVER_NOT_LOADED", 9):
-        return "NVML not available: the NVIDIA kernel driver is not loaded"
-    if code is not None and code == getattr(nvml, "NVML_ERROR_NO_PERMISSION", 4):
-        return "NVML not available: no permission to open the NVIDIA device files"
-    return f"NVML init failed: {_describe(exc)}"
-
-
 def _cuda_version(raw: object) -> str:
     number = int(str(raw))
     return f"{number // 1000}.{(number % 1000) // 10}"
@@ -429,22 +415,13 @@ def _one_gpu(nvml: ModuleType, index: int, driver: str | None) -> GpuInfo:
 
 def discover_gpus() -> GpuReport:
     """List NVIDIA GPUs through NVML (the nvidia-ml-py package); failures become the reason."""
-    try:
-        import pynvml as nvml
-    except ImportError as exc:
-        return GpuReport(reason=f"NVML bindings not importable (nvidia-ml-py): {_describe(exc)}")
-    try:
-        nvml.nvmlInit()
-    except Exception as exc:
-        return GpuReport(reason=_nvml_init_reason(nvml, exc))
-    try:
-        return _enumerate_gpus(nvml)
-    except Exception as exc:
-        return GpuReport(reason=f"NVML query failed: {_describe(exc)}")
-    finally:
-        # Shutdown failing cannot change what was already read.
-        with contextlib.suppress(Exception):
-            nvml.nvmlShutdown()
+    with open_nvml() as nvml:
+        if nvml.lib is None:
+            return GpuReport(reason=nvml.reason)
+        try:
+            return _enumerate_gpus(nvml.lib)
+        except Exception as exc:
+            return GpuReport(reason=f"NVML query failed: {describe_error(exc)}")
 
 
 def _enumerate_gpus(nvml: ModuleType) -> GpuReport:
@@ -453,7 +430,7 @@ def _enumerate_gpus(nvml: ModuleType) -> GpuReport:
         driver: str | None = _text(nvml.nvmlSystemGetDriverVersion())
     except Exception as exc:
         driver = None
-        notes.append(f"driver version unknown: {_describe(exc)}")
+        notes.append(f"driver version unknown: {describe_error(exc)}")
     try:
         cuda: str | None = _cuda_version(nvml.nvmlSystemGetCudaDriverVersion())
     except Exception:
@@ -464,7 +441,7 @@ def _enumerate_gpus(nvml: ModuleType) -> GpuReport:
         try:
             gpus.append(_one_gpu(nvml, index, driver))
         except Exception as exc:
-            notes.append(f"GPU {index}: {_describe(exc)}")
+            notes.append(f"GPU {index}: {describe_error(exc)}")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None and gpus:
         # NVML ignores CUDA_VISIBLE_DEVICES, CUDA runtimes do not: the lists can differ.
@@ -537,143 +514,16 @@ class OnnxInfo:
         }
 
 
-Probe = Callable[[ModuleType], tuple[tuple[str, ...], tuple[str, ...]]]
+def known_runtimes() -> tuple[str, ...]:
+    """The registered backends doctor lists: those that name a runtime module, in order."""
+    return tuple(e.name for e in backend_entries() if e.runtime_module is not None)
 
 
-@dataclass(frozen=True)
-class _RuntimeSpec:
-    module: str
-    distributions: tuple[str, ...]
-    install_hint: str
-    probe: Probe
-
-
-def _probe_onnxruntime(ort: ModuleType) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    providers = tuple(str(p) for p in ort.get_available_providers())
-    notes: list[str] = []
-    if "CUDAExecutionProvider" not in providers:
-        notes.append(
-            "no CUDA execution provider in this build; for NVIDIA GPUs install "
-            "onnxruntime-gpu instead (pip install onnxruntime-gpu)"
-        )
-    return providers, tuple(notes)
-
-
-def _probe_openvino(ov: ModuleType) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    core_class = getattr(ov, "Core", None)
-    if core_class is None:
-        # Releases before 2023.1 only exposed Core under openvino.runtime.
-        core_class = importlib.import_module("openvino.runtime").Core
-    core = core_class()
-    devices: list[str] = []
-    notes: list[str] = []
-    for device in core.available_devices:
-        device_id = str(device)
-        try:
-            full_name = str(core.get_property(device_id, "FULL_DEVICE_NAME"))
-        except Exception as exc:
-            full_name = ""
-            notes.append(f"{device_id}: FULL_DEVICE_NAME unavailable ({_describe(exc)})")
-        devices.append(f"{device_id} ({full_name})" if full_name else device_id)
-        if device_id == "CPU":
-            try:
-                # ov.Type prints as "<Type: 'bfloat16'>"; get_type_name() gives "bf16".
-                precision = core.get_property("CPU", "INFERENCE_PRECISION_HINT")
-                getter = getattr(precision, "get_type_name", None)
-                type_name = str(getter()) if callable(getter) else str(precision)
-                notes.append(f"CPU default inference precision: {type_name}")
-            except Exception as exc:
-                notes.append(f"CPU inference precision unknown: {_describe(exc)}")
-    return tuple(devices), tuple(notes)
-
-
-def _probe_torch(torch: ModuleType) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    devices = ["cpu"]
-    notes: list[str] = []
-    if torch.cuda.is_available():
-        for index in range(int(torch.cuda.device_count())):
-            devices.append(f"cuda:{index} ({torch.cuda.get_device_name(index)})")
-        if getattr(torch.version, "hip", None):
-            notes.append(f"ROCm build (HIP {torch.version.hip}): cuda:N devices are AMD GPUs")
-    xpu = getattr(torch, "xpu", None)
-    if xpu is not None and xpu.is_available():
-        devices.extend(f"xpu:{index}" for index in range(int(xpu.device_count())))
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devices.append("mps")
-    return tuple(devices), tuple(notes)
-
-
-def _probe_jax(jax: ModuleType) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    devices: list[str] = []
-    for device in jax.devices():
-        label = f"{device.platform}:{device.id}"
-        kind = str(getattr(device, "device_kind", "") or "")
-        devices.append(f"{label} ({kind})" if kind and kind.lower() != device.platform else label)
-    notes: list[str] = []
-    if any(device.startswith("tpu:") for device in devices):
-        # TPU matrix units take BF16; FP32 is emulated in several passes
-        notes.append(
-            "TPU: bf16 is the jax backend's default precision here (--precision bf16); "
-            "fp32 runs XLA's 'highest' matmul precision, several bf16 passes"
-        )
-    return tuple(devices), tuple(notes)
-
-
-def _probe_iree(iree_runtime: ModuleType) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    drivers = tuple(str(d) for d in iree_runtime.query_available_drivers())
-    return drivers, ("devices are IREE HAL drivers; a driver listed may still find no device",)
-
-
-_RUNTIMES: dict[str, _RuntimeSpec] = {
-    "onnxruntime": _RuntimeSpec(
-        module="onnxruntime",
-        distributions=(
-            "onnxruntime",
-            "onnxruntime-gpu",
-            "onnxruntime-openvino",
-            "onnxruntime-directml",
-            "onnxruntime-qnn",
-        ),
-        install_hint="pip install onnxruntime (or onnxruntime-gpu for NVIDIA GPUs)",
-        probe=_probe_onnxruntime,
-    ),
-    "openvino": _RuntimeSpec(
-        module="openvino",
-        distributions=("openvino",),
-        install_hint="pip install 'crossinfer[openvino]'",
-        probe=_probe_openvino,
-    ),
-    "torch": _RuntimeSpec(
-        module="torch",
-        distributions=("torch",),
-        install_hint="pip install 'crossinfer[torch]'",
-        probe=_probe_torch,
-    ),
-    "jax": _RuntimeSpec(
-        module="jax",
-        distributions=("jax",),
-        install_hint="pip install 'crossinfer[jax]'",
-        probe=_probe_jax,
-    ),
-    "iree": _RuntimeSpec(
-        module="iree.runtime",
-        distributions=("iree-base-runtime", "iree-runtime"),
-        install_hint="pip install 'crossinfer[iree]'",
-        probe=_probe_iree,
-    ),
-}
-
-KNOWN_RUNTIMES: tuple[str, ...] = tuple(_RUNTIMES)
-
-
-def _distribution_version(distributions: Sequence[str]) -> str | None:
-    for name in distributions:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return None
+def _runtime_entry(name: str) -> BackendEntry:
+    entry = find_backend_entry(name)
+    if entry is None or entry.runtime_module is None:
+        raise UsageError(f"unknown runtime {name!r}; known runtimes: {', '.join(known_runtimes())}")
+    return entry
 
 
 def _find_module(module: str) -> str | None:
@@ -684,7 +534,7 @@ def _find_module(module: str) -> str | None:
         try:
             found = importlib.util.find_spec(name)
         except (ImportError, ValueError) as exc:
-            return f"not installed ({name}: {_describe(exc)})"
+            return f"not installed ({name}: {describe_error(exc)})"
         if found is None:
             return f"not installed (no module named {name!r})"
     return None
@@ -703,10 +553,9 @@ def _collect_warnings(notes: list[str]) -> Iterator[None]:
 
 def probe_runtime(name: str) -> RuntimeInfo:
     """Find, import and list the devices of one known runtime; failures become the reason."""
-    spec = _RUNTIMES.get(name)
-    if spec is None:
-        raise UsageError(f"unknown runtime {name!r}; known runtimes: {', '.join(KNOWN_RUNTIMES)}")
-    missing = _find_module(spec.module)
+    spec = _runtime_entry(name)
+    assert spec.runtime_module is not None  # _runtime_entry refuses the others
+    missing = _find_module(spec.runtime_module)
     if missing is not None:
         return RuntimeInfo(
             name=name, installed=False, reason=missing, install_hint=spec.install_hint
@@ -716,10 +565,10 @@ def probe_runtime(name: str) -> RuntimeInfo:
     failure: str | None = None
     with _collect_warnings(notes):
         try:
-            module = importlib.import_module(spec.module)
+            module = importlib.import_module(spec.runtime_module)
         except Exception as exc:
-            failure = f"installed but failed to import: {_describe(exc)}"
-    version = _distribution_version(spec.distributions)
+            failure = f"installed but failed to import: {describe_error(exc)}"
+    version = spec.installed_version()
     if module is None:
         return RuntimeInfo(
             name=name,
@@ -736,10 +585,11 @@ def probe_runtime(name: str) -> RuntimeInfo:
     reason: str | None = None
     with _collect_warnings(notes):
         try:
-            devices, probe_notes = spec.probe(module)
-            notes.extend(probe_notes)
+            if spec.probe is not None:
+                devices, probe_notes = spec.probe(module)
+                notes.extend(probe_notes)
         except Exception as exc:
-            reason = f"imported, but listing devices failed: {_describe(exc)}"
+            reason = f"imported, but listing devices failed: {describe_error(exc)}"
     return RuntimeInfo(
         name=name,
         installed=True,
@@ -763,7 +613,7 @@ def discover_onnx() -> OnnxInfo:
             ir_version=int(onnx.IR_VERSION),
         )
     except Exception as exc:
-        return OnnxInfo(None, None, None, reason=f"onnx unusable: {_describe(exc)}")
+        return OnnxInfo(None, None, None, reason=f"onnx unusable: {describe_error(exc)}")
 
 
 # --------------------------------------------------------------------------- report
@@ -810,11 +660,12 @@ def _crossinfer_version() -> str | None:
 
 def discover(*, runtimes: Sequence[str] | None = None) -> SystemReport:
     """Probe CPU, GPUs, onnx and the runtimes (all known ones when ``runtimes`` is None)."""
-    names = tuple(KNOWN_RUNTIMES if runtimes is None else dict.fromkeys(runtimes))
-    unknown = [n for n in names if n not in _RUNTIMES]
+    known = known_runtimes()
+    names = tuple(known if runtimes is None else dict.fromkeys(runtimes))
+    unknown = [n for n in names if n not in known]
     if unknown:
         raise UsageError(
-            f"unknown runtime(s) {', '.join(unknown)}; known runtimes: {', '.join(KNOWN_RUNTIMES)}"
+            f"unknown runtime(s) {', '.join(unknown)}; known runtimes: {', '.join(known)}"
         )
     return SystemReport(
         platform=platform.platform(),

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from crossinfer.hardware.int8 import Int8Recipe
 from crossinfer.model import ModelArtifact
 
 PROVENANCE_SUFFIX = ".provenance.json"
@@ -77,6 +78,17 @@ def tool_versions(*packages: str) -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return versions
+
+
+def recipe_record(recipe: Int8Recipe, *, chosen: object, **applied: object) -> dict[str, Any]:
+    """What the INT8 recipe for the target said, what was applied, and whether a config overrode it."""
+    return {
+        **recipe.to_dict(),
+        "applied": dict(applied),
+        "decided_by": "the target's ISA"
+        if chosen is None
+        else "the pass config (overrides the ISA)",
+    }
 
 
 def write_provenance(

@@ -14,8 +14,15 @@ import numpy as np
 import onnx
 
 from crossinfer.errors import InputError, UsageError
+from crossinfer.hardware.int8 import int8_recipe
 from crossinfer.model import ModelArtifact
-from crossinfer.passes.base import LabelledSet, PassContext, tool_versions, write_provenance
+from crossinfer.passes.base import (
+    LabelledSet,
+    PassContext,
+    recipe_record,
+    tool_versions,
+    write_provenance,
+)
 from crossinfer.passes.int8_static import (
     METHODS,
     pre_process,
@@ -38,6 +45,8 @@ class AccuracyAwareConfig:
     max_samples: int = 128
     max_float_nodes: int = 32
     sensitivity: str = "accuracy"
+    # 7-bit weights where 8-bit would saturate (x86 without VNNI); None: the target's ISA decides
+    reduce_range: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,9 @@ class _Evaluator:
         method: str,
         tmp: Path,
         artifact: ModelArtifact,
+        reduce_range: bool,
     ) -> None:
+        self._reduce_range = reduce_range
         self._source = source
         self._samples = samples
         self._dataset = dataset
@@ -98,6 +109,7 @@ class _Evaluator:
             self._samples,
             method=self._method,
             per_channel=True,
+            reduce_range=self._reduce_range,
             model_name=self._artifact.source,
             nodes_to_exclude=sorted(excluded),
         )
@@ -155,9 +167,13 @@ class Int8AccuracyAwarePass:
             )
         samples = calibration.samples[: config.max_samples]
         budget = context.max_accuracy_drop
+        recipe = int8_recipe(context.target)
+        reduce_range = recipe.reduce_range if config.reduce_range is None else config.reduce_range
         with scratch_dir(context, "int8-accuracy-aware-") as tmp:
             source, pre_note = pre_process(artifact, tmp)
-            evaluator = _Evaluator(source, samples, dataset, config.method, tmp, artifact)
+            evaluator = _Evaluator(
+                source, samples, dataset, config.method, tmp, artifact, reduce_range
+            )
             full = evaluator.trial(frozenset())
             ranking: list[dict[str, Any]] = []
             kept: list[dict[str, Any]] = []
@@ -182,7 +198,11 @@ class Int8AccuracyAwarePass:
                 "calibration_samples": len(samples),
                 "dataset": dataset.description,
                 "pre_process": pre_note,
-                "format": "QDQ, activations QUInt8, weights QInt8",
+                "format": "QDQ, activations QUInt8, weights QInt8"
+                + (" (7-bit range)" if reduce_range else ""),
+                "recipe": recipe_record(
+                    recipe, reduce_range=reduce_range, chosen=config.reduce_range
+                ),
                 "max_accuracy_drop": budget,
                 "float_accuracy": float_accuracy,
                 "full_int8_accuracy": full.accuracy,

@@ -13,8 +13,9 @@ from pathlib import Path
 import onnx
 
 from crossinfer.errors import CompileError
+from crossinfer.hardware.int8 import int8_recipe
 from crossinfer.model import ModelArtifact
-from crossinfer.passes.base import PassContext, tool_versions, write_provenance
+from crossinfer.passes.base import PassContext, recipe_record, tool_versions, write_provenance
 from crossinfer.passes.int8_static import pre_process, quantization_counts, scratch_dir
 from crossinfer.passes.simplify import finish_model
 
@@ -28,8 +29,11 @@ class Int8DynamicConfig:
     """`op_types`: which op types to quantize (empty: every op type ORT can, Conv included);
     `per_channel`: one weight scale per output channel instead of one per tensor."""
 
-    per_channel: bool = False
-    reduce_range: bool = False  # 7-bit weights, for CPUs without VNNI where 8-bit can saturate
+    # one weight scale per output channel; None: per tensor, per channel where the ISA needs
+    # 7-bit weights (it wins back the precision the lost bit costs)
+    per_channel: bool | None = None
+    # 7-bit weights, for CPUs without VNNI where 8-bit can saturate; None: the target's ISA decides
+    reduce_range: bool | None = None
     op_types: tuple[str, ...] = DYNAMIC_OP_TYPES
 
 
@@ -49,6 +53,9 @@ class Int8DynamicPass:
     ) -> Path:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        recipe = int8_recipe(context.target)
+        reduce_range = recipe.reduce_range if config.reduce_range is None else config.reduce_range
+        per_channel = recipe.per_channel if config.per_channel is None else config.per_channel
         with scratch_dir(context, "int8-dynamic-") as tmp:
             source, pre_note = pre_process(artifact, tmp)
             quantized = tmp / "quantized.onnx"
@@ -58,8 +65,8 @@ class Int8DynamicPass:
                         str(source),
                         str(quantized),
                         op_types_to_quantize=list(config.op_types) or None,
-                        per_channel=config.per_channel,
-                        reduce_range=config.reduce_range,
+                        per_channel=per_channel,
+                        reduce_range=reduce_range,
                         weight_type=QuantType.QInt8,
                     )
             except Exception as exc:  # ORT's quantizer raises ValueError/RuntimeError/Fail
@@ -77,6 +84,12 @@ class Int8DynamicPass:
             extra={
                 "pre_process": pre_note,
                 "format": "dynamic, weights QInt8, activations UInt8 at run time",
+                "recipe": recipe_record(
+                    recipe,
+                    reduce_range=reduce_range,
+                    per_channel=per_channel,
+                    chosen=config.reduce_range,
+                ),
                 **quantization_counts(model),
             },
         )

@@ -15,12 +15,20 @@ import numpy as np
 import onnx
 
 from crossinfer.errors import BackendUnavailableError, InputError, UsageError
+from crossinfer.hardware.int8 import int8_recipe
 from crossinfer.model import ModelArtifact
-from crossinfer.passes.base import CalibrationData, PassContext, tool_versions, write_provenance
+from crossinfer.passes.base import (
+    CalibrationData,
+    PassContext,
+    recipe_record,
+    tool_versions,
+    write_provenance,
+)
 
 # ONNX Runtime 1.31 loads IR <= 13 and older runtimes less; 10 covers opsets up to 21.
 _MAX_IR_VERSION = 10
 _PRESETS = ("performance", "mixed")
+_OVERFLOW_FIXES = ("enable", "first_layer_only", "disable")
 # A graph with these is a transformer to NNCF: it then keeps Softmax/LayerNorm paths in float.
 _TRANSFORMER_OPS = (
     "LayerNormalization",
@@ -40,6 +48,9 @@ class NncfInt8Config:
         "performance"  # "performance": symmetric everywhere; "mixed": asymmetric activations
     )
     fast_bias_correction: bool = True  # False: NNCF's slower, more exact bias correction
+    # "enable" (7-bit weights everywhere, for CPUs without VNNI), "first_layer_only" (NNCF's
+    # default) or "disable"; None: the target's ISA decides
+    overflow_fix: str | None = None
 
 
 class Int8NncfPass:
@@ -73,6 +84,8 @@ class Int8NncfPass:
                 "pip install 'crossinfer[openvino]'"
             ) from exc
 
+        recipe = int8_recipe(context.target)
+        overflow_fix = config.overflow_fix or recipe.overflow_fix
         folded = "BatchNormalization" in artifact.op_histogram
         transformer = any(op in artifact.op_histogram for op in _TRANSFORMER_OPS)
         subset = min(config.subset_size, len(items))
@@ -90,6 +103,7 @@ class Int8NncfPass:
                 ),
                 model_type=nncf.ModelType.TRANSFORMER if transformer else None,
                 fast_bias_correction=config.fast_bias_correction,
+                overflow_fix=nncf.OverflowFix(overflow_fix),
                 context=context,
                 scratch=Path(scratch),
             )
@@ -116,6 +130,9 @@ class Int8NncfPass:
                 },
                 "batchnorm_folded": folded,
                 "model_type": "transformer" if transformer else "default",
+                "recipe": recipe_record(
+                    recipe, overflow_fix=overflow_fix, chosen=config.overflow_fix
+                ),
                 "qdq_nodes": ops,
                 **self._extra,
             },
@@ -132,9 +149,15 @@ class Int8NncfPass:
         *,
         context: PassContext,
         scratch: Path,
+        overflow_fix: Any,
         **kwargs: Any,
     ) -> onnx.ModelProto:
-        quantized: onnx.ModelProto = nncf.quantize(model, dataset, **kwargs)
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
+        advanced = AdvancedQuantizationParameters(overflow_fix=overflow_fix)
+        quantized: onnx.ModelProto = nncf.quantize(
+            model, dataset, advanced_parameters=advanced, **kwargs
+        )
         return quantized
 
 
@@ -142,6 +165,11 @@ def _check_config(config: NncfInt8Config) -> None:
     if config.preset not in _PRESETS:
         raise UsageError(
             f"int8-nncf preset '{config.preset}' is unknown: use {' or '.join(_PRESETS)}"
+        )
+    if config.overflow_fix is not None and config.overflow_fix not in _OVERFLOW_FIXES:
+        raise UsageError(
+            f"int8-nncf overflow_fix '{config.overflow_fix}' is unknown: use "
+            f"{', '.join(_OVERFLOW_FIXES)} (or leave it unset: the target's ISA decides)"
         )
     if config.subset_size < 1:
         raise UsageError(

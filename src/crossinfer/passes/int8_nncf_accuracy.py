@@ -29,8 +29,11 @@ class Int8NncfAccuracyAwarePass(Int8NncfPass):
         *,
         context: PassContext,
         scratch: Path,
+        overflow_fix: Any,
         **kwargs: Any,
     ) -> onnx.ModelProto:
+        from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+
         data = context.dataset
         if data is None:
             raise InputError(
@@ -69,6 +72,9 @@ class Int8NncfAccuracyAwarePass(Int8NncfPass):
             validation_fn=top1,
             max_drop=context.max_accuracy_drop,
             drop_type=nncf.DropType.ABSOLUTE,
+            advanced_quantization_parameters=AdvancedQuantizationParameters(
+                overflow_fix=overflow_fix
+            ),
             **kwargs,
         )
         items = [validation_item for validation_item in validation.get_inference_data()]

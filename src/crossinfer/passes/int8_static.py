@@ -18,8 +18,9 @@ import numpy as np
 import onnx
 
 from crossinfer.errors import CompileError, InputError, UsageError
+from crossinfer.hardware.int8 import int8_recipe
 from crossinfer.model import ModelArtifact
-from crossinfer.passes.base import PassContext, tool_versions, write_provenance
+from crossinfer.passes.base import PassContext, recipe_record, tool_versions, write_provenance
 from crossinfer.passes.simplify import finish_model
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -46,6 +47,8 @@ class Int8StaticConfig:
     method: str = "minmax"
     max_samples: int = 128
     per_channel: bool = True
+    # 7-bit weights where 8-bit would saturate (x86 without VNNI); None: the target's ISA decides
+    reduce_range: bool | None = None
 
 
 class Int8StaticPass:
@@ -76,6 +79,8 @@ class Int8StaticPass:
                 "(zoo:digits), or --calibration synthetic (random inputs: ranges will be poor)"
             )
         samples = calibration.samples[: config.max_samples]
+        recipe = int8_recipe(context.target)
+        reduce_range = recipe.reduce_range if config.reduce_range is None else config.reduce_range
         with scratch_dir(context, "int8-static-") as tmp:
             source, pre_note = pre_process(artifact, tmp)
             quantized = tmp / "quantized.onnx"
@@ -85,6 +90,7 @@ class Int8StaticPass:
                 samples,
                 method=config.method,
                 per_channel=config.per_channel,
+                reduce_range=reduce_range,
                 model_name=artifact.source,
             )
             model = onnx.load(str(quantized))
@@ -100,7 +106,11 @@ class Int8StaticPass:
                 "calibration_synthetic": calibration.synthetic,
                 "calibration_samples": len(samples),
                 "pre_process": pre_note,
-                "format": "QDQ, activations QUInt8, weights QInt8",
+                "format": "QDQ, activations QUInt8, weights QInt8"
+                + (" (7-bit range)" if reduce_range else ""),
+                "recipe": recipe_record(
+                    recipe, reduce_range=reduce_range, chosen=config.reduce_range
+                ),
                 **quantization_counts(model),
             },
         )
@@ -192,6 +202,7 @@ def quantize_qdq(
     *,
     method: str,
     per_channel: bool,
+    reduce_range: bool,
     model_name: str,
     nodes_to_exclude: Sequence[str] = (),
 ) -> None:
@@ -217,6 +228,7 @@ def quantize_qdq(
                 SampleReader(samples),
                 quant_format=QuantFormat.QDQ,
                 per_channel=per_channel,
+                reduce_range=reduce_range,
                 # U8S8: what REFERENCE.md measured fast on VNNI CPUs (14-16 ms ResNet-50).
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,

@@ -23,16 +23,25 @@ import numpy as np
 from crossinfer.backends.base import (
     BackendEntry,
     Precision,
+    Preset,
     SessionOptions,
     Target,
     backend_entry,
+    find_backend_entry,
     load_backend,
 )
 from crossinfer.check.isolate import run_isolated
 from crossinfer.check.parity import OutputComparison, compare_outputs, default_tolerance
 from crossinfer.errors import CrossinferError, InferenceError, UsageError
+from crossinfer.hardware.int8 import Int8Recipe, int8_recipe, vnni_missing_note
 from crossinfer.model import ModelArtifact, load_model
-from crossinfer.passes.base import CalibrationData, LabelledSet, OptimizationPass, PassContext
+from crossinfer.passes.base import (
+    CalibrationData,
+    LabelledSet,
+    OptimizationPass,
+    PassContext,
+    read_provenance,
+)
 
 # name -> (module, class, the precision its output runs at)
 PASSES: dict[str, tuple[str, str, Precision]] = {
@@ -54,25 +63,6 @@ PASSES: dict[str, tuple[str, str, Precision]] = {
     ),
 }
 
-# --precision shortcuts: the passes that suit each backend, and the runtime precision to ask for
-PRESETS: dict[tuple[str, str], tuple[tuple[str, ...], Precision]] = {
-    ("onnxruntime", "fp16"): (("simplify", "fp16"), Precision.FP32),
-    ("onnxruntime", "int8"): (("simplify", "int8-static"), Precision.FP32),
-    ("onnxruntime", "int8-accuracy-aware"): (("simplify", "int8-accuracy-aware"), Precision.FP32),
-    ("openvino", "int8"): (("int8-nncf",), Precision.FP32),
-    ("openvino", "int8-accuracy-aware"): (("int8-nncf-accuracy-aware",), Precision.FP32),
-    # OpenVINO converts at compile time: no pass, the runtime is asked for the precision
-    ("openvino", "bf16"): ((), Precision.BF16),
-    ("openvino", "fp16"): ((), Precision.FP16),
-    # jax casts weights and inputs when it traces; iree demotes matmul/conv inputs when it compiles
-    ("jax", "bf16"): ((), Precision.BF16),
-    ("jax", "fp16"): ((), Precision.FP16),
-    ("iree", "bf16"): ((), Precision.BF16),
-    ("iree", "fp16"): ((), Precision.FP16),
-    # torch converts the weights (FP16) or runs under autocast (BF16) when it prepares the session
-    ("torch", "bf16"): ((), Precision.BF16),
-    ("torch", "fp16"): ((), Precision.FP16),
-}
 NOISE_PCT = 5.0  # a speed change within this is not called a regression
 
 
@@ -86,10 +76,17 @@ def get_pass(name: str) -> OptimizationPass:
     return instance
 
 
-def preset(target: Target, precision: str) -> tuple[tuple[str, ...], Precision]:
-    key = (target.backend, precision.lower())
-    if key not in PRESETS:
-        known = ", ".join(sorted(p for b, p in PRESETS if b == target.backend)) or "none"
+def backend_presets(backend: str) -> Mapping[str, Preset]:
+    """The --precision shortcuts of a backend (its registry entry's): recipe -> (the passes that
+    suit it, the runtime precision to ask for); none for a backend not registered."""
+    entry = find_backend_entry(backend)
+    return entry.presets if entry is not None else {}
+
+
+def preset(target: Target, precision: str) -> Preset:
+    presets = backend_presets(target.backend)
+    if precision.lower() not in presets:
+        known = ", ".join(sorted(presets)) or "none"
         raise UsageError(
             f"--precision {precision} has no recipe for {target.backend}: available there: {known}"
             + (
@@ -98,7 +95,7 @@ def preset(target: Target, precision: str) -> tuple[tuple[str, ...], Precision]:
                 else ""
             )
         )
-    return PRESETS[key]
+    return presets[precision.lower()]
 
 
 @dataclass(frozen=True)
@@ -154,10 +151,12 @@ class OptimizeReport:
     out_dir: Path
     calibration_source: str | None
     dataset: str | None
+    int8_recipe: Int8Recipe | None = None  # when a pass quantizes: the ISA's settings and why
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "target": self.target,
+            "int8_recipe": self.int8_recipe.to_dict() if self.int8_recipe else None,
             "final_model": str(self.final.path),
             "final_sha256": self.final.sha256,
             "calibration": self.calibration_source,
@@ -291,7 +290,15 @@ def optimize(
         out_dir=out_dir,
         calibration_source=calibration.source if calibration else None,
         dataset=dataset.description if dataset else None,
+        int8_recipe=planned_int8_recipe(target, [name for name, _ in passes]),
     )
+
+
+def planned_int8_recipe(target: Target, pass_names: Sequence[str]) -> Int8Recipe | None:
+    """The INT8 settings the target's ISA calls for, when one of the passes quantizes."""
+    if not any(name in PASSES and PASSES[name][2] is Precision.INT8 for name in pass_names):
+        return None
+    return int8_recipe(str(target))
 
 
 def _looseness(precision: Precision) -> int:
@@ -484,9 +491,15 @@ def _judge(
         )
     if not parity and name != "prune":
         failed = [c for c in comparisons if not c.passed]
-        reasons.append(
+        reason = (
             f"parity at {precision.value} tolerance fails: {failed[0].name}: {failed[0].reason}"
         )
+        note = (
+            vnni_missing_note(str(target), provenance=read_provenance(artifact.path))
+            if precision is Precision.INT8
+            else None
+        )
+        reasons.append(reason + (f"; {note}" if note else ""))
     return StepReport(
         pass_name=name,
         artifact=artifact,
@@ -503,11 +516,12 @@ def _judge(
 
 def _likely_cause(name: str, precision: Precision, artifact: ModelArtifact, target: Target) -> str:
     if precision is Precision.INT8 and target.device == "cpu":
-        from crossinfer.hardware import discover_cpu
-
-        features = discover_cpu().features
-        if not any(features.get(f) for f in ("avx512_vnni", "avx_vnni", "amx_int8")):
-            return "this CPU has no AVX512-VNNI, AVX-VNNI or AMX-INT8: INT8 runs on slower paths"
+        recipe = int8_recipe(str(target))
+        if not recipe.fast_int8:
+            return (
+                f"this CPU has no AVX512-VNNI, AVX-VNNI or AMX-INT8 ({recipe.int8_path}): "
+                "INT8 runs on slower paths"
+            )
         ops = artifact.op_histogram
         if name == "int8-dynamic" and ops.get("ConvInteger"):
             return f"{ops['ConvInteger']} ConvInteger nodes: ORT's dynamic INT8 convolution is slow; use int8-static"

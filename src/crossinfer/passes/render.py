@@ -47,6 +47,8 @@ def render_optimize(report: OptimizeReport, console: Console) -> None:
         console.print(f"accuracy on: {escape(report.dataset)}", highlight=False)
     if report.calibration_source:
         console.print(f"calibrated on: {escape(report.calibration_source)}", highlight=False)
+    if report.int8_recipe is not None:
+        console.print(f"int8 recipe: {escape(report.int8_recipe.headline())}", highlight=False)
     console.print(
         f"final model: {report.final.path} (sha256 {report.final.short_hash})", highlight=False
     )

@@ -12,7 +12,7 @@ from typing import Any
 
 import plotly.io as pio
 
-from crossinfer.errors import CrossinferError
+from crossinfer.errors import ReportError
 from crossinfer.report.figures import all_figures
 
 Data = Mapping[str, Any]
@@ -39,10 +39,6 @@ tr.pick td { background: #fdecea; font-weight: 600; }
        font-family: ui-monospace, monospace; border-radius: 4px; display: block; }
 .kv td:first-child { color: #555; width: 240px; }
 """
-
-
-class ReportError(CrossinferError):
-    """A tune result file cannot be turned into a report."""
 
 
 def load_result(path: Path) -> dict[str, Any]:

@@ -15,17 +15,19 @@ import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from crossinfer.errors import ProtocolError
 from crossinfer.serve.events import log_event
 from crossinfer.serve.protocol import (
     HEADER_LENGTH,
     InferRequest,
-    ProtocolError,
     build_infer_response,
     error_body,
     parse_infer_request,
     server_metadata,
+    write_shared_memory_outputs,
 )
 from crossinfer.serve.repository import ModelRepository, ServedModel
+from crossinfer.serve.shm import CUDA, SYSTEM, SharedMemoryRegistry, decode_raw_handle
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "HttpApp"]
 
@@ -38,6 +40,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _JSON = [(b"content-type", b"application/json")]
+_SHM_ROUTES = {"systemsharedmemory": SYSTEM, "cudasharedmemory": CUDA}
 _HEADER_LENGTH = HEADER_LENGTH.lower().encode()
 _COMPRESS_MIN_BYTES = 1024  # smaller responses are not worth compressing
 _OFFLOAD_BYTES = 64 * 1024  # JSON bodies (or compressed ones) larger than this parse in a thread
@@ -52,16 +55,22 @@ class HttpApp:
     """The ASGI application: every KServe v2 / Triton REST route over one `ModelRepository`.
 
     ``ready`` is the server's readiness (false while starting and shutting down); the server
-    that owns this app flips it.
+    that owns this app flips it. ``shared_memory`` holds the regions clients register (shared
+    with the gRPC front end; a fresh registry by default).
     """
 
     def __init__(
-        self, repository: ModelRepository, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+        self,
+        repository: ModelRepository,
+        *,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        shared_memory: SharedMemoryRegistry | None = None,
     ) -> None:
         if max_body_bytes < 1:
             raise ValueError(f"max_body_bytes must be >= 1, got {max_body_bytes}")
         self.repository = repository
         self.max_body_bytes = max_body_bytes
+        self.shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
         self.ready = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -110,6 +119,10 @@ class HttpApp:
             await _send_empty(send, 200 if ok else 503)
         elif parts[0] == "repository" and n >= 2:
             await self._repository_route(method, parts[1:], scope, receive, send)
+        elif parts[0] in _SHM_ROUTES:
+            await self._shared_memory_route(
+                _SHM_ROUTES[parts[0]], method, parts[1:], scope, receive, send
+            )
         else:
             raise ProtocolError(404, f"no route for {scope['path']}")
 
@@ -177,6 +190,56 @@ class HttpApp:
             await self.repository.unload(name)
         await _send_empty(send, 200)
 
+    # --- shared memory ----------------------------------------------------------------------
+
+    async def _shared_memory_route(
+        self, kind: str, method: str, parts: list[str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """``[/region/{name}]/status``, ``/region/{name}/register``, ``[/region/{name}]/unregister``."""
+        if len(parts) == 1:
+            name, action = "", parts[0]
+        elif len(parts) == 3 and parts[0] == "region" and parts[1]:
+            name, action = parts[1], parts[2]
+        else:
+            raise ProtocolError(404, f"no route for {scope['path']}")
+        registry = self.shared_memory
+        if action == "status":
+            _expect(method, "GET", scope)
+            await _send_json(send, 200, registry.status(kind, name or None))
+        elif action == "register" and name:
+            _expect(method, "POST", scope)
+            body = await self._read_json_object(scope, receive)
+            if kind == SYSTEM:
+                key = body.get("key")
+                if not isinstance(key, str):
+                    raise ProtocolError(
+                        400,
+                        f"cannot register system shared memory region '{name}': the body needs "
+                        f"'key' (the shared memory object's name), got {key!r}",
+                    )
+                registry.register_system(
+                    name,
+                    key,
+                    offset=body.get("offset", 0),
+                    byte_size=_required(body, "byte_size", name),
+                )
+            else:
+                handle = decode_raw_handle(body.get("raw_handle"), name)
+                await registry.register_cuda(
+                    name,
+                    handle,
+                    device_id=_required(body, "device_id", name),
+                    byte_size=_required(body, "byte_size", name),
+                )
+            await _send_empty(send, 200)
+        elif action == "unregister":
+            _expect(method, "POST", scope)
+            await self._read_body(scope, receive)  # empty by the protocol; drained all the same
+            registry.unregister(kind, name or None)
+            await _send_empty(send, 200)
+        else:
+            raise ProtocolError(404, f"no route for {scope['path']}")
+
     # --- infer --------------------------------------------------------------------------------
 
     async def _infer(
@@ -210,6 +273,7 @@ class HttpApp:
                 inputs=model.inputs,
                 outputs=model.outputs,
                 max_body_bytes=self.max_body_bytes,
+                shared_memory=self.shared_memory,
             )
             json_bytes = len(body) if header_length is None or encoding else header_length
             # a large JSON body takes milliseconds to parse: in a thread, health probes and small
@@ -222,7 +286,10 @@ class HttpApp:
         build = functools.partial(
             _encode_response, model, request, outputs, accept if accept else None
         )
-        json_values = sum(a.size for n, a in outputs.items() if not request.wants_binary(n))
+        in_shm = request.shared_memory_outputs
+        json_values = sum(
+            a.size for n, a in outputs.items() if not request.wants_binary(n) and n not in in_shm
+        )
         large = json_values > _OFFLOAD_VALUES or (accept and _total_bytes(outputs) > _OFFLOAD_BYTES)
         payload, raw_headers = await asyncio.to_thread(build) if large else build()
         await _send(send, 200, raw_headers, payload)
@@ -277,6 +344,7 @@ class HttpApp:
 def _encode_response(
     model: ServedModel, request: InferRequest, outputs: dict[str, Any], accept: bytes | None
 ) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    written = write_shared_memory_outputs(request, outputs) if request.shared_memory_outputs else {}
     payload, headers = build_infer_response(
         model.name,
         model.version,
@@ -284,6 +352,7 @@ def _encode_response(
         outputs,
         requested=request.requested_outputs,
         binary=request.binary_outputs,
+        shared_memory=written,
     )
     raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     if accept and len(payload) >= _COMPRESS_MIN_BYTES:
@@ -291,6 +360,14 @@ def _encode_response(
         if coding:
             raw_headers.append((b"content-encoding", coding))
     return payload, raw_headers
+
+
+def _required(body: dict[str, Any], key: str, region: str) -> Any:
+    if key not in body:
+        raise ProtocolError(
+            400, f"cannot register shared memory region '{region}': the body needs '{key}'"
+        )
+    return body[key]
 
 
 def _total_bytes(outputs: dict[str, Any]) -> int:

@@ -18,81 +18,22 @@ from typing import Any
 import numpy as np
 
 from crossinfer.backends.base import Session
-from crossinfer.errors import CrossinferError, InferenceError, InputError, short_message
+from crossinfer.errors import (
+    BatcherStoppedError,
+    InferenceError,
+    InputError,
+    QueueFullError,
+    QueueTimeoutError,
+    short_message,
+)
+from crossinfer.spec import BatchingSpec
 
 __all__ = [
     "BatchSizeStats",
-    "BatcherConfig",
     "BatcherStats",
-    "BatcherStoppedError",
     "DurationStat",
     "DynamicBatcher",
-    "QueueFullError",
-    "QueueTimeoutError",
-    "ServingError",
 ]
-
-DEFAULT_MAX_QUEUE_SIZE = 1024  # bounded by default: an unbounded queue turns overload into a crash
-
-
-class ServingError(CrossinferError):
-    """The server cannot take or finish a request right now (the HTTP front end answers 503)."""
-
-
-class QueueFullError(ServingError):
-    """The model's queue holds max_queue_size requests already; retry later or raise the limit."""
-
-
-class QueueTimeoutError(ServingError):
-    """The request's timeout passed before a model instance took it from the queue."""
-
-
-class BatcherStoppedError(ServingError):
-    """The batcher is stopping or stopped and accepts no new requests."""
-
-
-@dataclass(frozen=True)
-class BatcherConfig:
-    """Triton's dynamic_batching settings for one model.
-
-    max_batch_size 0 disables batching: each request runs alone, its tensors passed unchanged.
-    max_queue_size 0 means unbounded; the default is DEFAULT_MAX_QUEUE_SIZE (1024) on purpose.
-    Priorities run 1 (highest) .. priority_levels, as in Triton; 0 or None means the default.
-    """
-
-    max_batch_size: int
-    max_queue_delay_us: int = 0
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
-    default_timeout_us: int = 0  # 0: requests wait in the queue as long as it takes
-    priority_levels: int = 1
-    default_priority: int = 1
-    instances: int = 1  # sessions the factory builds; a given session list sets its own count
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.max_batch_size < 0:
-            problems.append(f"max_batch_size must be >= 0, got {self.max_batch_size}")
-        for name in ("max_queue_delay_us", "max_queue_size", "default_timeout_us"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
-        bad = [p for p in self.preferred_batch_sizes if not 1 <= p <= max(self.max_batch_size, 1)]
-        if bad or (self.preferred_batch_sizes and self.max_batch_size == 0):
-            problems.append(
-                f"preferred_batch_sizes {list(self.preferred_batch_sizes)} must lie in "
-                f"1..max_batch_size ({self.max_batch_size}) and need batching enabled"
-            )
-        if self.priority_levels < 1:
-            problems.append(f"priority_levels must be >= 1, got {self.priority_levels}")
-        elif not 1 <= self.default_priority <= self.priority_levels:
-            problems.append(
-                f"default_priority must lie in 1..{self.priority_levels}, got {self.default_priority}"
-            )
-        if self.instances < 1:
-            problems.append(f"instances must be >= 1, got {self.instances}")
-        if problems:
-            raise ValueError("invalid batcher config: " + "; ".join(problems))
-
 
 # --- statistics ----------------------------------------------------------------------------
 
@@ -199,12 +140,15 @@ class DynamicBatcher:
     def __init__(
         self,
         sessions: Sequence[Session] | Callable[[], Session],
-        config: BatcherConfig,
+        config: BatchingSpec,
         *,
         model_name: str = "model",
         executor: Executor | None = None,
     ) -> None:
+        if config.max_batch_size is None:
+            raise ValueError(f"model '{model_name}': settle max_batch_size before batching")
         self.config = config
+        self.max_batch_size: int = config.max_batch_size
         self.model_name = model_name
         if isinstance(sessions, Sequence):
             if not sessions:
@@ -395,7 +339,7 @@ class DynamicBatcher:
     def _batch_signature(self, feeds: dict[str, np.ndarray]) -> tuple[int, _BatchKey]:
         if not feeds:
             raise InputError(f"model '{self.model_name}': the request has no inputs")
-        batching = self.config.max_batch_size > 0
+        batching = self.max_batch_size > 0
         rows: int | None = None
         key = []
         for name in sorted(feeds):
@@ -406,7 +350,7 @@ class DynamicBatcher:
             if array.ndim == 0:
                 raise InputError(
                     f"model '{self.model_name}': input '{name}' is a scalar, but the model batches "
-                    f"along dim 0 (max_batch_size {self.config.max_batch_size}): send shape [1, ...]"
+                    f"along dim 0 (max_batch_size {self.max_batch_size}): send shape [1, ...]"
                 )
             if rows is None:
                 rows = int(array.shape[0])
@@ -416,10 +360,10 @@ class DynamicBatcher:
                     f"has {array.shape[0]} rows, others {rows}"
                 )
             key.append((name, array.dtype.str, tuple(array.shape[1:])))
-        if rows is not None and not 1 <= rows <= self.config.max_batch_size:
+        if rows is not None and not 1 <= rows <= self.max_batch_size:
             raise InputError(
                 f"model '{self.model_name}': a request has {rows} rows in dim 0; the model takes "
-                f"1..{self.config.max_batch_size} (max_batch_size)"
+                f"1..{self.max_batch_size} (max_batch_size)"
             )
         return rows or 1, tuple(key)
 
@@ -492,7 +436,7 @@ class DynamicBatcher:
         head = next((q[0] for q in self._queues if q), None)
         if head is None:
             return [], None
-        max_rows = self.config.max_batch_size
+        max_rows = self.max_batch_size
         if max_rows == 0:
             return [head], None
         candidates: list[_Request] = []
@@ -553,7 +497,7 @@ class DynamicBatcher:
 
     async def _run(self, session: Session, batch: list[_Request]) -> None:
         loop = asyncio.get_running_loop()
-        batched = self.config.max_batch_size > 0
+        batched = self.max_batch_size > 0
         rows = sum(r.rows for r in batch)
         live = [r for r in batch if not r.future.done()]
         try:

@@ -17,20 +17,20 @@ import grpc
 import numpy as np
 from google.protobuf import json_format, message
 
-from crossinfer.errors import CrossinferError, InputError
+from crossinfer.errors import CrossinferError, InputError, ProtocolError, ServingError
 from crossinfer.model import TensorSpec
 from crossinfer.serve import grpc_messages as pb
-from crossinfer.serve.batcher import ServingError
 from crossinfer.serve.protocol import (
     DATATYPES,
     InferRequest,
-    ProtocolError,
     datatype_of,
     encode_bytes_tensor,
     parse_infer_request,
     server_metadata,
+    write_shared_memory_outputs,
 )
 from crossinfer.serve.repository import READY, ModelRepository, ServedModel
+from crossinfer.serve.shm import CUDA, SYSTEM, SharedMemoryRegistry
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -47,6 +47,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 GRPC_CODES: Mapping[int, grpc.StatusCode] = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     404: grpc.StatusCode.NOT_FOUND,
+    409: grpc.StatusCode.ALREADY_EXISTS,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     415: grpc.StatusCode.INVALID_ARGUMENT,
     500: grpc.StatusCode.INTERNAL,
@@ -167,25 +168,51 @@ def _check_raw_size(spec: TensorSpec | None, tensor: Any, size: int) -> None:
         )
 
 
-def decode_infer_request(request: Any, model: ServedModel) -> InferRequest:
+def decode_infer_request(
+    request: Any, model: ServedModel, shared_memory: SharedMemoryRegistry | None = None
+) -> InferRequest:
     """A ModelInferRequest as an `InferRequest`, checked against the model like an HTTP request.
 
     The tensors are laid out as Triton's binary HTTP body (a JSON header, then the bytes) and
     handed to `parse_infer_request`: one parser, one set of error messages for both protocols.
-    The raw bytes are copied once into that body; the arrays then borrow it.
+    The raw bytes are copied once into that body; the arrays then borrow it. Inputs in shared
+    memory (``shared_memory_region`` parameters) have no raw tensor: as in Triton,
+    raw_input_contents holds one tensor per other input, in order.
     """
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
+    in_memory = [t for t in request.inputs if "shared_memory_region" not in t.parameters]
+    if raw and len(raw) != len(in_memory):
+        shm = len(request.inputs) - len(in_memory)
         raise ProtocolError(
             400,
             f"raw_input_contents holds {len(raw)} tensors but the request names "
-            f"{len(request.inputs)} inputs: send one raw tensor per input, in the inputs' order",
+            f"{len(in_memory)} inputs"
+            + (f" outside shared memory ({shm} are in shared memory)" if shm else "")
+            + ": send one raw tensor per input, in the inputs' order",
         )
     specs = {spec.name: spec for spec in model.inputs}
     entries: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    for index, tensor in enumerate(request.inputs):
+    index = 0
+    for tensor in request.inputs:
         has_contents = tensor.HasField("contents")
+        params = _parameters(tensor.parameters)
+        if "shared_memory_region" in params:
+            if has_contents:
+                raise ProtocolError(
+                    400,
+                    f"input '{tensor.name}' names a shared memory region and also has "
+                    "contents: send it one way",
+                )
+            entries.append(
+                {
+                    "name": tensor.name,
+                    "datatype": tensor.datatype,
+                    "shape": list(tensor.shape),
+                    "parameters": params,
+                }
+            )
+            continue
         if raw:
             if has_contents:
                 raise ProtocolError(
@@ -194,6 +221,7 @@ def decode_infer_request(request: Any, model: ServedModel) -> InferRequest:
                     "raw_input_contents: send every input one way",
                 )
             blob = bytes(raw[index])
+            index += 1
             _check_raw_size(specs.get(tensor.name), tensor, len(blob))
         elif has_contents:
             blob = _contents_bytes(tensor)
@@ -201,7 +229,6 @@ def decode_infer_request(request: Any, model: ServedModel) -> InferRequest:
             raise ProtocolError(
                 400, f"input '{tensor.name}' has neither contents nor raw_input_contents"
             )
-        params = _parameters(tensor.parameters)
         params["binary_data_size"] = len(blob)
         entries.append(
             {
@@ -231,6 +258,7 @@ def decode_infer_request(request: Any, model: ServedModel) -> InferRequest:
         inputs=model.inputs,
         outputs=model.outputs,
         max_body_bytes=len(body),  # gRPC's max message size bounded it already
+        shared_memory=shared_memory,
     )
 
 
@@ -245,7 +273,13 @@ def _raw(array: np.ndarray[Any, Any], datatype: str) -> bytes:
 def encode_infer_response(
     model: ServedModel, request: InferRequest, outputs: Mapping[str, np.ndarray[Any, Any]]
 ) -> message.Message:
-    """A ModelInferResponse with every tensor in raw_output_contents (what tritonclient reads)."""
+    """A ModelInferResponse with every tensor in raw_output_contents (what tritonclient reads).
+
+    Outputs requested in shared memory are written there first; as in Triton, each keeps an
+    (empty) raw_output_contents entry so the entries stay in step with the outputs, and carries
+    name, datatype and shape only.
+    """
+    written = write_shared_memory_outputs(request, outputs) if request.shared_memory_outputs else {}
     response: Any = pb.new("ModelInferResponse", model_name=model.name, model_version=model.version)
     if request.id is not None:
         response.id = request.id
@@ -258,7 +292,7 @@ def encode_infer_response(
         array = np.asarray(array)
         datatype = datatype_of(array.dtype.name)
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)
-        response.raw_output_contents.append(_raw(array, datatype))
+        response.raw_output_contents.append(b"" if name in written else _raw(array, datatype))
     return response
 
 
@@ -282,9 +316,15 @@ _Handler = Callable[[Any], Awaitable[message.Message]]
 class _Service:
     """One handler per RPC of `grpc_messages.RPCS`; each maps crossinfer errors to gRPC codes."""
 
-    def __init__(self, repository: ModelRepository, server_ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        server_ready: Callable[[], bool],
+        shared_memory: SharedMemoryRegistry,
+    ) -> None:
         self._repository = repository
         self._server_ready = server_ready
+        self._shm = shared_memory
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         out: dict[str, grpc.RpcMethodHandler] = {}
@@ -388,9 +428,40 @@ class _Service:
 
     async def ModelInfer(self, request: Any) -> message.Message:
         model = self._model(request.model_name, request.model_version)
-        infer_request = decode_infer_request(request, model)
+        infer_request = decode_infer_request(request, model, self._shm)
         outputs = await model.infer(infer_request)
         return encode_infer_response(model, infer_request, outputs)
+
+    async def SystemSharedMemoryStatus(self, request: Any) -> message.Message:
+        regions = {r["name"]: r for r in self._shm.status(SYSTEM, request.name or None)}
+        return _from_json("SystemSharedMemoryStatusResponse", {"regions": regions})
+
+    async def SystemSharedMemoryRegister(self, request: Any) -> message.Message:
+        self._shm.register_system(
+            request.name, request.key, offset=request.offset, byte_size=request.byte_size
+        )
+        return pb.new("SystemSharedMemoryRegisterResponse")
+
+    async def SystemSharedMemoryUnregister(self, request: Any) -> message.Message:
+        self._shm.unregister(SYSTEM, request.name or None)
+        return pb.new("SystemSharedMemoryUnregisterResponse")
+
+    async def CudaSharedMemoryStatus(self, request: Any) -> message.Message:
+        regions = {r["name"]: r for r in self._shm.status(CUDA, request.name or None)}
+        return _from_json("CudaSharedMemoryStatusResponse", {"regions": regions})
+
+    async def CudaSharedMemoryRegister(self, request: Any) -> message.Message:
+        await self._shm.register_cuda(
+            request.name,
+            request.raw_handle,
+            device_id=request.device_id,
+            byte_size=request.byte_size,
+        )
+        return pb.new("CudaSharedMemoryRegisterResponse")
+
+    async def CudaSharedMemoryUnregister(self, request: Any) -> message.Message:
+        self._shm.unregister(CUDA, request.name or None)
+        return pb.new("CudaSharedMemoryUnregisterResponse")
 
     async def ModelStreamInfer(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
@@ -456,12 +527,16 @@ async def start_grpc_server(
     *,
     server_ready: Callable[[], bool] | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    shared_memory: SharedMemoryRegistry | None = None,
 ) -> grpc.aio.Server:
     """Serve GRPCInferenceService on ``host:port`` from the running event loop, started.
 
     ``server_ready`` answers ServerReady (the HTTP front end's readiness, so both agree); by
     default the server is ready when every model in the repository is READY, as Triton's
     strict readiness has it.
+
+    ``shared_memory`` holds the regions clients register (the HTTP front end's, so both share
+    one namespace as in Triton); a fresh registry by default.
 
     Stop it with ``await server.stop(grace_s)``: it refuses new calls and lets the running ones
     finish within the grace period.
@@ -475,7 +550,12 @@ async def start_grpc_server(
             ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
         ]
     )
-    handlers = _Service(repository, server_ready or _all_models_ready(repository)).handlers()
+    service = _Service(
+        repository,
+        server_ready or _all_models_ready(repository),
+        shared_memory if shared_memory is not None else SharedMemoryRegistry(),
+    )
+    handlers = service.handlers()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(pb.SERVICE, handlers),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:

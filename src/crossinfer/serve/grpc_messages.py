@@ -5,8 +5,7 @@ to us; the descriptor is built at import, so there is no generated code and no p
 It lives in a private descriptor pool: a process that also imports tritonclient's own generated
 `inference.*` messages (the tests do) sees no clash.
 
-Only what a KServe v2 server answers is described: the shared-memory, trace and log-settings RPCs
-and the ModelConfig sections crossinfer never fills (sequence batching, ensembles, warm-up,
+Only what a KServe v2 server answers is described: the trace and log-settings RPCs and the ModelConfig sections crossinfer never fills (sequence batching, ensembles, warm-up,
 optimization policies) are left out; protobuf keeps unknown fields a client sends, so leaving them
 out loses nothing on the wire.
 """
@@ -285,6 +284,64 @@ _SERVICE_MESSAGES: tuple[_Message, ...] = (
     ),
     _Message("RepositoryModelLoadResponse"),
     _Message("RepositoryModelUnloadResponse"),
+    # the shared-memory extensions
+    _Message("SystemSharedMemoryStatusRequest", (_f("name", 1, _STRING),)),
+    _with_maps(
+        "SystemSharedMemoryStatusResponse",
+        (),
+        (("regions", 1, _STRING, _MESSAGE, "SystemSharedMemoryStatusResponse.RegionStatus"),),
+        nested=(
+            _Message(
+                "RegionStatus",
+                (
+                    _f("name", 1, _STRING),
+                    _f("key", 2, _STRING),
+                    _f("offset", 3, _UINT64),
+                    _f("byte_size", 4, _UINT64),
+                ),
+            ),
+        ),
+    ),
+    _Message(
+        "SystemSharedMemoryRegisterRequest",
+        (
+            _f("name", 1, _STRING),
+            _f("key", 2, _STRING),
+            _f("offset", 3, _UINT64),
+            _f("byte_size", 4, _UINT64),
+        ),
+    ),
+    _Message("SystemSharedMemoryRegisterResponse"),
+    _Message("SystemSharedMemoryUnregisterRequest", (_f("name", 1, _STRING),)),
+    _Message("SystemSharedMemoryUnregisterResponse"),
+    _Message("CudaSharedMemoryStatusRequest", (_f("name", 1, _STRING),)),
+    _with_maps(
+        "CudaSharedMemoryStatusResponse",
+        (),
+        (("regions", 1, _STRING, _MESSAGE, "CudaSharedMemoryStatusResponse.RegionStatus"),),
+        nested=(
+            _Message(
+                "RegionStatus",
+                (
+                    _f("name", 1, _STRING),
+                    _f("device_id", 2, _UINT64),
+                    _f("byte_size", 3, _UINT64),
+                ),
+            ),
+        ),
+    ),
+    _Message(
+        "CudaSharedMemoryRegisterRequest",
+        (
+            _f("name", 1, _STRING),
+            _f("raw_handle", 2, _BYTES),
+            _f("device_id", 3, _INT64),
+            _f("byte_size", 4, _UINT64),
+        ),
+    ),
+    _Message("CudaSharedMemoryRegisterResponse"),
+    _Message("CudaSharedMemoryUnregisterRequest", (_f("name", 1, _STRING),)),
+    _Message("CudaSharedMemoryUnregisterResponse"),
 )
 
 # --------------------------------------------------------------------------- model_config.proto
@@ -432,6 +489,15 @@ RPCS: tuple[Rpc, ...] = (
     Rpc("RepositoryIndex", "RepositoryIndexRequest", "RepositoryIndexResponse"),
     Rpc("RepositoryModelLoad", "RepositoryModelLoadRequest", "RepositoryModelLoadResponse"),
     Rpc("RepositoryModelUnload", "RepositoryModelUnloadRequest", "RepositoryModelUnloadResponse"),
+    *(
+        Rpc(
+            f"{kind}SharedMemory{verb}",
+            f"{kind}SharedMemory{verb}Request",
+            f"{kind}SharedMemory{verb}Response",
+        )
+        for kind in ("System", "Cuda")
+        for verb in ("Status", "Register", "Unregister")
+    ),
 )
 """The methods crossinfer serves; `grpc.py` binds a handler to each."""
 

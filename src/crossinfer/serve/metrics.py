@@ -19,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from crossinfer.hardware.nvml import Nvml, open_nvml
 from crossinfer.serve.events import log_event
 from crossinfer.serve.repository import ServedModel
 
@@ -59,26 +60,33 @@ class ServerMetrics:
         self._process = psutil.Process()
         self._process.cpu_percent(None)  # the first reading is always 0; start the interval now
         psutil.cpu_percent(None)
-        self._nvml: Any = None
+        self._nvml: Any = None  # the pynvml module while NVML is open
+        self._opened: Nvml | None = None
         self._gpus: list[Any] = []
         self._init_nvml()
 
     def _init_nvml(self) -> None:
+        opened = open_nvml()
+        if opened.lib is None:
+            # no driver, no GPU, no pynvml: GPU metrics are simply absent
+            log_event("gpu_metrics_unavailable", logging.DEBUG, reason=opened.reason)
+            return
         try:
-            import pynvml
-
-            pynvml.nvmlInit()
+            lib = opened.lib
             self._gpus = [
-                pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())
+                lib.nvmlDeviceGetHandleByIndex(i) for i in range(lib.nvmlDeviceGetCount())
             ]
-            self._nvml = pynvml
-        except Exception as exc:  # no driver, no GPU, no pynvml: GPU metrics are simply absent
-            log_event("gpu_metrics_unavailable", logging.DEBUG, reason=str(exc))
+        except Exception as exc:
+            opened.close()
+            log_event("gpu_metrics_unavailable", logging.DEBUG, reason=f"NVML query failed: {exc}")
+            return
+        self._nvml, self._opened = opened.lib, opened
 
     def close(self) -> None:
-        if self._nvml is not None:
-            self._nvml.nvmlShutdown()
-            self._nvml = None
+        if self._opened is not None:
+            self._opened.close()
+            self._opened = None
+        self._nvml = None
 
     def render(self) -> bytes:
         """The whole exposition: Triton's families first, then process and platform metrics."""

@@ -18,12 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from crossinfer.errors import CrossinferError
+from crossinfer.errors import PerfAnalyzerError, PerfAnalyzerUnavailableError
 
 __all__ = [
     "PerfAnalyzer",
-    "PerfAnalyzerError",
-    "PerfAnalyzerUnavailableError",
     "PerfRow",
     "locate_perf_analyzer",
 ]
@@ -33,14 +31,6 @@ _REMEDIES = {
     "libb64.so.0d": "install Debian's libb64-0d (apt-get install -y libb64-0d)",
     "libcudart.so.12": "install the nvidia-cuda-runtime-cu12 wheel (uv pip install nvidia-cuda-runtime-cu12)",
 }
-
-
-class PerfAnalyzerUnavailableError(CrossinferError):
-    """perf_analyzer is not installed or cannot start here; the message says what to install."""
-
-
-class PerfAnalyzerError(CrossinferError):
-    """perf_analyzer ran and failed; the message carries the end of its output."""
 
 
 @dataclass(frozen=True)

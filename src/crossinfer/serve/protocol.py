@@ -9,22 +9,24 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ml_dtypes  # installed with onnx; numpy has no bfloat16 of its own
 import numpy as np
 
-from crossinfer.errors import CrossinferError
+from crossinfer.errors import ProtocolError
 from crossinfer.model import Dim, TensorSpec
+
+if TYPE_CHECKING:
+    from crossinfer.serve.shm import OutputSlot, SharedMemoryRegistry
 
 __all__ = [
     "DATATYPES",
     "HEADER_LENGTH",
     "SERVER_EXTENSIONS",
     "InferRequest",
-    "ProtocolError",
     "build_infer_response",
     "datatype_of",
     "decode_bytes_tensor",
@@ -34,6 +36,7 @@ __all__ = [
     "numpy_dtype_of",
     "parse_infer_request",
     "server_metadata",
+    "write_shared_memory_outputs",
 ]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -73,15 +76,6 @@ _INT_TYPES = frozenset({"UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", 
 _LENGTH = struct.Struct("<I")
 
 
-class ProtocolError(CrossinferError):
-    """A request the protocol layer refuses; ``status`` is the HTTP status to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 def datatype_of(dtype: str) -> str:
     """The v2 datatype name for a numpy dtype name ("float32" -> "FP32")."""
     try:
@@ -118,6 +112,8 @@ class InferRequest:
     binary_outputs: dict[str, bool] = field(default_factory=dict)
     binary_data_output: bool = False  # request-level default for outputs not named above
     parameters: dict[str, Any] = field(default_factory=dict)  # every request parameter, as sent
+    # requested outputs to be written into a registered shared memory region, by name
+    shared_memory_outputs: dict[str, OutputSlot] = field(default_factory=dict)
 
     def wants_binary(self, name: str) -> bool:
         """Whether output ``name`` should travel as binary data."""
@@ -132,12 +128,15 @@ def parse_infer_request(
     inputs: Sequence[TensorSpec],
     max_body_bytes: int,
     outputs: Sequence[TensorSpec] | None = None,
+    shared_memory: SharedMemoryRegistry | None = None,
 ) -> InferRequest:
     """Decode a ``POST .../infer`` body into numpy inputs, or raise `ProtocolError`.
 
     ``header_length`` is the ``Inference-Header-Content-Length`` header (None when absent: the
     body is all JSON); it counts bytes of the decompressed body. ``outputs``, when given, lets
     requested output names be checked and ``binary_outputs`` be filled in for every output.
+    ``shared_memory`` holds the registered regions that inputs and outputs may name (Triton's
+    ``shared_memory_region`` parameters); without it such tensors are refused.
     """
     body = _decompress(body, content_encoding, max_body_bytes)
     if header_length is None:
@@ -167,8 +166,10 @@ def parse_infer_request(
         params.get("binary_data_output", False), "request parameter 'binary_data_output'"
     )
 
-    feeds = _parse_inputs(doc.get("inputs"), binary, inputs)
-    requested, binary_outputs = _parse_outputs(doc.get("outputs"), outputs, binary_default)
+    feeds = _parse_inputs(doc.get("inputs"), binary, inputs, shared_memory)
+    requested, binary_outputs, slots = _parse_outputs(
+        doc.get("outputs"), outputs, binary_default, shared_memory
+    )
     return InferRequest(
         id=request_id,
         inputs=feeds,
@@ -178,6 +179,7 @@ def parse_infer_request(
         binary_outputs=binary_outputs,
         binary_data_output=binary_default,
         parameters=params,
+        shared_memory_outputs=slots,
     )
 
 
@@ -233,8 +235,44 @@ def _load_json(text: bytes) -> Any:
         raise ProtocolError(400, "request JSON is nested too deeply") from exc
 
 
+def _shared_memory_params(params: dict[str, Any], what: str) -> tuple[str, int, int] | None:
+    """(region, offset, byte_size) from a tensor's shared memory parameters, or None."""
+    region = params.get("shared_memory_region")
+    if region is None:
+        stray = [k for k in ("shared_memory_byte_size", "shared_memory_offset") if k in params]
+        if stray:
+            raise ProtocolError(
+                400, f"{what} has {stray[0]} but no 'shared_memory_region': name the region"
+            )
+        return None
+    if not isinstance(region, str) or not region:
+        raise ProtocolError(
+            400, f"{what} parameter 'shared_memory_region' must be a region name, got {region!r}"
+        )
+    if "shared_memory_byte_size" not in params:
+        raise ProtocolError(
+            400,
+            f"{what} names shared memory region '{region}' without 'shared_memory_byte_size': "
+            "both are required",
+        )
+    size = _uint(params["shared_memory_byte_size"], f"{what} parameter 'shared_memory_byte_size'")
+    offset = _uint(
+        params.get("shared_memory_offset", 0), f"{what} parameter 'shared_memory_offset'"
+    )
+    return region, offset, size
+
+
+def _no_registry(what: str) -> ProtocolError:
+    return ProtocolError(
+        400, f"{what} uses shared memory, which this server does not offer: send the data"
+    )
+
+
 def _parse_inputs(
-    raw: Any, binary: memoryview, specs: Sequence[TensorSpec]
+    raw: Any,
+    binary: memoryview,
+    specs: Sequence[TensorSpec],
+    shared_memory: SharedMemoryRegistry | None = None,
 ) -> dict[str, np.ndarray[Any, Any]]:
     if not isinstance(raw, list):
         raise ProtocolError(
@@ -266,14 +304,32 @@ def _parse_inputs(
             raise ProtocolError(400, _mismatch(spec, f"{datatype} {_fmt_shape(shape)}"))
         _check_shape(spec, shape, expected)
         params = _object(item.get("parameters"), f"input '{name}' 'parameters'")
-        if "shared_memory_region" in params:
-            raise ProtocolError(
-                400,
-                f"input '{name}' uses shared memory, which this server does not offer: "
-                "send 'data' or binary data",
-            )
+        shm = _shared_memory_params(params, f"input '{name}'")
         size = params.get("binary_data_size")
-        if size is not None:
+        if shm is not None:
+            if "data" in item or size is not None:
+                raise ProtocolError(
+                    400,
+                    f"input '{name}' names shared memory region '{shm[0]}' and also carries "
+                    "'data' or binary_data_size: send it one way",
+                )
+            if shared_memory is None:
+                raise _no_registry(f"input '{name}'")
+            region, shm_offset, shm_size = shm
+            if datatype != "BYTES":
+                needed = math.prod(shape) * DATATYPES[datatype].itemsize
+                if shm_size != needed:
+                    raise ProtocolError(
+                        400,
+                        f"input '{name}' has shared_memory_byte_size {shm_size} but {datatype} "
+                        f"{_fmt_shape(shape)} needs {needed} bytes",
+                    )
+            chunk = shared_memory.input_data(name, region, shm_offset, shm_size)
+            array = _from_binary(memoryview(chunk), datatype, shape, name)
+            if array.flags.writeable:
+                array.flags.writeable = False  # the client's memory: the model must not write it
+            feeds[name] = array
+        elif size is not None:
             if "data" in item:
                 raise ProtocolError(
                     400, f"input '{name}' has both 'data' and binary_data_size: send one"
@@ -315,11 +371,15 @@ def _parse_inputs(
 
 
 def _parse_outputs(
-    raw: Any, specs: Sequence[TensorSpec] | None, binary_default: bool
-) -> tuple[tuple[str, ...], dict[str, bool]]:
+    raw: Any,
+    specs: Sequence[TensorSpec] | None,
+    binary_default: bool,
+    shared_memory: SharedMemoryRegistry | None = None,
+) -> tuple[tuple[str, ...], dict[str, bool], dict[str, OutputSlot]]:
     known = None if specs is None else [spec.name for spec in specs]
+    slots: dict[str, OutputSlot] = {}
     if raw is None:
-        return (), {n: binary_default for n in known or ()}
+        return (), {n: binary_default for n in known or ()}, slots
     if not isinstance(raw, list):
         raise ProtocolError(400, f"request 'outputs' must be a list, got {_json_type(raw)}")
     names: list[str] = []
@@ -337,18 +397,23 @@ def _parse_outputs(
         if name in binary:
             raise ProtocolError(400, f"output '{name}' is requested more than once")
         params = _object(item.get("parameters"), f"requested output '{name}' 'parameters'")
-        if "classification" in params or "shared_memory_region" in params:
+        if "classification" in params:
             raise ProtocolError(
                 400,
-                f"requested output '{name}' asks for classification or shared memory, which "
-                "this server does not offer: ask for the tensor itself",
+                f"requested output '{name}' asks for classification, which this server does "
+                "not offer: ask for the tensor itself",
             )
+        shm = _shared_memory_params(params, f"requested output '{name}'")
+        if shm is not None:
+            if shared_memory is None:
+                raise _no_registry(f"requested output '{name}'")
+            slots[name] = shared_memory.output_slot(name, *shm)
         names.append(name)
         binary[name] = _bool(
             params.get("binary_data", binary_default),
             f"requested output '{name}' parameter 'binary_data'",
         )
-    return tuple(names), binary
+    return tuple(names), binary, slots
 
 
 def _from_binary(
@@ -525,12 +590,16 @@ def build_infer_response(
     *,
     requested: Sequence[str] = (),
     binary: bool | Mapping[str, bool] = False,
+    shared_memory: Collection[str] = (),
 ) -> tuple[bytes, dict[str, str]]:
     """Body and headers of an infer response.
 
     ``requested`` empty means every output, in the order of ``outputs``. ``binary`` says per
     output name (missing: JSON) or for all whether a tensor travels as binary data after the
     JSON header; with any binary tensor the ``Inference-Header-Content-Length`` header is set.
+    ``shared_memory`` names the outputs already written into shared memory (see
+    `write_shared_memory_outputs`): their entries carry name, datatype and shape only, as
+    Triton's do (its C++ client, perf_analyzer's, reads any output's parameters as binary data).
     """
     names = list(requested) or list(outputs)
     entries: list[dict[str, Any]] = []
@@ -549,6 +618,9 @@ def build_infer_response(
             "datatype": datatype,
             "shape": [int(d) for d in array.shape],
         }
+        if name in shared_memory:
+            entries.append(entry)
+            continue
         as_binary = binary if isinstance(binary, bool) else binary.get(name, False)
         data = None if as_binary else _json_data(array, datatype)
         if data is None:
@@ -569,6 +641,31 @@ def build_infer_response(
         "Content-Type": "application/octet-stream",
         HEADER_LENGTH: str(len(header)),
     }
+
+
+def write_shared_memory_outputs(
+    request: InferRequest, outputs: Mapping[str, np.ndarray[Any, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Write the outputs the request asked for in shared memory; where each went, by name.
+
+    Raises `ProtocolError` (400) when an output is larger than the bytes its request set aside.
+    """
+    written: dict[str, dict[str, Any]] = {}
+    for name, slot in request.shared_memory_outputs.items():
+        array = outputs.get(name)
+        if array is None:
+            raise ProtocolError(
+                500, f"the model produced no output '{name}' (it gave {list(outputs)})"
+            )
+        array = np.asarray(array)
+        datatype = datatype_of(array.dtype.name)
+        if datatype in ("BYTES", "BOOL"):
+            data: bytes | memoryview = _binary_data(array, datatype)
+        else:  # the tensor's own bytes, copied once: straight into the region
+            flat = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
+            data = flat.reshape(-1).view(np.uint8).data
+        written[name] = slot.write(data)
+    return written
 
 
 def _json_data(array: np.ndarray[Any, Any], datatype: str) -> list[Any] | None:
@@ -626,6 +723,8 @@ SERVER_EXTENSIONS = (
     "model_repository",
     "schedule_policy",
     "statistics",
+    "system_shared_memory",
+    "cuda_shared_memory",  # registering answers why not where there is no GPU or torch
 )
 """Triton protocol extensions crossinfer implements in full (perf_analyzer reads this list)."""
 

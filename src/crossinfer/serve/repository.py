@@ -29,30 +29,40 @@ from typing import Any
 
 import numpy as np
 
-from crossinfer.backends.base import Precision, Session, SessionOptions, get_backend
+from crossinfer import schema
+from crossinfer.backends.base import (
+    Precision,
+    Session,
+    SessionOptions,
+    find_backend_entry,
+    get_backend,
+)
 from crossinfer.errors import (
+    BatcherStoppedError,
     InferenceError,
     InputError,
     ModelNotFoundError,
+    ProtocolError,
+    QueueFullError,
+    QueueTimeoutError,
     UsageError,
     short_message,
 )
 from crossinfer.model import ModelArtifact, TensorSpec, load_model
-from crossinfer.serve.batcher import (
-    DEFAULT_MAX_QUEUE_SIZE,
-    BatcherConfig,
-    BatcherStoppedError,
-    DynamicBatcher,
-    QueueFullError,
-    QueueTimeoutError,
-)
+from crossinfer.serve.batcher import DynamicBatcher
 from crossinfer.serve.events import log_event
 from crossinfer.serve.protocol import (
     InferRequest,
-    ProtocolError,
     datatype_of,
     model_metadata,
     numpy_dtype_of,
+)
+from crossinfer.spec import (
+    SERVING_KEYS,
+    BatchingSpec,
+    check_artefact_hash,
+    load_spec,
+    read_serving_settings,
 )
 
 __all__ = [
@@ -84,96 +94,62 @@ READY, UNAVAILABLE, LOADING, UNLOADING = "READY", "UNAVAILABLE", "LOADING", "UNL
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
-_PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "openvino": "openvino"}
+
+def _platform(backend: str) -> str:
+    """The KServe metadata platform: the backend's registry entry says it."""
+    entry = find_backend_entry(backend)
+    return entry.platform if entry is not None else f"{backend}_onnx"
 
 
 # --- per-model settings --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ServingConfig:
-    """How one model is served: runtime, device, session options, batcher settings.
+    """How one model is served: runtime, device, session options, batching.
 
-    ``max_batch_size`` None means: DEFAULT_MAX_BATCH_SIZE when every input and output has a
-    variable first dim (the batch), else 0 (no batching).
+    ``batching.max_batch_size`` None means: DEFAULT_MAX_BATCH_SIZE when every input and output
+    has a variable first dim (the batch), else 0 (no batching).
     """
 
     backend: str = "onnxruntime"
     device: str = "cpu"
     options: SessionOptions = field(default_factory=SessionOptions)
-    max_batch_size: int | None = None
-    max_queue_delay_us: int = 0
-    preferred_batch_sizes: tuple[int, ...] = ()
-    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
-    instances: int = 1
-    priority_levels: int = 1
-    default_priority: int = 1
-    default_timeout_us: int = 0
+    batching: BatchingSpec = field(default_factory=lambda: BatchingSpec(max_batch_size=None))
     spec_path: Path | None = None  # a deployment spec's file, when the model comes from one
     model_sha256: str | None = None  # the spec's hash, checked on the artefact once it is loaded
 
 
-_INT_KEYS = (
-    "max_batch_size",
-    "max_queue_delay_us",
-    "max_queue_size",
-    "instances",
-    "priority_levels",
-    "default_priority",
-    "default_timeout_us",
-)
-_OPTION_INT_KEYS = ("threads", "streams")
-_OPTION_TEXT_KEYS = ("graph_optimization_level", "performance_hint")
-CONFIG_KEYS: tuple[str, ...] = tuple(
-    sorted(
-        {"backend", "device", "precision", "preferred_batch_sizes", "extra", "model"}
-        | set(_INT_KEYS)
-        | set(_OPTION_INT_KEYS)
-        | set(_OPTION_TEXT_KEYS)
-    )
-)
+# config.toml's own keys; the serving settings are the spec's (one declaration, one reader)
+_CONFIG_SCHEMA: dict[str, schema.Check] = {
+    "backend": schema.text(),
+    "device": schema.text(),
+    "precision": schema.one_of([p.value for p in Precision], lower=True),
+    "model": schema.text(),  # the file to serve, in the model's directory
+}
+CONFIG_KEYS: tuple[str, ...] = tuple(sorted({*_CONFIG_SCHEMA, *SERVING_KEYS}))
 """Keys of a model directory's config.toml (and of command-line overrides, except ``model``)."""
 
 
 def apply_config(base: ServingConfig, raw: Mapping[str, Any], where: str) -> ServingConfig:
     """`base` with the keys of `raw` (a config.toml or command-line values) set; UsageError names `where`."""
-    unknown = sorted(set(raw) - set(CONFIG_KEYS))
-    if unknown:
-        raise UsageError(f"{where}: unknown key(s) {unknown}; known: {', '.join(CONFIG_KEYS)}")
-    changes: dict[str, Any] = {}
-    options: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key in ("backend", "device"):
-            if not isinstance(value, str) or not value:
-                raise UsageError(f"{where}: {key} must be a non-empty string, got {value!r}")
-            changes[key] = value.lower()
-        elif key == "precision":
-            try:
-                options["precision"] = Precision(str(value).lower())
-            except ValueError:
-                known = ", ".join(p.value for p in Precision)
-                raise UsageError(f"{where}: precision {value!r} is not one of {known}") from None
-        elif key in _INT_KEYS or key in _OPTION_INT_KEYS:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise UsageError(f"{where}: {key} must be an integer, got {value!r}")
-            (options if key in _OPTION_INT_KEYS else changes)[key] = value
-        elif key in _OPTION_TEXT_KEYS:
-            if not isinstance(value, str):
-                raise UsageError(f"{where}: {key} must be a string, got {value!r}")
-            options[key] = value
-        elif key == "preferred_batch_sizes":
-            if not isinstance(value, list | tuple) or not all(
-                isinstance(v, int) and not isinstance(v, bool) for v in value
-            ):
-                raise UsageError(f"{where}: {key} must be a list of integers, got {value!r}")
-            changes[key] = tuple(value)
-        elif key == "extra":
-            if not isinstance(value, Mapping):
-                raise UsageError(f"{where}: extra must be a table of runtime settings")
-            options["extra"] = {str(k): str(v) for k, v in value.items()}
-        # "model" names the file; the caller reads it
-    if options:
-        changes["options"] = dataclasses.replace(base.options, **options)
+    read = read_serving_settings(
+        raw,
+        options=base.options,
+        batching=base.batching,
+        where=where,
+        other=_CONFIG_SCHEMA,
+        error=UsageError,
+    )
+    changes: dict[str, Any] = {"options": read.options, "batching": read.batching}
+    for key in ("backend", "device"):
+        if key in read.other:
+            changes[key] = read.other[key].lower()
+    if "precision" in read.other:
+        changes["options"] = dataclasses.replace(
+            read.options, precision=Precision(read.other["precision"])
+        )
+    # "model" names the file; the caller reads it
     return dataclasses.replace(base, **changes)
 
 
@@ -219,9 +195,7 @@ def _read_model_dir(path: Path) -> tuple[str, ServingConfig]:
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise UsageError(f"{config_path}: not valid TOML: {exc}") from exc
     config = apply_config(ServingConfig(), raw, str(config_path))
-    if "model" in raw:
-        if not isinstance(raw["model"], str):
-            raise UsageError(f"{config_path}: model must be a file name, got {raw['model']!r}")
+    if "model" in raw:  # apply_config checked it is a file name
         model = path / raw["model"]
         if not model.is_file():
             raise ModelNotFoundError(f"{config_path}: model {raw['model']!r} is not in {path}")
@@ -243,19 +217,12 @@ def _read_model_dir(path: Path) -> tuple[str, ServingConfig]:
 
 
 def _read_spec(path: Path) -> tuple[str, ServingConfig]:
-    from crossinfer.tune.spec import load_spec
-
     spec = load_spec(path, check_hash=False)  # _build checks the hash on its own load
-    batching = spec.batching
     return str(spec.model), ServingConfig(
         backend=spec.backend,
         device=spec.device,
         options=spec.options,
-        max_batch_size=batching.max_batch_size,
-        max_queue_delay_us=batching.max_queue_delay_us,
-        preferred_batch_sizes=batching.preferred_batch_sizes,
-        max_queue_size=batching.max_queue_size,
-        instances=batching.instances,
+        batching=spec.batching,
         spec_path=path,
         model_sha256=spec.model_sha256,
     )
@@ -272,8 +239,6 @@ def model_name_for(location: str) -> str:
         return parse_zoo_spec(location).name
     path = Path(location).expanduser()
     if path.suffix == ".toml" and path.is_file():
-        from crossinfer.tune.spec import load_spec
-
         return load_spec(path, check_hash=False).name
     return path.stem if path.suffix in (".onnx", ".toml") else path.name
 
@@ -298,7 +263,7 @@ class ServedModel:
         self.serving = config
         self.inputs: tuple[TensorSpec, ...] = artifact.inputs
         self.outputs: tuple[TensorSpec, ...] = artifact.outputs
-        self.platform = _PLATFORMS.get(config.backend, f"{config.backend}_onnx")
+        self.platform = _platform(config.backend)
         self.max_batch_size = _max_batch_size(artifact, config)
         # what metadata promises; a runtime answering another type (OpenVINO gives FP16 for
         # BF16) is converted so clients get the declared datatype
@@ -311,19 +276,12 @@ class ServedModel:
         self._sessions_lock = threading.Lock()
         self._ready = False
         try:
-            batcher_config = BatcherConfig(
-                max_batch_size=self.max_batch_size,
-                max_queue_delay_us=config.max_queue_delay_us,
-                preferred_batch_sizes=config.preferred_batch_sizes,
-                max_queue_size=config.max_queue_size,
-                default_timeout_us=config.default_timeout_us,
-                priority_levels=config.priority_levels,
-                default_priority=config.default_priority,
-                instances=config.instances,
-            )
+            # max_batch_size settled: the batcher gets no None
+            batching = dataclasses.replace(config.batching, max_batch_size=self.max_batch_size)
         except ValueError as exc:
             raise UsageError(f"model '{name}': {exc}") from None
-        self.batcher = DynamicBatcher(self._new_session, batcher_config, model_name=name)
+        self.batching = batching
+        self.batcher = DynamicBatcher(self._new_session, batching, model_name=name)
 
     def _new_session(self) -> Session:
         # runs in the batcher's worker threads, once per instance
@@ -371,7 +329,7 @@ class ServedModel:
             "target": f"{self.serving.backend}:{self.serving.device}",
             "instances": self.batcher.instances,
             "max_batch_size": self.max_batch_size,
-            "max_queue_delay_us": self.serving.max_queue_delay_us,
+            "max_queue_delay_us": self.batching.max_queue_delay_us,
             "session": first,  # what the backend says ran: providers, precision, ignored options
         }
 
@@ -405,16 +363,16 @@ class ServedModel:
         }
         if batching:
             doc["dynamic_batching"] = {
-                "preferred_batch_size": list(serving.preferred_batch_sizes),
-                "max_queue_delay_microseconds": serving.max_queue_delay_us,
+                "preferred_batch_size": list(self.batching.preferred_batch_sizes),
+                "max_queue_delay_microseconds": self.batching.max_queue_delay_us,
                 "preserve_ordering": False,
-                "priority_levels": serving.priority_levels,
-                "default_priority_level": serving.default_priority,
+                "priority_levels": self.batching.priority_levels,
+                "default_priority_level": self.batching.default_priority,
                 "default_queue_policy": {
                     "timeout_action": "REJECT",
-                    "default_timeout_microseconds": serving.default_timeout_us,
+                    "default_timeout_microseconds": self.batching.default_timeout_us,
                     "allow_timeout_override": True,
-                    "max_queue_size": serving.max_queue_size,
+                    "max_queue_size": self.batching.max_queue_size,
                 },
             }
         return doc
@@ -452,7 +410,7 @@ class ServedModel:
             raise ProtocolError(
                 503,
                 f"Exceeds maximum queue size: model '{self.name}' already has "
-                f"{self.serving.max_queue_size} requests queued (max_queue_size); retry later",
+                f"{self.batching.max_queue_size} requests queued (max_queue_size); retry later",
             ) from None
         except QueueTimeoutError as exc:
             raise ProtocolError(503, f"Request timeout expired: {exc}") from None
@@ -486,16 +444,17 @@ def _max_batch_size(artifact: ModelArtifact, config: ServingConfig) -> int:
         for spec in (*artifact.inputs, *artifact.outputs)
         if not spec.shape or isinstance(spec.shape[0], int)
     ]
-    if config.max_batch_size is None:
+    wanted = config.batching.max_batch_size
+    if wanted is None:
         return 0 if unbatchable else DEFAULT_MAX_BATCH_SIZE
-    if config.max_batch_size > 0 and unbatchable:
+    if wanted > 0 and unbatchable:
         spec = unbatchable[0]
         raise UsageError(
-            f"max_batch_size {config.max_batch_size} batches along dim 0, but tensor "
+            f"max_batch_size {wanted} batches along dim 0, but tensor "
             f"'{spec.name}' has shape {spec.shape_str()} without a variable first dim: "
             "set max_batch_size = 0, or export the model with a dynamic batch dim"
         )
-    return config.max_batch_size
+    return wanted
 
 
 def _config_tensor(spec: TensorSpec, batching: bool, *, is_input: bool) -> dict[str, Any]:
@@ -696,8 +655,6 @@ async def _build(name: str, source: ModelSource) -> ServedModel:
         model, config = source.resolve()
         artifact = load_model(model)
         if config.spec_path is not None and config.model_sha256 is not None:
-            from crossinfer.tune.spec import check_artefact_hash
-
             check_artefact_hash(config.spec_path, artifact, config.model_sha256)
         return ServedModel(name, artifact, config)
 

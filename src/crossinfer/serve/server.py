@@ -28,6 +28,7 @@ from crossinfer.serve.app import DEFAULT_MAX_BODY_BYTES, HttpApp
 from crossinfer.serve.events import LOGGER_NAME, JsonFormatter, log_event
 from crossinfer.serve.metrics import CONTENT_TYPE, ServerMetrics
 from crossinfer.serve.repository import READY, ModelRepository
+from crossinfer.serve.shm import SharedMemoryRegistry
 
 __all__ = ["BackgroundServer", "InferenceServer", "ServerConfig", "configure_logging", "run_server"]
 
@@ -62,7 +63,13 @@ class InferenceServer:
     def __init__(self, repository: ModelRepository, config: ServerConfig | None = None) -> None:
         self.repository = repository
         self.config = config or ServerConfig()
-        self.app = HttpApp(repository, max_body_bytes=self.config.max_body_bytes)
+        # one namespace of shared memory regions for both front ends, as Triton has it
+        self.shared_memory = SharedMemoryRegistry()
+        self.app = HttpApp(
+            repository,
+            max_body_bytes=self.config.max_body_bytes,
+            shared_memory=self.shared_memory,
+        )
         self.metrics: ServerMetrics | None = None
         self.ports: dict[str, int] = {}  # "http", "grpc", "metrics" -> the bound port
         self._http: _Uvicorn | None = None
@@ -151,6 +158,7 @@ class InferenceServer:
             port,
             server_ready=lambda: self.app.ready,
             max_message_bytes=self.config.max_body_bytes,  # one size limit for both protocols
+            shared_memory=self.shared_memory,
         )
         self.ports["grpc"] = port
 
@@ -198,6 +206,7 @@ class InferenceServer:
             for s in [m.batcher.stats()]
         }
         await self.repository.stop()
+        self.shared_memory.close()  # unmaps the clients' regions; never unlinks them
         if self._metrics_http is not None:
             self._metrics_http.should_exit = True
         for task in self._tasks:

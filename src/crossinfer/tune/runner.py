@@ -14,7 +14,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,13 +31,13 @@ from crossinfer.bench.runner import BenchPlan, run_benchmark
 from crossinfer.check import CheckReport, check_model, default_targets, random_inputs
 from crossinfer.errors import CrossinferError, UsageError
 from crossinfer.model import ModelArtifact, load_model
+from crossinfer.spec import BatchingSpec, DeploymentSpec, write_spec
 from crossinfer.store import ResultStore
 from crossinfer.tune.config import DEFAULT_BATCH_SIZES, DEFAULT_PRECISIONS, TuneConfig
 from crossinfer.tune.constraints import Metrics, Objective, Scorer, cost_per_million
 from crossinfer.tune.recommend import CandidateResult, Recommendation, rank_for, recommend
 from crossinfer.tune.resume import find_stored
 from crossinfer.tune.space import Candidate, Pruned, Space, Variant, build_space
-from crossinfer.tune.spec import BatchingSpec, DeploymentSpec, write_spec
 from crossinfer.tune.strategies import SearchOutcome, search
 from crossinfer.tune.variants import (
     AGREEMENT_SAMPLES,
@@ -196,7 +196,7 @@ def tune(
     )
 
     clock = time.perf_counter()
-    scorer = Scorer(config.objective, config.price, _scorer_notes(config))
+    scorer = Scorer(config.objective, config.price, _scorer_notes(config) + _int8_notes(variants))
     measurer = _Measurer(
         {
             v.key: load_model(v.model_path) if v.model_path != artifact.path else artifact
@@ -431,6 +431,14 @@ def _scorer_notes(config: TuneConfig) -> tuple[str, ...]:
     else:
         notes.append(f"cost from {config.price.per_hour:g} USD/hour: {config.price.source}")
     return tuple(notes)
+
+
+def _int8_notes(variants: Sequence[Variant]) -> tuple[str, ...]:
+    """Why INT8 is (or is not) fast here: the recipe each INT8 variant's target got."""
+    from crossinfer.hardware.int8 import int8_recipe
+
+    targets = sorted({str(v.target) for v in variants if v.recipe.startswith("int8")})
+    return tuple(int8_recipe(target).headline() for target in targets)
 
 
 # --------------------------------------------------------------------------- outputs

@@ -4,12 +4,13 @@ optimize) x batch size x runtime knobs, each point a Candidate; what cannot run 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crossinfer.backends.base import Precision, SessionOptions, Target
+from crossinfer.backends.base import Precision, SessionOptions, Target, find_backend_entry
+from crossinfer.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -42,32 +43,23 @@ class Knobs:
         }
 
 
-def _onnxruntime_knobs(cores: int) -> tuple[Knobs, ...]:
-    # One session with every core, or one thread per core with as many concurrent callers
-    # (ORT's InferenceSession.run is thread-safe): the second often wins on throughput.
-    grid = [Knobs()]
-    if cores > 1:
-        grid.append(Knobs(threads=1, instances=cores))
-    return tuple(grid)
-
-
-def _openvino_knobs(cores: int) -> tuple[Knobs, ...]:
-    # The session holds one infer request, so it is called from one thread at a time; the hint
-    # still changes how the plugin splits the cores (streams) and which kernels it picks.
-    return (Knobs(performance_hint="LATENCY"), Knobs(performance_hint="THROUGHPUT"))
-
-
-# backend -> its knob settings, most conventional first; a backend not named here gets its
-# defaults only (a new runtime joins the search with no code here)
-KNOB_GRIDS: dict[str, Callable[[int], tuple[Knobs, ...]]] = {
-    "onnxruntime": _onnxruntime_knobs,
-    "openvino": _openvino_knobs,
-}
-
-
 def knob_grid(backend: str, cores: int) -> tuple[Knobs, ...]:
-    grid = KNOB_GRIDS.get(backend)
-    return grid(max(1, cores)) if grid else (Knobs(),)
+    """The knob settings tune tries for a backend, from its registry entry; a backend whose
+    entry has no grid gets its defaults only (a new runtime joins the search with no code here).
+    """
+    entry = find_backend_entry(backend)
+    if entry is None or entry.knob_grid is None:
+        return (Knobs(),)
+    grid = []
+    for setting in entry.knob_grid(max(1, cores)):
+        try:
+            grid.append(Knobs(**setting))
+        except TypeError as exc:
+            raise UsageError(
+                f"backend '{backend}': its knob grid has a setting tune does not know "
+                f"({dict(setting)}): {exc}; use the fields of Knobs"
+            ) from exc
+    return tuple(grid)
 
 
 @dataclass(frozen=True)

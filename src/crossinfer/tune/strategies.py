@@ -1,7 +1,7 @@
 """How tune walks the space: `exhaustive` measures every candidate; `quick` screens each variant
-at one setting, then hill-climbs batch size and knobs from the best two variants in turns (as
-Triton Model Analyzer's quick mode climbs), within a budget of measurements. Unmeasured
-candidates keep the reason.
+at one setting, steps a variant that misses a constraint there down to smaller batch sizes, then
+hill-climbs batch size and knobs from the best two variants in turns (as Triton Model Analyzer's
+quick mode climbs), within a budget of measurements. Unmeasured candidates keep the reason.
 """
 
 from __future__ import annotations
@@ -120,7 +120,9 @@ def quick(
     seed: Sequence[Candidate] = (),
 ) -> SearchOutcome:
     """Screen every variant at its anchor (the middle batch size, or the smallest for a latency
-    objective, with the backend's first knob setting), then hill-climb the best variants in turns."""
+    objective, with the backend's first knob setting); step a variant that misses a constraint
+    there down towards the smallest batch size (`_step_down`), dropping it if it misses even
+    there; then hill-climb the best variants in turns."""
     budget = budget if budget is not None else default_budget(space)
     if budget < 1:
         raise UsageError(
@@ -150,17 +152,34 @@ def quick(
         first = space.find(variant, anchor_batch, space.knobs_of(variant)[0])
         if first is not None and take(first):
             anchors[variant.key] = first
-    order = sorted(anchors.values(), key=score, reverse=True)
+    dropped = _step_down(space, anchors, take, score, outcome)
+    # climbers in order of their best point so far: a stepped-down variant by its smaller batch
+    order = sorted(
+        (a for a in anchors.values() if a.variant.key not in dropped),
+        key=lambda a: score(_best_of(space, a, outcome, score)),
+        reverse=True,
+    )
     climbed = _climb_together(space, order, take, score, outcome, budget)
     best = order[0] if order else None
+    missing = {a.variant.key for a in order if _misses(score(_best_of(space, a, outcome, score)))}
     for candidate in space.candidates:
         if candidate.key in outcome.measured:
             continue
         if candidate.variant.key in unscreened:
             outcome.skipped[candidate.key] = unscreened[candidate.variant.key]
             continue
+        if candidate.variant.key in dropped:
+            outcome.skipped[candidate.key] = dropped[candidate.variant.key]
+            continue
         outcome.skipped[candidate.key] = _why_skipped(
-            candidate, anchors, climbed, best, score, len(outcome.measured) >= budget, budget
+            candidate,
+            anchors,
+            climbed,
+            best,
+            score,
+            len(outcome.measured) >= budget,
+            budget,
+            missing,
         )
     return outcome
 
@@ -187,6 +206,53 @@ def _screen(variants: list[Variant]) -> tuple[list[Variant], dict[str, str]]:
                 f"({fastest.key}, {best:.1f} ms; quick screens within {PRIOR_CUTOFF:g}x)"
             )
     return screened, left_out
+
+
+def _step_down(
+    space: Space,
+    anchors: dict[str, Candidate],
+    take: Callable[[Candidate], bool],
+    score: Callable[[Candidate], tuple[float, float]],
+    outcome: SearchOutcome,
+) -> dict[str, str]:
+    """Measure each variant whose screening point misses a constraint at smaller batch sizes
+    (same knobs), nearest miss first, until one meets the constraints or the smallest size
+    missed too. Returns the variants dropped (they miss at the smallest size), with the reason.
+
+    Why: p99 and memory grow with the batch, so a miss at the screening batch says little about
+    batch 1; without this, a machine on which every variant missed a p99 bound at batch 8 never
+    measured a faster runtime or precision at the batch size that could meet it. The next size
+    tried is the largest below batch / (1 + excess): p99 scales about linearly with the batch,
+    a little less at small batches (fixed per-run cost), hence stepping on until it meets.
+    """
+    sizes = space.batch_sizes
+    dropped: dict[str, str] = {}
+    missing = [a for a in anchors.values() if _misses(score(a))]
+    for anchor in sorted(missing, key=score, reverse=True):
+        at = anchor
+        while _misses(score(at)):
+            i = sizes.index(at.batch_size)
+            if i == 0:
+                dropped[anchor.variant.key] = (
+                    f"not measured: dropped: this variant misses the constraints down to batch "
+                    f"{at.batch_size} ({at.key}), and larger batches only add latency and memory"
+                )
+                break
+            wanted = at.batch_size / (1.0 - score(at)[1])
+            below = [s for s in sizes[:i] if s <= wanted] or [sizes[0]]
+            step = space.find(at.variant, below[-1], at.knobs)
+            if step is None or not take(step):
+                break  # out of budget: the skipped reasons say so
+            at = step
+            if outcome.measured.get(at.key) is None:
+                break  # failed to run: nothing to step on from
+    return dropped
+
+
+def _misses(rank: tuple[float, float]) -> bool:
+    """Measured, but missing a constraint by a figure that a smaller batch can lower; a miss by
+    no excess (an objective that cannot be valued) is not one a batch size changes."""
+    return rank != _FAILED and rank[0] == 0.0 and rank[1] < 0.0
 
 
 def _climb_together(
@@ -270,6 +336,7 @@ def _why_skipped(
     score: Callable[[Candidate], tuple[float, float]],
     exhausted: bool,
     budget: int,
+    missing: set[str],
 ) -> str:
     variant: Variant = candidate.variant
     anchor = anchors.get(variant.key)
@@ -281,6 +348,11 @@ def _why_skipped(
         return "not measured: off the hill-climb's path (no step towards it improved the objective)"
     if score(anchor) == _FAILED:
         return f"not measured: this variant failed at its screening point ({anchor.key})"
+    if exhausted and variant.key in missing:
+        return (
+            f"not measured: screened at {anchor.key}, which missed the constraints; quick's "
+            f"budget of {budget} measurements ran out before a smaller batch size met them"
+        )
     lead = f" than {best.key}" if best is not None else ""
     why = f"screened at {anchor.key}, which ranked lower{lead}"
     if exhausted:

@@ -26,7 +26,7 @@ from crossinfer.check import CheckReport, random_inputs, run_isolated
 from crossinfer.errors import CrossinferError
 from crossinfer.model import ModelArtifact, load_model
 from crossinfer.passes.base import CalibrationData, LabelledSet
-from crossinfer.passes.pipeline import PRESETS, OptimizeReport, optimize
+from crossinfer.passes.pipeline import OptimizeReport, backend_presets, optimize
 from crossinfer.tune.config import TuneConfig
 from crossinfer.tune.constraints import Constraints
 from crossinfer.tune.space import Pruned, Variant
@@ -84,8 +84,9 @@ def prepare_variants(
             if recipe == "fp32":
                 variants.append(_fp32_variant(artifact, target, labelled))
                 continue
-            if (target.backend, recipe) not in PRESETS:
-                known = sorted(p for b, p in PRESETS if b == target.backend)
+            presets = backend_presets(target.backend)
+            if recipe not in presets:
+                known = sorted(presets)
                 pruned.append(
                     Pruned(
                         what,
@@ -175,7 +176,7 @@ def _optimized_variant(
     calibration: CalibrationData | None,
     labelled: LabelledSet | None,
 ) -> Variant | Pruned:
-    names, runtime = PRESETS[(target.backend, recipe)]
+    names, runtime = backend_presets(target.backend)[recipe]
     out = work / f"{target.backend}-{target.device}-{recipe}"
     cached = _cached_variant(out, artifact, names, runtime, calibration, labelled)
     if cached is not None:

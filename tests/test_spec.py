@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
 import pytest
 
 from crossinfer.backends.base import Precision, SessionOptions
+from crossinfer.errors import SpecError
 from crossinfer.model import load_model
-from crossinfer.tune.spec import BatchingSpec, DeploymentSpec, SpecError, load_spec, write_spec
+from crossinfer.spec import BatchingSpec, DeploymentSpec, load_spec, write_spec
 from crossinfer.zoo import zoo_model_path
 
 
@@ -86,14 +88,17 @@ def test_changed_artefact_is_refused(model: Path, tmp_path: Path) -> None:
         (("threads = 2", "threads = 0"), "options.threads must be a positive integer"),
         (
             ("threads = 2", "thread = 2"),
-            r"unknown key\(s\) in \[deployment.options\]: \['thread'\]",
+            r"\[deployment.options\] unknown key .thread.: did you mean .threads.\?",
         ),
         (
             ("max_batch_size = 8", "max_batch_size = 2"),
             "preferred_batch_sizes .* 1..max_batch_size",
         ),
         (("spec_version = 1", "spec_version = 99"), "newer than this crossinfer understands"),
-        (("[deployment]", "[deploy]"), r"unknown top-level key\(s\) \['deploy'\]"),
+        (
+            ("[deployment]", "[deploy]"),
+            r"unknown top-level key .deploy.: did you mean .deployment.\?",
+        ),
         (('device = "cpu"', 'device = "cpu"\ndevice = "gpu"'), "not valid TOML"),
     ],
 )
@@ -112,3 +117,17 @@ def test_bad_spec_is_refused_naming_the_key(
 def test_no_such_spec_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match=r"no such file .*crossinfer tune"):
         load_spec(tmp_path / "nope.toml")
+
+
+def test_batching_beyond_what_tune_sets_round_trips(model: Path, tmp_path: Path) -> None:
+    batching = BatchingSpec(max_batch_size=8, priority_levels=2, default_priority=2)
+    spec = dataclasses.replace(_spec(model), batching=batching)
+    path = write_spec(spec, tmp_path / "mlp.toml")
+    text = path.read_text()
+    # tune's keys always, the others only when set
+    assert "priority_levels = 2" in text and "max_queue_size = 1024" in text
+    assert "default_timeout_us" not in text
+    assert load_spec(path).batching == batching
+    unsettled = dataclasses.replace(spec, batching=BatchingSpec(max_batch_size=None))
+    with pytest.raises(SpecError, match=r"max_batch_size None .* cannot be written"):
+        write_spec(unsettled, tmp_path / "unsettled.toml")

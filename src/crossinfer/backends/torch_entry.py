@@ -1,0 +1,46 @@
+"""What crossinfer knows about PyTorch without importing it: the registry entry.
+
+The backend itself is `crossinfer.backends.torch`, which imports torch at the top; this module
+must not, so the registry works when torch is missing.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from crossinfer.backends.base import BackendEntry, Precision
+
+
+def probe(torch: ModuleType) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Doctor's view: cpu, then CUDA/ROCm, XPU and MPS devices when present."""
+    devices = ["cpu"]
+    notes: list[str] = []
+    if torch.cuda.is_available():
+        for index in range(int(torch.cuda.device_count())):
+            devices.append(f"cuda:{index} ({torch.cuda.get_device_name(index)})")
+        if getattr(torch.version, "hip", None):
+            notes.append(f"ROCm build (HIP {torch.version.hip}): cuda:N devices are AMD GPUs")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        devices.extend(f"xpu:{index}" for index in range(int(xpu.device_count())))
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return tuple(devices), tuple(notes)
+
+
+ENTRY = BackendEntry(
+    "torch",
+    "crossinfer.backends.torch",
+    "TorchBackend",
+    "pip install 'crossinfer[torch]'",
+    runtime_module="torch",
+    distributions=("torch",),
+    probe=probe,
+    presets={
+        # torch converts the weights (FP16) or runs under autocast (BF16) when it prepares the
+        # session
+        "bf16": ((), Precision.BF16),
+        "fp16": ((), Precision.FP16),
+    },
+)
