@@ -45,11 +45,12 @@ print(json.dumps({"calibrate": cal.throughput, "offline": outcome.throughput}))
 
 INTERLEAVED = r"""
 import json, random, sys, time
-from crossinfer.backends.base import get_backend
+from crossinfer.backends.base import SessionOptions, get_backend
 from crossinfer.bench.pool import SamplePool, StagedPool
 from crossinfer.model import load_model
-batch, iters = int(sys.argv[1]), int(sys.argv[2])
-session = get_backend("onnxruntime").prepare(load_model("zoo:resnet18"), "cpu")
+batch, iters, threads = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) or None
+options = SessionOptions(threads=threads)
+session = get_backend("onnxruntime").prepare(load_model("zoo:resnet18"), "cpu", options)
 pool = SamplePool.random(session.inputs, count=64, seed=0)
 lane = StagedPool(pool, session).lane(0)
 rng = random.Random(0)
@@ -68,11 +69,11 @@ print(json.dumps(out))
 """
 
 
-def interleaved(batch: int, iters: int) -> None:
+def interleaved(batch: int, iters: int, threads: int) -> None:
     """Both paths in one process, alternating batch by batch: load drift cancels out."""
     env = {**os.environ, "PYTHONPATH": os.path.abspath("src")}
     out = subprocess.run(
-        [sys.executable, "-c", INTERLEAVED, str(batch), str(iters)],
+        [sys.executable, "-c", INTERLEAVED, str(batch), str(iters), str(threads)],
         env=env,
         check=True,
         capture_output=True,
@@ -82,7 +83,7 @@ def interleaved(batch: int, iters: int) -> None:
     a, b = statistics.median(times["A"]), statistics.median(times["B"])
     pairs = [tb / ta for ta, tb in zip(times["A"], times["B"], strict=True)]
     print(
-        f"interleaved, {iters} batches of {batch} each: before {a * 1e3:.1f} ms, after "
+        f"interleaved, {iters} batches of {batch} each, threads {threads or 'default'}: before {a * 1e3:.1f} ms, after "
         f"{b * 1e3:.1f} ms per batch (median); throughput after/before {a / b:.3f}; "
         f"median of per-pair time ratios after/before {statistics.median(pairs):.3f}"
     )
@@ -115,6 +116,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, default=0, help="interleaved: ORT threads")
     parser.add_argument(
         "--interleaved", type=int, default=0, help="also N batches alternating A/B in one process"
     )
@@ -122,7 +124,7 @@ def main() -> None:
     if args.interleaved:
         env = {**os.environ, "PYTHONPATH": os.path.abspath(args.after)}
         subprocess.run([sys.executable, "-c", BUILD_ONLY], env=env, check=True)
-        interleaved(args.batch, args.interleaved)
+        interleaved(args.batch, args.interleaved, args.threads)
     runs: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory() as home:
         for i in range(args.rounds):
