@@ -332,11 +332,16 @@ def _best_of(
 
 
 def _neighbours(space: Space, at: Candidate, screen_batch: int | None = None) -> list[Candidate]:
-    """One step along each axis: the next smaller and larger batch size, every other knob setting;
-    away from `screen_batch`, only those with the same backend options (another mode is another
-    compile, and a mode that lost at one batch size seldom wins at the next)."""
+    """One step along each axis: the next smaller and larger batch size, every other knob setting.
+
+    With `screen_batch` (quick's climb), the settings with other backend options come first at
+    that batch size and are left out at any other: the modes are screened where the climb
+    starts, then batch sizes climbed in the best (another mode is another compile, and a mode
+    that lost at one batch size seldom wins at the next).
+    """
     sizes = space.batch_sizes
     i = sizes.index(at.batch_size)
+    options_first: list[Candidate] = []
     found: list[Candidate] = []
     for j in (i + 1, i - 1):
         if 0 <= j < len(sizes):
@@ -344,13 +349,15 @@ def _neighbours(space: Space, at: Candidate, screen_batch: int | None = None) ->
             if step is not None:
                 found.append(step)
     for knobs in space.knobs_of(at.variant):
-        if screen_batch not in (None, at.batch_size) and knobs.options != at.knobs.options:
+        if knobs == at.knobs:
             continue
-        if knobs != at.knobs:
-            step = space.find(at.variant, at.batch_size, knobs)
-            if step is not None:
-                found.append(step)
-    return found
+        other_options = knobs.options != at.knobs.options
+        if other_options and screen_batch not in (None, at.batch_size):
+            continue
+        step = space.find(at.variant, at.batch_size, knobs)
+        if step is not None:
+            (options_first if other_options and screen_batch is not None else found).append(step)
+    return options_first + found
 
 
 def _why_skipped(
