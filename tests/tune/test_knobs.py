@@ -19,6 +19,7 @@ from conftest import linear_model
 from crossinfer.backends.base import Precision, Target, register_backend, unregister_backend
 from crossinfer.errors import UsageError
 from crossinfer.model import load_model
+from crossinfer.report.figures import throughput_vs_batch
 from crossinfer.spec import load_spec
 from crossinfer.store import ResultStore
 from crossinfer.tune.config import TuneConfig, device_matches, wanted
@@ -199,6 +200,12 @@ def test_a_tune_of_modes_stores_them_and_writes_them_into_the_spec(
     assert data["compile_s_total"] == pytest.approx(sum(figures))
     html = (tmp_path / "out" / "report.html").read_text()
     assert "compile s" in html and "mode=capture" in html
+    # one line per mode in the throughput figure, not the three merged into one
+    names = sorted(trace.name for trace in throughput_vs_batch(data).data)
+    assert names == [
+        f"modal:fakegpu/fp32 (mode={mode}, default threads)"
+        for mode in ("capture", "compile", "eager")
+    ]
 
 
 def test_target_and_device_filters_leave_other_targets_alone(modal: Path, tmp_path: Path) -> None:
