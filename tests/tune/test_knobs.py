@@ -28,7 +28,7 @@ from crossinfer.tune.recommend import rank_for
 from crossinfer.tune.render import render_tune
 from crossinfer.tune.runner import tune
 from crossinfer.tune.space import Candidate, Knobs, Variant, build_space, knob_grid
-from crossinfer.tune.strategies import quick
+from crossinfer.tune.strategies import default_budget, quick
 
 EAGER = Knobs(options=(("mode", "eager"),))
 COMPILE = Knobs(options=(("mode", "compile"),))
@@ -120,6 +120,17 @@ def test_quick_screens_modes_at_one_batch_size_then_climbs_in_the_best(tmp_path:
     assert best[0] == "torch:cuda/fp16/batch 64/mode=compile, default threads"
     skipped = outcome.skipped["torch:cuda/fp16/batch 64/mode=cudagraphs, default threads"]
     assert "at batch 16 only" in skipped and "mode=compile" in skipped
+
+
+def test_the_default_budget_leaves_room_for_the_modes(tmp_path: Path) -> None:
+    variants = [
+        Variant(Target("torch", "cuda"), r, Precision.FP32, tmp_path / f"{r}.onnx", r)
+        for r in ("fp32", "fp16", "bf16")
+    ]
+    space = build_space(variants, (1, 64, 256), batchable=True, cores=2)
+    assert len(space) == 27
+    # a screen per variant, two climbs, and the two other modes of the two variants climbed
+    assert default_budget(space) == 3 + 2 + 2 * 2
 
 
 def test_merged_runs_keep_the_larger_compile_time() -> None:

@@ -109,8 +109,13 @@ def exhaustive(space: Space, measure: Measure, *, seed: Sequence[Candidate] = ()
 
 
 def default_budget(space: Space) -> int:
-    """A quarter of the space, but never fewer than one screen per variant and two climbs."""
-    return max(len(space.variants()) + 2, math.floor(len(space) / 4))
+    """A quarter of the space, but never fewer than one screen per variant, two climbs, and the
+    other backend option settings (torch's modes) of the variants climbed at once: without them
+    a GPU tune could end before it tried torch.compile."""
+    variants = space.variants()
+    options = max((len({k.options for k in space.knobs_of(v)}) for v in variants), default=1)
+    least = len(variants) + 2 + CLIMB_WIDTH * (options - 1)
+    return max(least, math.floor(len(space) / 4))
 
 
 def quick(
