@@ -147,6 +147,10 @@ def test_device_filter() -> None:
     assert wanted(Target("torch", "cuda:1"), config)
     assert not wanted(Target("torch", "cpu"), config)
     assert not wanted(Target("jax", "gpu:0"), config)
+    # jax lists its CUDA GPUs as gpu:N (its entry says so); OpenVINO's gpu is an Intel GPU
+    cuda = TuneConfig(devices=("cuda",))
+    assert wanted(Target("jax", "gpu:0"), cuda) and wanted(Target("torch", "cuda"), cuda)
+    assert not wanted(Target("openvino", "gpu"), cuda) and not wanted(Target("jax", "cpu"), cuda)
     with pytest.raises(UsageError, match="--device"):
         TuneConfig(devices=(" ",))
 

@@ -190,6 +190,9 @@ class BackendEntry:
     probe: DeviceProbe | None = field(default=None, compare=False)
     knob_grid: KnobGrid | None = field(default=None, compare=False)
     option_grid: OptionGrid | None = field(default=None, compare=False)
+    # device names people type -> the name this backend lists ({"cuda": "gpu"}: jax's CUDA GPUs
+    # are gpu:N), so tune --device cuda keeps them
+    device_aliases: Mapping[str, str] = field(default_factory=dict, compare=False)
     presets: Mapping[str, Preset] = field(default_factory=dict, compare=False)
     serving_platform: str | None = None  # KServe metadata platform; None: "<name>_onnx"
 

@@ -40,6 +40,7 @@ ENTRY = BackendEntry(
     runtime_module="jax",
     distributions=("jax",),
     probe=probe,
+    device_aliases={"cuda": "gpu", "rocm": "gpu"},
     presets={
         # jax casts weights and inputs when it traces
         "bf16": ((), Precision.BF16),

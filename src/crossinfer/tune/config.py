@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crossinfer.backends.base import Target
+from crossinfer.backends.base import Target, find_backend_entry
 from crossinfer.errors import UsageError
 from crossinfer.hardware.catalog import Price
 from crossinfer.tune.constraints import Constraints, Objective
@@ -63,7 +63,11 @@ def wanted(target: Target, config: TuneConfig) -> bool:
         return False
     if config.targets and target not in config.targets:
         return False
-    return not config.devices or any(device_matches(target.device, d) for d in config.devices)
+    if not config.devices:
+        return True
+    entry = find_backend_entry(target.backend)
+    aliases = entry.device_aliases if entry is not None else {}
+    return any(device_matches(target.device, aliases.get(d, d)) for d in config.devices)
 
 
 def device_matches(device: str, name: str) -> bool:
