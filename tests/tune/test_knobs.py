@@ -187,6 +187,14 @@ def test_a_tune_of_modes_stores_them_and_writes_them_into_the_spec(
             load_model(modal), config, out_dir=tmp_path / "out", store=store, on_event=events.append
         )
         rows = store.query(backend="modal")
+        assert store.count() == 6
+        # run again: each candidate reads back its own mode's row, none another mode's
+        again = tune(load_model(modal), config, out_dir=tmp_path / "again", store=store)
+        assert store.count() == 6
+    for key, metrics in again.outcome.measured.items():
+        first = result.outcome.measured[key]
+        assert metrics is not None and metrics.resumed and first is not None
+        assert metrics.compile_s == first.compile_s and metrics.throughput == first.throughput
     measured = {k: m for k, m in result.outcome.measured.items() if m is not None}
     assert len(measured) == len(result.space) == 6  # 2 batch sizes x eager, compile, capture
     for key, metrics in measured.items():
