@@ -220,7 +220,9 @@ def test_a_tune_of_modes_stores_them_and_writes_them_into_the_spec(
     data = json.loads((tmp_path / "out" / "tune.json").read_text())
     figures = [c["metrics"]["compile_s"] for c in data["recommendation"]["candidates"]]
     assert all(f is not None for f in figures) and len(figures) == 6
+    # confirm=0: each candidate measured once, so the total is the sum of the figures shown
     assert data["compile_s_total"] == pytest.approx(sum(figures))
+    assert again.compile_s_total == 0.0  # all read back: nothing compiled
     html = (tmp_path / "out" / "report.html").read_text()
     assert "compile s" in html and "mode=capture" in html
     # one line per mode in the throughput figure, not the three merged into one

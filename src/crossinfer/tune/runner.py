@@ -79,6 +79,8 @@ class TuneResult:
     stored_ids: list[int] = field(default_factory=list)
     started_at: str = ""
     runs: int = 0  # measurements taken or read back, confirmations included
+    # set-up seconds (compiles, captures) of every measurement this tune took, confirmations too
+    compile_s_total: float = 0.0
 
     @property
     def baseline(self) -> CandidateResult | None:
@@ -126,12 +128,7 @@ class TuneResult:
             "space_size": len(self.space),
             "measured": measured,
             "resumed": resumed,
-            # compile or capture seconds spent by this tune's own measurements (not read back)
-            "compile_s_total": sum(
-                m.compile_s
-                for m in self.outcome.measured.values()
-                if m is not None and m.compile_s is not None and not m.resumed
-            ),
+            "compile_s_total": self.compile_s_total,
             "search_path": list(self.outcome.path),
             "confirmed": list(self.outcome.confirmed),
             "runs": self.runs,
@@ -251,6 +248,7 @@ def tune(
         stored_ids=measurer.stored_ids,
         started_at=started,
         runs=measurer.count,
+        compile_s_total=measurer.compile_s_total,
     )
     write_outputs(result, out_dir)
     return result
@@ -384,6 +382,7 @@ class _Measurer:
         self.stored_ids: list[int] = []
         self._used: set[int] = set()  # store rows this tune has read back or written
         self.count = 0
+        self.compile_s_total = 0.0  # set-up seconds of the measurements taken (not read back)
 
     def __call__(self, candidate: Candidate) -> Metrics | None:
         self.count += 1
@@ -440,6 +439,7 @@ class _Measurer:
             self.stored_ids.append(store_id)
             self._used.add(store_id)
         metrics = metrics_from(result, candidate, store_id=store_id, resumed=False)
+        self.compile_s_total += metrics.compile_s or 0.0
         if self._config.objective is Objective.ENERGY and metrics.energy_j_per_inference is None:
             raise UsageError(
                 f"--objective energy: energy is not measured on this machine ({metrics.energy_method}); "
