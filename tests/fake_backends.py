@@ -25,6 +25,7 @@ from crossinfer.backends.base import (
     Target,
     validate_feeds,
 )
+from crossinfer.errors import UsageError
 from crossinfer.model import ModelArtifact
 
 
@@ -156,4 +157,65 @@ TOY_ENTRY = BackendEntry(
     knob_grid=toy_knob_grid,
     presets={"fp16": (("simplify", "fp16"), Precision.FP32)},
     serving_platform="toy_platform",
+)
+
+
+# --- a backend with modes, declared as torch's: an option grid, a compile recorded per shape --
+
+MODAL_COMPILE_S = 7.0  # what a "compile" or "capture" session says its first call of a shape took
+
+
+class _ModalSession(_Session):
+    def __init__(self, artifact: ModelArtifact, device: str, mode: str) -> None:
+        super().__init__(artifact, "modal")
+        self.target = Target("modal", device)
+        self.mode = mode
+        self.compile_s: dict[str, float] = {}
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shape = " ".join("x".join(map(str, np.shape(v))) for v in feeds.values())
+        # a figure declared, not slept: tests must not wait for it
+        self.compile_s.setdefault(shape, 0.0 if self.mode == "eager" else MODAL_COMPILE_S)
+        return super().run(feeds)
+
+    def describe(self) -> dict[str, Any]:
+        return {"runtime": "fake", "mode": self.mode, "compile_s": dict(self.compile_s)}
+
+
+class ModalBackend(_Base):
+    """Runs the model correctly on 'cpu' and 'fakegpu', in mode eager, compile or capture (the
+    last on fakegpu only), as SessionOptions.extra says; refuses other options as torch does."""
+
+    name = "modal"
+
+    def devices(self) -> list[DeviceInfo]:
+        return [DeviceInfo("cpu"), DeviceInfo("fakegpu")]
+
+    def prepare(
+        self, artifact: ModelArtifact, device: str, options: SessionOptions | None = None
+    ) -> _Session:
+        extra = dict((options or SessionOptions()).extra)
+        mode = extra.pop("mode", "eager")
+        if extra or mode not in ("eager", "compile", "capture"):
+            raise UsageError(f"modal takes mode=eager|compile|capture, got {options}")
+        if mode == "capture" and device != "fakegpu":
+            raise UsageError("modal: capture needs fakegpu")
+        return _ModalSession(artifact, device, mode)
+
+
+def modal_option_grid(device: str, exhaustive: bool) -> tuple[Mapping[str, str], ...]:
+    grid: list[Mapping[str, str]] = [{"mode": "eager"}, {"mode": "compile"}]
+    if device == "fakegpu":
+        grid.append({"mode": "capture"})
+    return tuple(grid)
+
+
+MODAL_ENTRY = BackendEntry(
+    "modal",
+    __name__,
+    "ModalBackend",
+    "pip install modal-runtime",
+    option_grid=modal_option_grid,
+    # a recipe with no pass, as torch's: optimize proves it on the target
+    presets={"bf16": ((), Precision.BF16)},
 )

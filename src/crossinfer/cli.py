@@ -613,6 +613,14 @@ def tune(
         list[str] | None,
         typer.Option("--target", "-t", help="Only this BACKEND:DEVICE (repeatable)."),
     ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(
+            "--device",
+            help="Only these devices (comma list): cuda keeps cuda and cuda:1, gpu keeps gpu.0, "
+            "cpu the CPU; nothing is checked or optimized elsewhere.",
+        ),
+    ] = None,
     precisions: Annotated[
         str, typer.Option(help="Precisions to try (comma list of fp32, fp16, bf16, int8).")
     ] = "fp32,fp16,bf16,int8",
@@ -620,7 +628,7 @@ def tune(
     strategy: Annotated[
         str,
         typer.Option(
-            help="quick (screen, then hill-climb; about a quarter of the space) or exhaustive."
+            help="quick (screen, then hill-climb; about a quarter of the space) or exhaustive (every candidate, and costly options such as torch's max-autotune)."
         ),
     ] = "quick",
     budget: Annotated[
@@ -685,7 +693,7 @@ def tune(
         artifact, config, out_dir = _tune_setup(
             model, backends, target, precisions, batch, strategy, budget, objective,
             max_p99_ms, max_accuracy_drop, max_memory_mb, dataset, calibration, instance,
-            price_per_hour, catalog, out, measure_ms, fresh,
+            price_per_hour, catalog, out, measure_ms, fresh, device,
         )  # fmt: skip
         with ResultStore(store) as results:
             result = _run_tune(artifact, config, out_dir, results, quiet=as_json)
@@ -722,6 +730,7 @@ def _tune_setup(
     out: Path | None,
     measure_ms: int,
     fresh: bool,
+    device: str | None = None,
 ) -> tuple[Any, Any, Path]:
     from crossinfer.backends.base import Target, backend_entry
     from crossinfer.hardware.catalog import load_catalog, resolve_price
@@ -739,6 +748,7 @@ def _tune_setup(
     config = TuneConfig(
         backends=names,
         targets=tuple(Target.parse(t) for t in target or []),
+        devices=tuple(d.strip().lower() for d in (device or "").split(",") if d.strip()),
         precisions=tuple(p.strip().lower() for p in precisions.split(",") if p.strip()),
         batch_sizes=_parse_batches(batch),
         strategy=strategy,

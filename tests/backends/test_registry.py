@@ -111,6 +111,7 @@ def test_the_registry_imports_no_runtime() -> None:
         "for e in backend_entries():\n"
         "    e.installed_version(); e.platform; dict(e.presets)\n"
         "    e.knob_grid and e.knob_grid(4)\n"
+        "    e.option_grid and e.option_grid('cuda', True)\n"
         "runtime_versions()\n"
         "loaded = {'onnxruntime', 'openvino', 'torch', 'jax', 'iree'} & set(sys.modules)\n"
         "print(sorted(loaded))\n"

@@ -23,6 +23,11 @@ runner = CliRunner()
         (["--precisions", "fp8"], "unknown fp8"),
         (["--max-accuracy-drop", "2"], "fraction"),
         (["--batch", "0"], "--batch '0'"),
+        # filters apply before any check: nothing on a CPU-only ORT is a cuda device
+        (
+            ["--backends", "onnxruntime", "--device", "cuda"],
+            "no target found here is kept by --backends onnxruntime --device cuda",
+        ),
     ],
 )
 def test_bad_tune_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:

@@ -217,6 +217,11 @@ DeviceProbe = Callable[[ModuleType], tuple[tuple[str, ...], tuple[str, ...]]]
 # A backend's tune grid: logical cores -> the knob settings to try (tune.space.Knobs fields),
 # most conventional first.
 KnobGrid = Callable[[int], tuple[Mapping[str, Any], ...]]
+# A backend's tune grid of runtime options (SessionOptions.extra, as `bench --option` takes them)
+# on one device: (device, exhaustive) -> the settings to try, cheapest first (quick screens each
+# variant at the first). `exhaustive` adds the costly ones (long compiles) a user asks for by
+# choosing the exhaustive strategy.
+OptionGrid = Callable[[str, bool], tuple[Mapping[str, str], ...]]
 # An optimize --precision shortcut: the passes to run, and the precision to ask the runtime for.
 Preset = tuple[tuple[str, ...], Precision]
 
@@ -227,8 +232,10 @@ class BackendEntry:
 
     Where the Backend class lives and what to install when it cannot be imported; for doctor,
     the runtime module to find and import, its device probe and its package names (also the
-    version the fingerprint records); tune's knob grid, optimize's precision presets and the
-    platform serve reports. Functions must be module-level: entries travel to child processes.
+    version the fingerprint records); tune's knob and option grids (tune searches their product:
+    threads and instances x runtime modes such as torch's eager/compile), optimize's precision
+    presets and the platform serve reports. Functions must be module-level: entries travel to
+    child processes.
     """
 
     name: str
@@ -243,6 +250,10 @@ class BackendEntry:
     distributions: tuple[str, ...] = ()
     probe: DeviceProbe | None = field(default=None, compare=False)
     knob_grid: KnobGrid | None = field(default=None, compare=False)
+    option_grid: OptionGrid | None = field(default=None, compare=False)
+    # device names people type -> the name this backend lists ({"cuda": "gpu"}: jax's CUDA GPUs
+    # are gpu:N), so tune --device cuda keeps them
+    device_aliases: Mapping[str, str] = field(default_factory=dict, compare=False)
     presets: Mapping[str, Preset] = field(default_factory=dict, compare=False)
     serving_platform: str | None = None  # KServe metadata platform; None: "<name>_onnx"
 

@@ -28,6 +28,10 @@ def probe(jax: ModuleType) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(devices), tuple(notes)
 
 
+# No option grid: jax's one option, matmul_precision, is a numeric precision, not a speed knob.
+# Its defaults already follow the variant's precision (FP32: "highest", as parity needs; FP16/BF16:
+# "default"); "tensorfloat32" on an FP32 variant would be a TF32 run that optimize never proved
+# and the spec would call FP32. A user who wants it says so: bench --option matmul_precision=...
 ENTRY = BackendEntry(
     "jax",
     "crossinfer.backends.jax",
@@ -36,6 +40,7 @@ ENTRY = BackendEntry(
     runtime_module="jax",
     distributions=("jax",),
     probe=probe,
+    device_aliases={"cuda": "gpu", "rocm": "gpu"},
     presets={
         # jax casts weights and inputs when it traces
         "bf16": ((), Precision.BF16),

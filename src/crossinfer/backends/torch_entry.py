@@ -6,6 +6,7 @@ must not, so the registry works when torch is missing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import ModuleType
 
 from crossinfer.backends.base import BackendEntry, Precision
@@ -29,6 +30,24 @@ def probe(torch: ModuleType) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return tuple(devices), tuple(notes)
 
 
+def option_grid(device: str, exhaustive: bool) -> tuple[Mapping[str, str], ...]:
+    """Tune's torch modes on a device (TorchSettings' keys), eager first: it compiles nothing,
+    so quick screens each variant cheaply before it spends compiles.
+
+    CUDA graphs need CUDA. max-autotune benchmarks many kernels per layer (minutes on ResNet-50),
+    so only an exhaustive search tries it; the no-cudagraphs flavour, because inductor's own CUDA
+    graph trees are per thread and LoadGen calls the session from its worker threads (mode
+    cudagraphs is crossinfer's own capture, which is not).
+    """
+    grid: list[Mapping[str, str]] = [{"mode": "eager"}, {"mode": "compile"}]
+    cuda = device == "cuda" or device.startswith("cuda:")
+    if cuda:
+        grid.append({"mode": "cudagraphs"})
+    if exhaustive and device != "cpu":
+        grid.append({"mode": "compile", "compile_mode": "max-autotune-no-cudagraphs"})
+    return tuple(grid)
+
+
 ENTRY = BackendEntry(
     "torch",
     "crossinfer.backends.torch",
@@ -37,6 +56,7 @@ ENTRY = BackendEntry(
     runtime_module="torch",
     distributions=("torch",),
     probe=probe,
+    option_grid=option_grid,
     presets={
         # torch converts the weights (FP16) or runs under autocast (BF16) when it prepares the
         # session

@@ -274,7 +274,8 @@ def _short(pruned: Mapping[str, Any]) -> str:
 
 
 def _knob_label(knobs: Mapping[str, Any]) -> str:
-    parts = []
+    # backend options first (torch's mode): eager and compile are two lines, not one
+    parts = [f"{k}={v}" for k, v in (knobs.get("options") or {}).items()]
     if knobs.get("performance_hint"):
         parts.append(str(knobs["performance_hint"]).lower())
     parts.append(f"{knobs['threads']} threads" if knobs.get("threads") else "default threads")

@@ -123,6 +123,11 @@ def _summary(data: Data) -> str:
                 f"{m['throughput']:,.1f} samples/s, p99 {m['p99_ms']:.2f} ms per batch run, "
                 f"peak memory {m['peak_rss_mb']:,.0f} MB"
                 + (
+                    f", set-up (compile) {m['compile_s']:,.1f} s"
+                    if m.get("compile_s") is not None
+                    else ""
+                )
+                + (
                     f", cost {pick['value']:.4g} USD per million"
                     if rec["objective"] == "cost"
                     else ""
@@ -193,17 +198,29 @@ def _candidates(data: Data) -> str:
                 _num(m.get("p99_ms"), "{:.2f}"),
                 _num(m.get("peak_rss_mb"), "{:,.0f}"),
                 _num(m.get("accuracy_drop"), "{:.2%}"),
+                _num(m.get("compile_s"), "{:,.1f}"),
                 "; ".join(c["reasons"]),
             ]
         )
         classes.append("pick" if c["status"] == "pick" else "")
     table = _table(
-        ["candidate", "status", "samples/s", "p99 ms", "peak MB", "acc. drop", "why"],
+        ["candidate", "status", "samples/s", "p99 ms", "peak MB", "acc. drop", "compile s", "why"],
         rows,
-        numeric={2, 3, 4, 5},
+        numeric={2, 3, 4, 5, 6},
         row_classes=classes,
     )
-    return f'<section id="candidates"><h2>Every candidate and its reason</h2>{table}</section>'
+    note = (
+        "compile s: the session's set-up before its first result (load or conversion, then each "
+        "input shape's first call: compile or CUDA graph capture), paid again by every process "
+        "that serves it"
+    )
+    total = data.get("compile_s_total")
+    if total:
+        note += f"; this tune's measurements spent {total:,.0f} s on it"
+    return (
+        '<section id="candidates"><h2>Every candidate and its reason</h2>'
+        f'<p class="note">{escape(note)}</p>{table}</section>'
+    )
 
 
 def _pruned(data: Data) -> str:

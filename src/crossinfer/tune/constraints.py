@@ -63,6 +63,9 @@ class Metrics:
     resumed: bool = False  # read back from the results store, not measured in this run
     notes: tuple[str, ...] = ()
     runs: int = 1  # measurements averaged into these figures
+    # session set-up before the first result: load or convert, then each input shape's first
+    # call (compile or CUDA graph capture); None: not known
+    compile_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +83,7 @@ class Metrics:
             "store_id": self.store_id,
             "resumed": self.resumed,
             "runs": self.runs,
+            "compile_s": self.compile_s,
             "notes": list(self.notes),
         }
 
@@ -101,6 +105,8 @@ def merge_metrics(first: Metrics, second: Metrics) -> Metrics:
             if k in first.percentiles_ms
         },
         peak_rss_mb=max(first.peak_rss_mb, second.peak_rss_mb),
+        # the larger: a second compile may read the first's cache, a fresh deployment cannot
+        compile_s=_larger(first.compile_s, second.compile_s),
         energy_j_per_inference=mean(first.energy_j_per_inference, second.energy_j_per_inference),
         stable=first.stable and second.stable,
         resumed=first.resumed and second.resumed,
@@ -111,6 +117,10 @@ def merge_metrics(first: Metrics, second: Metrics) -> Metrics:
             f"{second.throughput:,.1f} samples/s",
         ),
     )
+
+
+def _larger(a: float | None, b: float | None) -> float | None:
+    return max(a, b) if a is not None and b is not None else a if b is None else b
 
 
 @dataclass(frozen=True)

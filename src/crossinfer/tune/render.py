@@ -18,7 +18,7 @@ def render_tune(result: TuneResult, console: Console) -> None:
     )
     table.add_column("candidate")
     table.add_column("status")
-    for name in ("samples/s", "p99 ms", "MB", "acc. drop"):
+    for name in ("samples/s", "p99 ms", "MB", "acc. drop", "compile s"):
         table.add_column(name, justify="right")
     shown = [r for r in rec.results if r.metrics is not None]
     shown.sort(key=_order)
@@ -32,6 +32,7 @@ def render_tune(result: TuneResult, console: Console) -> None:
             f"{m.p99_ms:.2f}",
             f"{m.peak_rss_mb:,.0f}",
             "" if m.accuracy_drop is None else f"{m.accuracy_drop:.2%}",
+            "" if m.compile_s is None else f"{m.compile_s:,.1f}",
             style="bold red" if r.status == PICK else None,
         )
     console.print(table)
@@ -48,6 +49,13 @@ def render_tune(result: TuneResult, console: Console) -> None:
         + f"); {len(result.space.pruned)} parts pruned before measuring",
         highlight=False,
     )
+    if data["compile_s_total"]:
+        console.print(
+            f"compile s: session set-up before the first result (load, then each input shape's "
+            f"first call: compile or CUDA graph capture); {data['compile_s_total']:,.0f} s in all "
+            f"of the search's {result.timings.get('search', 0.0):,.0f} s",
+            highlight=False,
+        )
     for note in rec.notes:
         console.print(f"note: {note}", highlight=False)
     if rec.pick is None:

@@ -43,6 +43,8 @@ def matches(
         and result.scenario == SCENARIO
         and result.batch_size == candidate.batch_size
         and all(result.settings.get(k) == v for k, v in settings.items())
+        # rows stored before backend options were recorded ran with none
+        and dict(result.settings.get("options") or {}) == candidate.knobs.extra
         and not result.compliant  # a quick-length run, as tune measures
         and fingerprint_key(result.hardware) == hardware_key
         and dict(result.runtime_versions) == dict(versions)

@@ -13,8 +13,10 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from crossinfer.errors import CrossinferError, UsageError
 from crossinfer.model import ModelArtifact, load_model
 from crossinfer.spec import BatchingSpec, DeploymentSpec, write_spec
 from crossinfer.store import ResultStore
-from crossinfer.tune.config import DEFAULT_BATCH_SIZES, DEFAULT_PRECISIONS, TuneConfig
+from crossinfer.tune.config import DEFAULT_BATCH_SIZES, DEFAULT_PRECISIONS, TuneConfig, wanted
 from crossinfer.tune.constraints import Metrics, Objective, Scorer, cost_per_million
 from crossinfer.tune.recommend import CandidateResult, Recommendation, rank_for, recommend
 from crossinfer.tune.resume import find_stored
@@ -77,6 +79,8 @@ class TuneResult:
     stored_ids: list[int] = field(default_factory=list)
     started_at: str = ""
     runs: int = 0  # measurements taken or read back, confirmations included
+    # set-up seconds (compiles, captures) of every measurement this tune took, confirmations too
+    compile_s_total: float = 0.0
 
     @property
     def baseline(self) -> CandidateResult | None:
@@ -112,6 +116,8 @@ class TuneResult:
                 "precisions": list(self.config.precisions),
                 "batch_sizes": list(self.config.batch_sizes),
                 "backends": list(self.config.backends),
+                "targets": [str(t) for t in self.config.targets],
+                "devices": list(self.config.devices),
                 "measure_ms": self.config.measure_ms,
                 "price": dataclasses.asdict(self.config.price) if self.config.price else None,
             },
@@ -122,6 +128,7 @@ class TuneResult:
             "space_size": len(self.space),
             "measured": measured,
             "resumed": resumed,
+            "compile_s_total": self.compile_s_total,
             "search_path": list(self.outcome.path),
             "confirmed": list(self.outcome.confirmed),
             "runs": self.runs,
@@ -188,7 +195,12 @@ def tune(
 
     batchable = all(s.shape and not isinstance(s.shape[0], int) for s in artifact.inputs)
     space = build_space(
-        variants, config.batch_sizes, batchable=batchable, cores=os.cpu_count() or 1, pruned=pruned
+        variants,
+        config.batch_sizes,
+        batchable=batchable,
+        cores=os.cpu_count() or 1,
+        pruned=pruned,
+        exhaustive=config.strategy == "exhaustive",
     )
     say(
         f"space: {len(space)} candidates ({len(variants)} variants x {len(space.batch_sizes)} "
@@ -236,6 +248,7 @@ def tune(
         stored_ids=measurer.stored_ids,
         started_at=started,
         runs=measurer.count,
+        compile_s_total=measurer.compile_s_total,
     )
     write_outputs(result, out_dir)
     return result
@@ -261,6 +274,7 @@ def write_outputs(result: TuneResult, out_dir: Path) -> None:
 
 
 def _check(artifact: ModelArtifact, config: TuneConfig) -> CheckReport:
+    """Check only the targets the filters keep: a GPU tune must not spend minutes on CPUs."""
     targets: list[Target] | None = list(config.targets) or None
     if targets is None and config.backends:
         targets = []
@@ -274,9 +288,15 @@ def _check(artifact: ModelArtifact, config: TuneConfig) -> CheckReport:
             ]
     elif targets is None:
         targets, _missing = default_targets()
+    kept = [t for t in targets if wanted(t, config)]
+    if targets and not kept:
+        raise UsageError(
+            f"no target found here is kept by {_filters(config)}: found "
+            f"{', '.join(map(str, targets))}; widen the filter (crossinfer doctor lists devices)"
+        )
     return check_model(
         artifact,
-        targets=targets,
+        targets=kept,
         feeds=random_inputs(artifact.inputs, batch=1, seed=0),
         input_source="random, seed 0",
         timeout_s=config.timeout_s,
@@ -292,9 +312,7 @@ def _passing_targets(report: CheckReport, config: TuneConfig) -> tuple[list[Targ
                 pruned.append(Pruned(row.target, "check", f"{row.verdict.value}: {row.reason}"))
             continue
         target = Target.parse(row.target)
-        if config.backends and target.backend not in config.backends:
-            continue
-        if config.targets and target not in config.targets:
+        if not wanted(target, config):
             continue
         if row.passed:
             targets.append(target)
@@ -303,7 +321,43 @@ def _passing_targets(report: CheckReport, config: TuneConfig) -> tuple[list[Targ
     return targets, pruned
 
 
+def _filters(config: TuneConfig) -> str:
+    parts = []
+    if config.backends:
+        parts.append(f"--backends {','.join(config.backends)}")
+    parts += [f"--target {t}" for t in config.targets]
+    if config.devices:
+        parts.append(f"--device {','.join(config.devices)}")
+    return " ".join(parts)
+
+
 # --------------------------------------------------------------------------- measuring
+
+# how often a long measurement (a compile, mostly) says it is still going
+PROGRESS_EVERY_S = 15.0
+
+
+@contextmanager
+def _progress(say: Event, what: str, every: float = PROGRESS_EVERY_S) -> Iterator[None]:
+    """Say `what` with the time elapsed every `every` seconds until the block ends: a compile
+    can take minutes with nothing else to show."""
+    done = threading.Event()
+    start = time.perf_counter()
+
+    def tick() -> None:
+        while not done.wait(every):
+            try:
+                say(f"      ... {what}: {time.perf_counter() - start:.0f} s")
+            except BaseException:  # a caller's callback must not kill a measurement
+                return
+
+    ticker = threading.Thread(target=tick, name="tune-progress", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
 
 
 class _Measurer:
@@ -328,6 +382,7 @@ class _Measurer:
         self.stored_ids: list[int] = []
         self._used: set[int] = set()  # store rows this tune has read back or written
         self.count = 0
+        self.compile_s_total = 0.0  # set-up seconds of the measurements taken (not read back)
 
     def __call__(self, candidate: Candidate) -> Metrics | None:
         self.count += 1
@@ -347,6 +402,15 @@ class _Measurer:
                 )
                 return metrics
         variant = candidate.variant
+        knobs = candidate.knobs
+        options = " ".join(f"{k}={v}" for k, v in knobs.options)
+        doing = (
+            f"compiling {variant.key} {options} batch {candidate.batch_size}, then measuring"
+            if knobs.compiles
+            else f"measuring {candidate.key}"
+        )
+        if knobs.compiles:
+            self._say(f"  {self.count:>3} {doing} ...")
         plan = BenchPlan(
             scenarios=("offline",),
             batch_sizes=(candidate.batch_size,),
@@ -354,14 +418,15 @@ class _Measurer:
             instances=candidate.knobs.instances,
             min_duration_ms=self._config.measure_ms,
         )
-        run = run_benchmark(
-            self._artifacts[variant.key],
-            variant.target,
-            plan=plan,
-            options=candidate.options,
-            log_root=self._log_root / _slug(candidate.key),
-            timeout_s=self._config.timeout_s,
-        )
+        with _progress(self._say, doing):
+            run = run_benchmark(
+                self._artifacts[variant.key],
+                variant.target,
+                plan=plan,
+                options=candidate.options,
+                log_root=self._log_root / _slug(candidate.key),
+                timeout_s=self._config.timeout_s,
+            )
         if not run.results:
             reason = run.errors[0].reason if run.errors else "no result"
             self.failures[candidate.key] = reason
@@ -374,6 +439,7 @@ class _Measurer:
             self.stored_ids.append(store_id)
             self._used.add(store_id)
         metrics = metrics_from(result, candidate, store_id=store_id, resumed=False)
+        self.compile_s_total += metrics.compile_s or 0.0
         if self._config.objective is Objective.ENERGY and metrics.energy_j_per_inference is None:
             raise UsageError(
                 f"--objective energy: energy is not measured on this machine ({metrics.energy_method}); "
@@ -410,11 +476,29 @@ def metrics_from(
         store_id=store_id,
         resumed=resumed,
         notes=tuple(result.notes),
+        compile_s=compile_seconds(result),
     )
 
 
+def compile_seconds(result: BenchResult) -> float:
+    """Session set-up before results: load (conversion, or the runtime's own compile) plus each
+    input shape's first call as the session recorded it (torch: compile or CUDA graph capture),
+    else the first inference bench timed."""
+    runtime = result.settings.get("runtime")
+    shapes = runtime.get("compile_s") if isinstance(runtime, Mapping) else None
+    if isinstance(shapes, Mapping) and shapes:
+        return float(result.load_s) + sum(float(v) for v in shapes.values())
+    return float(result.load_s) + float(result.first_inference_ms) / 1e3
+
+
 def _brief(metrics: Metrics) -> str:
-    return f"{metrics.throughput:,.1f} samples/s, p99 {metrics.p99_ms:.2f} ms, {metrics.peak_rss_mb:,.0f} MB"
+    text = (
+        f"{metrics.throughput:,.1f} samples/s, p99 {metrics.p99_ms:.2f} ms, "
+        f"{metrics.peak_rss_mb:,.0f} MB"
+    )
+    if metrics.compile_s is not None:
+        text += f", set-up {metrics.compile_s:.1f} s"
+    return text
 
 
 def _slug(text: str) -> str:

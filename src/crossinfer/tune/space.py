@@ -4,6 +4,7 @@ optimize) x batch size x runtime knobs, each point a Candidate; what cannot run 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,16 +16,19 @@ from crossinfer.errors import UsageError
 
 @dataclass(frozen=True)
 class Knobs:
-    """Runtime settings that do not change the model: threads, instances, hint, streams."""
+    """Runtime settings that do not change the model: threads, instances, hint, streams, and the
+    backend's own options (torch's mode...), passed as SessionOptions.extra."""
 
     threads: int | None = None  # intra-op threads; None: the runtime's default
     instances: int = 1  # worker threads issuing batches to one session at once
     performance_hint: str | None = None  # OpenVINO LATENCY / THROUGHPUT
     streams: int | None = None  # OpenVINO inference streams
+    # backend options as (key, value) pairs in a fixed order: hashable, and the label reads them
+    options: tuple[tuple[str, str], ...] = ()
 
     @property
     def label(self) -> str:
-        parts = []
+        parts = [f"{key}={value}" for key, value in self.options]
         if self.performance_hint:
             parts.append(self.performance_hint.lower())
         if self.streams is not None:
@@ -34,31 +38,51 @@ class Knobs:
             parts.append(f"x{self.instances} instances")
         return ", ".join(parts)
 
+    @property
+    def extra(self) -> dict[str, str]:
+        return dict(self.options)
+
+    @property
+    def compiles(self) -> bool:
+        """Whether the session compiles or captures before it runs (a cost worth saying)."""
+        mode = self.extra.get("mode", "")
+        return bool(mode) and mode != "eager"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "threads": self.threads,
             "instances": self.instances,
             "performance_hint": self.performance_hint,
             "streams": self.streams,
+            "options": self.extra,
         }
 
 
-def knob_grid(backend: str, cores: int) -> tuple[Knobs, ...]:
-    """The knob settings tune tries for a backend, from its registry entry; a backend whose
-    entry has no grid gets its defaults only (a new runtime joins the search with no code here).
+def knob_grid(
+    backend: str, cores: int, device: str = "cpu", *, exhaustive: bool = False
+) -> tuple[Knobs, ...]:
+    """The knob settings tune tries for a backend on a device, from its registry entry: its knob
+    grid (threads, instances...) x its option grid (runtime modes); a backend whose entry has
+    neither gets its defaults only (a new runtime joins the search with no code here).
     """
     entry = find_backend_entry(backend)
-    if entry is None or entry.knob_grid is None:
+    if entry is None:
         return (Knobs(),)
+    settings = entry.knob_grid(max(1, cores)) if entry.knob_grid is not None else ({},)
+    option_sets = entry.option_grid(device, exhaustive) if entry.option_grid is not None else ({},)
     grid = []
-    for setting in entry.knob_grid(max(1, cores)):
-        try:
-            grid.append(Knobs(**setting))
-        except TypeError as exc:
-            raise UsageError(
-                f"backend '{backend}': its knob grid has a setting tune does not know "
-                f"({dict(setting)}): {exc}; use the fields of Knobs"
-            ) from exc
+    # options outside: a quick search screens the first option set (the cheapest) first
+    for options in option_sets:
+        pairs = tuple((str(k), str(v)) for k, v in options.items())
+        for setting in settings:
+            try:
+                knobs = Knobs(**setting)
+            except TypeError as exc:
+                raise UsageError(
+                    f"backend '{backend}': its knob grid has a setting tune does not know "
+                    f"({dict(setting)}): {exc}; use the fields of Knobs"
+                ) from exc
+            grid.append(dataclasses.replace(knobs, options=pairs) if pairs else knobs)
     return tuple(grid)
 
 
@@ -126,6 +150,7 @@ class Candidate:
             threads=self.knobs.threads,
             performance_hint=self.knobs.performance_hint,
             streams=self.knobs.streams,
+            extra=self.knobs.extra,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -197,11 +222,13 @@ def build_space(
     cores: int,
     pruned: Sequence[Pruned] = (),
     knobs: Mapping[str, Sequence[Knobs]] | None = None,
+    exhaustive: bool = False,
 ) -> Space:
-    """Every variant x batch size x knob setting of its backend.
+    """Every variant x batch size x knob setting of its backend on its device.
 
     A model with a fixed batch dimension keeps batch 1 only; the other sizes are pruned with the
-    reason. `knobs` replaces the default grid of a backend (tests, or a user's narrower search).
+    reason. `knobs` replaces the default grid of a backend (tests, or a user's narrower search);
+    `exhaustive` adds the option settings a backend keeps for an exhaustive search.
     """
     sizes = tuple(sorted(set(batch_sizes)))
     left_out = list(pruned)
@@ -217,7 +244,9 @@ def build_space(
         sizes = (1,)
     candidates = []
     for variant in variants:
-        grid = (knobs or {}).get(variant.target.backend) or knob_grid(variant.target.backend, cores)
+        grid = (knobs or {}).get(variant.target.backend) or knob_grid(
+            variant.target.backend, cores, variant.target.device, exhaustive=exhaustive
+        )
         for batch in sizes:
             for setting in grid:
                 candidates.append(Candidate(variant, batch, setting))

@@ -1,7 +1,10 @@
 """How tune walks the space: `exhaustive` measures every candidate; `quick` screens each variant
 at one setting, steps a variant that misses a constraint there down to smaller batch sizes, then
 hill-climbs batch size and knobs from the best two variants in turns (as Triton Model Analyzer's
-quick mode climbs), within a budget of measurements. Unmeasured candidates keep the reason.
+quick mode climbs), within a budget of measurements. A backend option such as torch's mode (each
+setting a compile) is changed only at the batch size a variant's climb starts from: the mode is
+screened there once, then the batch sizes climbed in the winning mode. Unmeasured candidates keep
+the reason.
 """
 
 from __future__ import annotations
@@ -106,8 +109,13 @@ def exhaustive(space: Space, measure: Measure, *, seed: Sequence[Candidate] = ()
 
 
 def default_budget(space: Space) -> int:
-    """A quarter of the space, but never fewer than one screen per variant and two climbs."""
-    return max(len(space.variants()) + 2, math.floor(len(space) / 4))
+    """A quarter of the space, but never fewer than one screen per variant, two climbs, and the
+    other backend option settings (torch's modes) of the variants climbed at once: without them
+    a GPU tune could end before it tried torch.compile."""
+    variants = space.variants()
+    options = max((len({k.options for k in space.knobs_of(v)}) for v in variants), default=1)
+    least = len(variants) + 2 + CLIMB_WIDTH * (options - 1)
+    return max(least, math.floor(len(space) / 4))
 
 
 def quick(
@@ -159,7 +167,9 @@ def quick(
         key=lambda a: score(_best_of(space, a, outcome, score)),
         reverse=True,
     )
-    climbed = _climb_together(space, order, take, score, outcome, budget)
+    # where each variant's climb starts: the only batch size at which it tries other options
+    screen_batch = {a.variant.key: _best_of(space, a, outcome, score).batch_size for a in order}
+    climbed = _climb_together(space, order, take, score, outcome, budget, screen_batch)
     best = order[0] if order else None
     missing = {a.variant.key for a in order if _misses(score(_best_of(space, a, outcome, score)))}
     for candidate in space.candidates:
@@ -171,6 +181,16 @@ def quick(
         if candidate.variant.key in dropped:
             outcome.skipped[candidate.key] = dropped[candidate.variant.key]
             continue
+        screened_at = screen_batch.get(candidate.variant.key)
+        if candidate.variant.key in climbed and screened_at not in (None, candidate.batch_size):
+            best_here = _best_of(space, anchors[candidate.variant.key], outcome, score)
+            if candidate.knobs.options != best_here.knobs.options:
+                outcome.skipped[candidate.key] = (
+                    f"not measured: quick tries a variant's backend options (each a compile) "
+                    f"at batch {screened_at} only, then climbs batch sizes with the best there "
+                    f"({best_here.knobs.label})"
+                )
+                continue
         outcome.skipped[candidate.key] = _why_skipped(
             candidate,
             anchors,
@@ -262,6 +282,7 @@ def _climb_together(
     score: Callable[[Candidate], tuple[float, float]],
     outcome: SearchOutcome,
     budget: int,
+    screen_batch: dict[str, int],
 ) -> list[str]:
     """Hill-climb CLIMB_WIDTH variants at once, one measurement each in turn, from their anchors
     (best first); a variant whose best point has every neighbour measured is at its peak and
@@ -283,7 +304,12 @@ def _climb_together(
         for anchor in list(active):
             current = _best_of(space, anchor, outcome, score)
             step = next(
-                (n for n in _neighbours(space, current) if n.key not in outcome.measured), None
+                (
+                    n
+                    for n in _neighbours(space, current, screen_batch.get(anchor.variant.key))
+                    if n.key not in outcome.measured
+                ),
+                None,
             )
             if step is None:
                 active.remove(anchor)
@@ -310,10 +336,17 @@ def _best_of(
     return max(mine, key=score, default=anchor)
 
 
-def _neighbours(space: Space, at: Candidate) -> list[Candidate]:
-    """One step along each axis: the next smaller and larger batch size, every other knob setting."""
+def _neighbours(space: Space, at: Candidate, screen_batch: int | None = None) -> list[Candidate]:
+    """One step along each axis: the next smaller and larger batch size, every other knob setting.
+
+    With `screen_batch` (quick's climb), the settings with other backend options come first at
+    that batch size and are left out at any other: the modes are screened where the climb
+    starts, then batch sizes climbed in the best (another mode is another compile, and a mode
+    that lost at one batch size seldom wins at the next).
+    """
     sizes = space.batch_sizes
     i = sizes.index(at.batch_size)
+    options_first: list[Candidate] = []
     found: list[Candidate] = []
     for j in (i + 1, i - 1):
         if 0 <= j < len(sizes):
@@ -321,11 +354,15 @@ def _neighbours(space: Space, at: Candidate) -> list[Candidate]:
             if step is not None:
                 found.append(step)
     for knobs in space.knobs_of(at.variant):
-        if knobs != at.knobs:
-            step = space.find(at.variant, at.batch_size, knobs)
-            if step is not None:
-                found.append(step)
-    return found
+        if knobs == at.knobs:
+            continue
+        other_options = knobs.options != at.knobs.options
+        if other_options and screen_batch not in (None, at.batch_size):
+            continue
+        step = space.find(at.variant, at.batch_size, knobs)
+        if step is not None:
+            (options_first if other_options and screen_batch is not None else found).append(step)
+    return options_first + found
 
 
 def _why_skipped(
