@@ -264,6 +264,7 @@ def main() -> None:
         "--skip", default="", help="comma list of: baseline, bench, check, serve, tune"
     )
     parser.add_argument("--bench-extra", default="", help="extra bench arguments (one string)")
+    parser.add_argument("--offline-mode", default="compile", help="torch mode of the Offline runs")
     parser.add_argument("--tune-timeout", type=float, default=600)
     parser.add_argument("--perf-analyzer", default=None, help="the perf_analyzer binary")
     parser.add_argument(
@@ -300,15 +301,15 @@ def main() -> None:
             common = ["bench", name, "-b", "torch:cuda", "--precision", "fp16", "--quick"]
             common += ["--no-store", *extra]
             runs = {
-                "offline_compile_host": [
+                f"offline_{args.offline_mode}_host": [
                     *common,
                     *("--scenario", "offline", "--batch", str(args.batch)),
-                    *("-O", "mode=compile"),
+                    *("-O", f"mode={args.offline_mode}"),
                 ],
-                "offline_compile_on_device": [
+                f"offline_{args.offline_mode}_on_device": [
                     *common,
                     *("--scenario", "offline", "--batch", str(args.batch)),
-                    *("-O", "mode=compile", "--inputs-on-device"),
+                    *("-O", f"mode={args.offline_mode}", "--inputs-on-device"),
                 ],
                 "singlestream_cudagraphs": [
                     *common,
