@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import shutil
 import statistics
 import time
@@ -58,6 +59,7 @@ PASSES: dict[str, tuple[str, str, Precision]] = {
 }
 
 NOISE_PCT = 5.0  # a speed change within this is not called a regression
+REPORT_FILE = "report.json"  # what `crossinfer optimize` writes beside the models
 
 
 def get_pass(name: str) -> OptimizationPass:
@@ -157,6 +159,13 @@ class OptimizeReport:
             "dataset": self.dataset,
             "steps": [s.to_dict() for s in self.steps],
         }
+
+    def write_json(self) -> Path:
+        """Write the report as OUT/report.json (what `crossinfer optimize` leaves beside the
+        models) and return its path."""
+        path = self.out_dir / REPORT_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        return path
 
 
 def optimize(

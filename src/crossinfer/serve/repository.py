@@ -49,6 +49,7 @@ from crossinfer.errors import (
     short_message,
 )
 from crossinfer.model import ModelArtifact, TensorSpec, load_model
+from crossinfer.option_parsing import parse_batch_sizes
 from crossinfer.serve.batcher import DynamicBatcher
 from crossinfer.serve.events import log_event
 from crossinfer.serve.protocol import (
@@ -80,6 +81,7 @@ __all__ = [
     "apply_config",
     "model_name_for",
     "open_repository",
+    "serving_overrides",
 ]
 
 DEFAULT_MAX_BATCH_SIZE = 8
@@ -676,6 +678,49 @@ def _spec_artefacts(folder: Path) -> set[Path]:
 
 def _location(source: ModelSource | str) -> str:
     return source.location if isinstance(source, ModelSource) else source
+
+
+def serving_overrides(
+    *,
+    backend: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    max_batch_size: int | None = None,
+    max_queue_delay_us: int | None = None,
+    preferred_batch_sizes: str | None = None,
+    max_queue_size: int | None = None,
+    instances: int | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """The config.toml keys `crossinfer serve`'s options set for every model; None: not given.
+
+    `backend` may be BACKEND:DEVICE; `preferred_batch_sizes` is a comma list ("4,8").
+    """
+    overrides: dict[str, Any] = {}
+    if backend is not None:
+        target_backend, _, target_device = backend.partition(":")
+        overrides["backend"] = target_backend
+        if target_device:
+            overrides["device"] = target_device
+    given = {
+        "device": device,
+        "precision": precision,
+        "max_batch_size": max_batch_size,
+        "max_queue_delay_us": max_queue_delay_us,
+        "max_queue_size": max_queue_size,
+        "instances": instances,
+        "threads": threads,
+    }
+    overrides.update({k: v for k, v in given.items() if v is not None})
+    if preferred_batch_sizes:
+        try:
+            overrides["preferred_batch_sizes"] = list(parse_batch_sizes(preferred_batch_sizes))
+        except UsageError:
+            raise UsageError(
+                f"--preferred-batch-sizes '{preferred_batch_sizes}' is not a comma list of "
+                "positive integers, e.g. 4,8"
+            ) from None
+    return overrides
 
 
 def open_repository(

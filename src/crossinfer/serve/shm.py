@@ -26,7 +26,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from crossinfer.serve.protocol import ProtocolError
+from crossinfer.errors import ProtocolError
 
 __all__ = [
     "CUDA",

@@ -463,6 +463,11 @@ def machine_description() -> dict[str, Any]:
     }
 
 
+def default_out_dir(artifact: ModelArtifact) -> Path:
+    """Where a tune writes when not told: crossinfer-tune/<model name> in the working folder."""
+    return Path("crossinfer-tune") / spec_name(artifact)
+
+
 def spec_name(artifact: ModelArtifact) -> str:
     base = artifact.source.removeprefix("zoo:")
     if not artifact.source.startswith("zoo:"):
