@@ -14,13 +14,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from crossinfer.errors import CrossinferError, UsageError
-from crossinfer.option_parsing import (
-    parse_batch_sizes,
-    parse_dims,
-    parse_hint,
-    parse_knobs,
-    parse_precision,
-)
+from crossinfer.option_parsing import parse_batch_sizes as _parse_batches
+from crossinfer.option_parsing import parse_dims as _parse_dims
+from crossinfer.option_parsing import parse_hint as _hint
+from crossinfer.option_parsing import parse_knobs as _parse_options
+from crossinfer.option_parsing import parse_precision as _precision
 
 if TYPE_CHECKING:
     from crossinfer.bench.result import BenchResult
@@ -156,8 +154,8 @@ def check(
     from crossinfer.model import load_model
 
     try:
-        prec = parse_precision(precision)
-        dims = parse_dims(dim or [])
+        prec = _precision(precision)
+        dims = _parse_dims(dim or [])
         targets = [Target.parse(t) for t in target] if target else None
         artifact = load_model(model)
         if inputs is not None:
@@ -181,7 +179,7 @@ def check(
             input_source=source,
             precision=prec,
             tolerance=tol,
-            options=SessionOptions(threads=threads, performance_hint=parse_hint(hint)),
+            options=SessionOptions(threads=threads, performance_hint=_hint(hint)),
             timeout_s=timeout,
             on_row=None if as_json else _print_progress,
         )
@@ -285,16 +283,16 @@ def bench(
         )
         plan = BenchPlan(
             scenarios=names,
-            batch_sizes=parse_batch_sizes(batch),
+            batch_sizes=_parse_batches(batch),
             quick=quick,
             instances=instances,
             server_latency_ms=server_latency_ms,
         )
         options = SessionOptions(
-            precision=parse_precision(precision),
+            precision=_precision(precision),
             threads=threads,
-            performance_hint=parse_hint(hint),
-            extra=parse_knobs(option or ()),
+            performance_hint=_hint(hint),
+            extra=_parse_options(option or ()),
         )
         artifact = load_model(model)
         store_path = store or default_store_path()

@@ -18,6 +18,7 @@ import numpy as np
 
 from crossinfer.errors import BackendUnavailableError, InputError, UsageError
 from crossinfer.model import ModelArtifact, TensorSpec
+from crossinfer.tensor_specs import shape_fits
 
 
 class Precision(enum.StrEnum):
@@ -314,16 +315,10 @@ def validate_feeds(
                 f"got {array.dtype.name.upper()} {list(array.shape)}: convert it with "
                 f".astype('{spec.dtype}')"
             )
-        if spec.shape is not None and not _shape_matches(spec.shape, array.shape):
+        if not shape_fits(spec.shape, array.shape):
             raise InputError(
                 f"{model}: input '{name}' expects shape {spec.shape_str()} ({spec.dtype}), "
                 f"got {list(array.shape)}"
             )
         out[name] = np.ascontiguousarray(array)
     return out
-
-
-def _shape_matches(expected: Sequence[int | str | None], actual: Sequence[int]) -> bool:
-    if len(expected) != len(actual):
-        return False
-    return all(not isinstance(e, int) or e == a for e, a in zip(expected, actual, strict=True))

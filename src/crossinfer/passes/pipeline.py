@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from crossinfer.accuracy import first_output, top1
 from crossinfer.backends.base import (
     BackendEntry,
     Precision,
@@ -37,6 +38,7 @@ from crossinfer.errors import CrossinferError, InferenceError, UsageError
 from crossinfer.hardware.int8 import Int8Recipe, int8_recipe, vnni_missing_note
 from crossinfer.model import ModelArtifact, load_model
 from crossinfer.passes.base import CalibrationData, LabelledSet, OptimizationPass, PassContext
+from crossinfer.tensor_specs import batchable
 
 # name -> (module, class, the precision its output runs at)
 PASSES: dict[str, tuple[str, str, Precision]] = {
@@ -431,10 +433,8 @@ def measure_in_child(
         outputs = session.run(feeds)
         accuracy = None
         if dataset is not None:
-            logits = next(iter(session.run(dict(dataset.inputs)).values()))
-            accuracy = float(np.mean(np.argmax(logits, axis=-1) == dataset.labels))
-        batchable = all(s.shape and not isinstance(s.shape[0], int) for s in artifact.inputs)
-        size = batch if batchable else 1
+            accuracy = top1(first_output(session.run(dict(dataset.inputs))), dataset.labels)
+        size = batch if batchable(artifact.inputs) else 1
         one = random_inputs(artifact.inputs, batch=1, seed=1)
         many = random_inputs(artifact.inputs, batch=size, seed=2)
         session.run(one)

@@ -65,6 +65,7 @@ from crossinfer.spec import (
     load_spec,
     read_serving_settings,
 )
+from crossinfer.tensor_specs import has_batch_dim
 
 __all__ = [
     "CONFIG_KEYS",
@@ -442,9 +443,7 @@ class ServedModel:
 
 def _max_batch_size(artifact: ModelArtifact, config: ServingConfig) -> int:
     unbatchable = [
-        spec
-        for spec in (*artifact.inputs, *artifact.outputs)
-        if not spec.shape or isinstance(spec.shape[0], int)
+        spec for spec in (*artifact.inputs, *artifact.outputs) if not has_batch_dim(spec)
     ]
     wanted = config.batching.max_batch_size
     if wanted is None:

@@ -33,6 +33,7 @@ from crossinfer.errors import CrossinferError, UsageError
 from crossinfer.model import ModelArtifact, load_model
 from crossinfer.spec import BatchingSpec, DeploymentSpec, write_spec
 from crossinfer.store import ResultStore
+from crossinfer.tensor_specs import batchable as inputs_batchable
 from crossinfer.tune.config import DEFAULT_BATCH_SIZES, DEFAULT_PRECISIONS, TuneConfig
 from crossinfer.tune.constraints import Metrics, Objective, Scorer, cost_per_million
 from crossinfer.tune.recommend import CandidateResult, Recommendation, rank_for, recommend
@@ -186,7 +187,7 @@ def tune(
     variants = with_priors(variants, check_report)
     timings["optimize"] = time.perf_counter() - clock
 
-    batchable = all(s.shape and not isinstance(s.shape[0], int) for s in artifact.inputs)
+    batchable = inputs_batchable(artifact.inputs)
     space = build_space(
         variants, config.batch_sizes, batchable=batchable, cores=os.cpu_count() or 1, pruned=pruned
     )
