@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 from crossinfer.accuracy import first_output, predictions, top1
 from crossinfer.model import TensorSpec
 from crossinfer.onnx_graph import all_nodes, subgraphs
-from crossinfer.tensor_specs import batchable, has_batch_dim, shape_fits
+from crossinfer.tensor_specs import batchable, dtype_fits, has_batch_dim, shape_fits
 
 
 def test_top1() -> None:
@@ -42,6 +42,13 @@ def test_shape_fits() -> None:
     assert not shape_fits(("batch", 3), (8, 3, 1))  # rank differs
     assert shape_fits(None, (1, 2, 3))  # rank unknown takes anything
     assert shape_fits((), ())
+
+
+def test_dtype_fits() -> None:
+    assert dtype_fits(_spec(None), np.dtype(np.float32))
+    assert not dtype_fits(_spec(None), np.dtype(np.float64))
+    bf16 = TensorSpec("x", "bfloat16", None, TensorProto.BFLOAT16)
+    assert dtype_fits(bf16, np.dtype(np.float32))  # numpy has none: the backend converts
 
 
 def test_all_nodes_walks_into_if_and_loop_bodies() -> None:

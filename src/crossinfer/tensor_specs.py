@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
 
 from crossinfer.model import Dim, TensorSpec
 
-__all__ = ["batchable", "has_batch_dim", "shape_fits"]
+__all__ = ["batchable", "dtype_fits", "has_batch_dim", "shape_fits"]
 
 
 def shape_fits(expected: Sequence[Dim] | None, actual: Sequence[int]) -> bool:
@@ -19,6 +22,14 @@ def shape_fits(expected: Sequence[Dim] | None, actual: Sequence[int]) -> bool:
     if len(expected) != len(actual):
         return False
     return all(not isinstance(e, int) or e == a for e, a in zip(expected, actual, strict=True))
+
+
+def dtype_fits(spec: TensorSpec, dtype: np.dtype[Any]) -> bool:
+    """Whether an array of `dtype` can feed `spec` as it is (no conversion).
+
+    A BF16 input takes any dtype: numpy has no bfloat16 of its own, so the backend converts.
+    """
+    return spec.dtype == "bfloat16" or dtype == spec.numpy_dtype
 
 
 def has_batch_dim(spec: TensorSpec) -> bool:

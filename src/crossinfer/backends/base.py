@@ -18,7 +18,7 @@ import numpy as np
 
 from crossinfer.errors import BackendUnavailableError, InputError, UsageError
 from crossinfer.model import ModelArtifact, TensorSpec
-from crossinfer.tensor_specs import shape_fits
+from crossinfer.tensor_specs import dtype_fits, shape_fits
 
 
 class Precision(enum.StrEnum):
@@ -309,7 +309,7 @@ def validate_feeds(
     out: dict[str, np.ndarray] = {}
     for name, spec in expected.items():
         array = np.asarray(feeds[name])
-        if spec.dtype != "bfloat16" and array.dtype != spec.numpy_dtype:
+        if not dtype_fits(spec, array.dtype):
             raise InputError(
                 f"{model}: input '{name}' expects {spec.dtype.upper()} of shape {spec.shape_str()}, "
                 f"got {array.dtype.name.upper()} {list(array.shape)}: convert it with "

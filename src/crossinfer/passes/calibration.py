@@ -16,7 +16,7 @@ from crossinfer.check.inputs import random_inputs
 from crossinfer.errors import InputError
 from crossinfer.model import ModelArtifact, TensorSpec
 from crossinfer.passes.base import CalibrationData, LabelledSet
-from crossinfer.tensor_specs import has_batch_dim, shape_fits
+from crossinfer.tensor_specs import dtype_fits, has_batch_dim, shape_fits
 from crossinfer.zoo import zoo_dataset
 
 SYNTHETIC = "synthetic"
@@ -131,7 +131,7 @@ def _read_npz(
 
 
 def _check_array(path: Path, spec: TensorSpec, array: np.ndarray) -> None:
-    if spec.dtype != "bfloat16" and array.dtype != spec.numpy_dtype:
+    if not dtype_fits(spec, array.dtype):
         raise InputError(
             f"calibration file '{path}': array '{spec.name}' is {array.dtype.name.upper()}, the "
             f"model input expects {spec.dtype.upper()} {spec.shape_str()}: convert it with "
