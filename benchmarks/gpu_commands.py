@@ -163,6 +163,76 @@ def cli(args: list[str], timeout: float) -> dict[str, Any]:
     return {"args": args, "wall_s": wall, "rc": done.returncode, "data": data}
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def serve_perf(name: str, options: list[str], perf_binary: str | None) -> dict[str, Any]:
+    """`crossinfer serve` on the GPU (127.0.0.1 only) measured by perf_analyzer: HTTP binary,
+    gRPC, and gRPC with system shared memory; bounded windows and trials."""
+    import urllib.request
+
+    from crossinfer.serve.perf import locate_perf_analyzer
+
+    http, grpc = _free_port(), _free_port()
+    cmd = [sys.executable, "-m", "crossinfer.cli", "serve", name, "--name", "m"]
+    cmd += ["--host", "127.0.0.1", "--http-port", str(http), "--grpc-port", str(grpc)]
+    cmd += ["--metrics-port", "-1", "--log-level", "warning", *options]
+    print("$ " + " ".join(shlex.quote(c) for c in cmd[1:]), flush=True)
+    log = open("/tmp/serve-gpu.log", "w")  # noqa: SIM115  # closed below, with the process
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    out: dict[str, Any] = {"command": cmd[3:], "rows": {}}
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None:
+                    raise RuntimeError("serve exited") from None
+                time.sleep(1)
+        out["ready_s"] = 300 - (deadline - time.monotonic())
+        perf = locate_perf_analyzer(perf_binary)
+        shape = "--shape=x:3,224,224" if name.startswith("zoo:resnet") else ""
+        common = ["-b", "1", "--concurrency-range", "128", "--measurement-interval", "4000"]
+        common += ["--max-trials", "6", "--stability-percentage", "30", *filter(None, [shape])]
+        cases = {
+            "http_binary": ("http", [*common]),
+            "grpc": ("grpc", [*common]),
+            "grpc_shm_system": ("grpc", [*common, "--shared-memory", "system"]),
+        }
+        for key, (protocol, extra) in cases.items():
+            url = f"127.0.0.1:{http if protocol == 'http' else grpc}"
+            try:
+                rows, _ = perf.run("m", url, protocol, extra, timeout_s=120)
+                row = rows[-1]
+                out["rows"][key] = {
+                    "throughput": row.throughput,
+                    "p50_ms": row.p50_us / 1e3 if row.p50_us else None,
+                    "p99_ms": row.p99_us / 1e3 if row.p99_us else None,
+                }
+            except Exception as exc:  # a failed case is a row, the others still run
+                out["rows"][key] = {"error": str(exc)[-1500:]}
+            print(key, out["rows"][key], flush=True)
+    except Exception as exc:
+        out["error"] = str(exc)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        out["log_tail"] = Path("/tmp/serve-gpu.log").read_text()[-2000:]
+    return out
+
+
 def _bench_row(run: dict[str, Any]) -> dict[str, Any]:
     if "data" not in run:
         return {"args": run["args"], "error": run.get("error")}
@@ -190,9 +260,17 @@ def main() -> None:
     parser.add_argument("--models", default=f"{RESNET},{BERT}")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--iters", type=int, default=30)
-    parser.add_argument("--skip", default="", help="comma list of: baseline, bench, tune, check")
+    parser.add_argument(
+        "--skip", default="", help="comma list of: baseline, bench, check, serve, tune"
+    )
     parser.add_argument("--bench-extra", default="", help="extra bench arguments (one string)")
     parser.add_argument("--tune-timeout", type=float, default=600)
+    parser.add_argument("--perf-analyzer", default=None, help="the perf_analyzer binary")
+    parser.add_argument(
+        "--serve-options",
+        default="--backend torch:cuda --precision fp16 -O mode=cudagraphs --max-batch-size 256 "
+        "--max-queue-delay-us 2000",
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_commands.json"))
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -212,7 +290,10 @@ def main() -> None:
             print(json.dumps(entry["baseline"], default=float), flush=True)
         if "check" not in skip:
             entry["check"] = cli(
-                ["check", name, "-t", "torch:cuda", "--precision", "fp16", "--batch", "8"],
+                [
+                    *("check", name, "-t", "torch:cuda", "--precision", "fp16"),
+                    *("--batch", "8", "--reference", "onnxruntime:cpu"),
+                ],
                 timeout=600,
             )
         if "bench" not in skip:
@@ -240,6 +321,9 @@ def main() -> None:
                 print(key, json.dumps(entry["bench"][key], default=str)[:600], flush=True)
         report["rows"].append(entry)
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, default=str))
+    if "serve" not in skip:
+        report["serve"] = serve_perf(models[0], shlex.split(args.serve_options), args.perf_analyzer)
         args.out.write_text(json.dumps(report, indent=2, default=str))
     if "tune" not in skip:
         out_dir = args.out.parent / "gpu-tune"

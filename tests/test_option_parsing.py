@@ -78,5 +78,8 @@ def test_serving_overrides() -> None:
     }
     # an explicit --device wins over the one in --backend, as before
     assert serving_overrides(backend="openvino:gpu", device="cpu")["device"] == "cpu"
+    assert serving_overrides(options=["mode=compile"]) == {"extra": {"mode": "compile"}}
+    with pytest.raises(UsageError, match="--option 'mode'"):
+        serving_overrides(options=["mode"])
     with pytest.raises(UsageError, match="--preferred-batch-sizes '4,x'"):
         serving_overrides(preferred_batch_sizes="4,x")

@@ -842,6 +842,14 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(min=1, help="Intra-op threads per session.")
     ] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-O",
+            help="A backend knob KEY=VALUE for every model (repeatable), as `bench --option`.",
+        ),
+    ] = None,
     max_body_bytes: Annotated[
         int, typer.Option(min=1, help="Largest request body accepted (413 beyond it).")
     ] = 64 * 1024 * 1024,
@@ -894,6 +902,7 @@ def serve(
             max_queue_size=max_queue_size,
             instances=instances,
             threads=threads,
+            options=option or (),
         )
         if log_level.lower() not in ("debug", "info", "warning", "error"):
             raise UsageError(f"--log-level {log_level!r} is not one of debug, info, warning, error")

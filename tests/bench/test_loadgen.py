@@ -196,7 +196,9 @@ def test_server_search_brackets_the_highest_valid_qps(
         quick=True,
         min_duration_ms=500,
         min_query_count=EARLY_STOPPING_MIN_QUERIES["server"],
-        server_target_latency_ms=50,
+        # loose enough that a thread delayed by a loaded machine does not fail every step
+        # (50 ms found no VALID step in 1 of 3 runs with both cores busy)
+        server_target_latency_ms=250,
     )
     search = find_server_qps(slow, mlp_pool, settings, log_root=tmp_path, max_steps=3)
     assert 1 <= len(search.steps) <= 3

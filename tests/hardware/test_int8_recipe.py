@@ -79,3 +79,15 @@ def test_vnni_missing_note_names_the_feature_and_the_remedy() -> None:
     assert note is not None
     assert "lacks VNNI" in note and "reduce_range" in note and "crossinfer optimize" in note
     assert vnni_missing_note("onnxruntime:cpu", features=ZEN4) is None
+
+
+def test_a_model_already_on_seven_bit_weights_is_not_blamed_on_the_isa() -> None:
+    seven_bit = {"recipe": {"applied": {"reduce_range": True}}}
+    nncf_fixed = {"recipe": {"applied": {"overflow_fix": "enable"}}}
+    eight_bit = {"recipe": {"applied": {"reduce_range": False}}}
+    for provenance in (seven_bit, nncf_fixed):
+        assert (
+            vnni_missing_note("onnxruntime:cpu", features=AVX2_EPYC, provenance=provenance) is None
+        )
+    assert vnni_missing_note("onnxruntime:cpu", features=AVX2_EPYC, provenance=eight_bit)
+    assert vnni_missing_note("onnxruntime:cpu", features=AVX2_EPYC, provenance=None)

@@ -185,7 +185,7 @@ def check_model(
             if row.verdict is Verdict.MISMATCH and (
                 precision is Precision.INT8 or is_quantized(artifact)
             ):
-                row = _name_isa_drift(row, target)
+                row = _name_isa_drift(row, target, artifact)
         rows.append(row)
         if on_row:
             on_row(row)
@@ -222,11 +222,12 @@ def is_quantized(artifact: ModelArtifact) -> bool:
     return any(op in _QUANTIZED_OPS for op in artifact.op_histogram)
 
 
-def _name_isa_drift(row: CheckRow, target: Target) -> CheckRow:
+def _name_isa_drift(row: CheckRow, target: Target, artifact: ModelArtifact) -> CheckRow:
     """An INT8 mismatch on a CPU without VNNI says which feature is missing and what to do."""
     from crossinfer.hardware.int8 import vnni_missing_note
+    from crossinfer.passes.base import read_provenance
 
-    note = vnni_missing_note(str(target))
+    note = vnni_missing_note(str(target), provenance=read_provenance(artifact.path))
     return row if note is None else replace(row, reason=f"{row.reason}; {note}")
 
 

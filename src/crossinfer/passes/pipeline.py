@@ -37,7 +37,13 @@ from crossinfer.check.parity import OutputComparison, compare_outputs, default_t
 from crossinfer.errors import CrossinferError, InferenceError, UsageError
 from crossinfer.hardware.int8 import Int8Recipe, int8_recipe, vnni_missing_note
 from crossinfer.model import ModelArtifact, load_model
-from crossinfer.passes.base import CalibrationData, LabelledSet, OptimizationPass, PassContext
+from crossinfer.passes.base import (
+    CalibrationData,
+    LabelledSet,
+    OptimizationPass,
+    PassContext,
+    read_provenance,
+)
 from crossinfer.tensor_specs import batchable
 
 # name -> (module, class, the precision its output runs at)
@@ -497,7 +503,11 @@ def _judge(
         reason = (
             f"parity at {precision.value} tolerance fails: {failed[0].name}: {failed[0].reason}"
         )
-        note = vnni_missing_note(str(target)) if precision is Precision.INT8 else None
+        note = (
+            vnni_missing_note(str(target), provenance=read_provenance(artifact.path))
+            if precision is Precision.INT8
+            else None
+        )
         reasons.append(reason + (f"; {note}" if note else ""))
     return StepReport(
         pass_name=name,

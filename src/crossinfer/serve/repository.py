@@ -22,7 +22,7 @@ import os
 import re
 import threading
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +49,7 @@ from crossinfer.errors import (
     short_message,
 )
 from crossinfer.model import ModelArtifact, TensorSpec, load_model
-from crossinfer.option_parsing import parse_batch_sizes
+from crossinfer.option_parsing import parse_batch_sizes, parse_knobs
 from crossinfer.serve.batcher import DynamicBatcher
 from crossinfer.serve.events import log_event
 from crossinfer.serve.protocol import (
@@ -690,10 +690,12 @@ def serving_overrides(
     max_queue_size: int | None = None,
     instances: int | None = None,
     threads: int | None = None,
+    options: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The config.toml keys `crossinfer serve`'s options set for every model; None: not given.
 
-    `backend` may be BACKEND:DEVICE; `preferred_batch_sizes` is a comma list ("4,8").
+    `backend` may be BACKEND:DEVICE; `preferred_batch_sizes` is a comma list ("4,8"); `options`
+    are backend knobs as KEY=VALUE (the backend checks the keys when it prepares).
     """
     overrides: dict[str, Any] = {}
     if backend is not None:
@@ -711,6 +713,8 @@ def serving_overrides(
         "threads": threads,
     }
     overrides.update({k: v for k, v in given.items() if v is not None})
+    if options:
+        overrides["extra"] = parse_knobs(options)
     if preferred_batch_sizes:
         try:
             overrides["preferred_batch_sizes"] = list(parse_batch_sizes(preferred_batch_sizes))
