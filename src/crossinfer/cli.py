@@ -261,6 +261,14 @@ def bench(
     timeout: Annotated[
         float, typer.Option(min=1, help="Seconds each batch size may take before it is killed.")
     ] = 1800.0,
+    inputs_on_device: Annotated[
+        bool,
+        typer.Option(
+            "--inputs-on-device",
+            help="Keep the sample pool resident on the device (measures the device, not the "
+            "system; results are labelled so).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure MLPerf LoadGen scenarios on one backend x device and keep the results."""
@@ -269,10 +277,10 @@ def bench(
     from crossinfer.backends.base import SessionOptions, Target
     from crossinfer.bench.render import render_comparisons, render_results
     from crossinfer.bench.result import SCENARIOS
-    from crossinfer.bench.runner import BenchPlan, find_baseline, run_benchmark, settings_changes
+    from crossinfer.bench.runner import BenchPlan, run_benchmark, settings_changes
     from crossinfer.bench.stats import compare_results
     from crossinfer.model import load_model
-    from crossinfer.store import ResultStore, default_store_path
+    from crossinfer.store import ResultStore, default_store_path, find_baseline
 
     try:
         target = Target.parse(backend)
@@ -287,6 +295,7 @@ def bench(
             quick=quick,
             instances=instances,
             server_latency_ms=server_latency_ms,
+            inputs_on_device=inputs_on_device,
         )
         options = SessionOptions(
             precision=_precision(precision),

@@ -346,6 +346,28 @@ class ResultStore:
         return f"ResultStore({str(self.path)!r})"
 
 
+def find_baseline(store: ResultStore, result: BenchResult) -> StoredResult | None:
+    """The newest earlier run of the same model, target, precision, scenario and batch size on
+    the same hardware, whatever its settings: a change of threads is what --compare must catch.
+    """
+    key = fingerprint_key(result.hardware)
+    for stored in store.query(
+        model_sha256=result.model_sha256,
+        backend=result.backend,
+        device=result.device,
+        scenario=result.scenario,
+    ):
+        old = stored.result
+        if (
+            old.precision == result.precision
+            and old.batch_size == result.batch_size
+            and fingerprint_key(old.hardware) == key
+            and old.created_at <= result.created_at
+        ):
+            return stored
+    return None
+
+
 # --------------------------------------------------------------------------- schema
 
 

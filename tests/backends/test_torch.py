@@ -6,6 +6,7 @@ benchmarks/gpu_torch.py on the GPU machine; here their CPU halves and their refu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -13,8 +14,14 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import make_model
-from crossinfer.backends.base import Precision, SessionOptions, Target, get_backend
+from conftest import linear_model, make_model
+from crossinfer.backends.base import (
+    InputPlacement,
+    Precision,
+    SessionOptions,
+    Target,
+    get_backend,
+)
 from crossinfer.backends.onnx_to_torch import (
     convert,
     fold_batch_norms,
@@ -22,9 +29,10 @@ from crossinfer.backends.onnx_to_torch import (
     unsupported_ops,
 )
 from crossinfer.backends.torch import TorchBackend, TorchSettings, resolve_device
+from crossinfer.bench.pool import SamplePool, StagedPool, default_placement
 from crossinfer.check import Verdict, check_model, default_tolerance, random_inputs
 from crossinfer.check.parity import compare_outputs
-from crossinfer.errors import CompileError, DeviceUnavailableError, UsageError
+from crossinfer.errors import CompileError, DeviceUnavailableError, InputError, UsageError
 from crossinfer.model import ModelArtifact, load_model
 
 F = TensorProto.FLOAT
@@ -272,3 +280,158 @@ def test_check_at_fp16_passes_on_torch_cpu() -> None:
     row = report.row("torch:cpu")
     assert row.verdict is Verdict.PASS, row.reason
     assert row.session["precision"] == "fp16 (converted weights)"
+
+
+# --- staging for bench's sample pool: the CUDA paths' logic, on the CPU ----------------------
+
+
+def _linear_session(tmp_path: Path, precision: Precision = Precision.FP32, **extra: str) -> Any:
+    artifact = _save(tmp_path, linear_model())
+    return TorchBackend().prepare(artifact, "cpu", SessionOptions(precision=precision, extra=extra))
+
+
+def test_torch_on_cpu_stages_numpy_only_and_says_why(tmp_path: Path) -> None:
+    session = _linear_session(tmp_path)
+    staging = session.input_staging()
+    assert staging.placements == (InputPlacement.NUMPY,)
+    assert "pin_memory" in staging.reason and "CUDA" in staging.reason
+    assert not staging.fixed_shapes  # eager runs any shape as it comes
+    pool = SamplePool.random(session.inputs, count=8)
+    staged = StagedPool(pool, session, placement=InputPlacement.PINNED)
+    assert staged.placement is InputPlacement.NUMPY
+    assert "torch:cpu computes in host memory" in staged.reason
+    assert default_placement(session) is InputPlacement.NUMPY
+    with pytest.raises(UsageError, match="cannot stage inputs as pinned"):
+        session.stage_inputs({"x": np.zeros((2, 8), np.float32)}, placement=InputPlacement.PINNED)
+    compiled = _linear_session(tmp_path, mode="compile")
+    assert compiled.input_staging().fixed_shapes  # each new shape would compile again
+
+
+def test_an_fp16_session_takes_fp16_host_inputs_as_the_same_numbers(tmp_path: Path) -> None:
+    session = _linear_session(tmp_path, Precision.FP16)
+    assert session.input_staging().host_dtypes == {"x": "float16"}
+    feeds = random_inputs(session.inputs, batch=4, seed=2)
+    as_fp32 = session.run(feeds)
+    as_fp16 = session.run({"x": feeds["x"].astype(np.float16)})
+    np.testing.assert_array_equal(as_fp16["y"], as_fp32["y"])
+    # an FP32 session still refuses FP16 input, naming the cast to make
+    with pytest.raises(InputError, match="astype"):
+        _linear_session(tmp_path).run({"x": feeds["x"].astype(np.float16)})
+
+
+@pytest.mark.parametrize("placement", [InputPlacement.PINNED, InputPlacement.DEVICE])
+def test_staged_lanes_give_what_run_gives(tmp_path: Path, placement: InputPlacement) -> None:
+    from crossinfer.backends.torch import _TorchStaged
+
+    session = _linear_session(tmp_path, Precision.FP16)
+    pool = SamplePool.random(session.inputs, count=10, seed=4)
+    host = StagedPool(pool, session)
+    host.load()
+    assert host._arrays is not None and host._arrays["x"].dtype == np.float16
+    # pin=False: the pinned path's slots, gathers and prefetches without CUDA (no streams)
+    staged = _TorchStaged(session, host._arrays, placement, pin=False)
+    assert staged.dtypes == {"x": "float16"}
+    lane = staged.lane()
+    for indices, following in (
+        ([2, 3, 4], [7, 1, 7]),
+        ([7, 1, 7], [0]),
+        ([0], None),
+        ([9, 8], None),
+    ):
+        out = lane.run(indices, prefetch=following)
+        np.testing.assert_array_equal(out["y"], session.run(pool.batch(indices))["y"])
+    if placement is InputPlacement.PINNED:
+        assert lane.prefetch_hits == 2  # [7, 1, 7] and [0] had been copied ahead
+        assert not staged.pool["x"].is_pinned()
+    staged.close()
+    assert staged.pool == {}
+
+
+class _FakeEvent:
+    def __init__(self, log: list[tuple[str, ...]], name: str) -> None:
+        self.log, self.name = log, name
+
+    def synchronize(self) -> None:
+        self.log.append(("synchronize", self.name))
+
+
+class _FakeStream:
+    """Stands in for a CUDA stream: records waits and events in one log, in order."""
+
+    def __init__(self, log: list[tuple[str, ...]], name: str) -> None:
+        self.log, self.name, self.events = log, name, 0
+
+    def wait_event(self, event: _FakeEvent) -> None:
+        self.log.append(("wait", self.name, event.name))
+
+    def record_event(self) -> _FakeEvent:
+        self.events += 1
+        event = _FakeEvent(self.log, f"{self.name}{self.events}")
+        self.log.append(("record", self.name, event.name))
+        return event
+
+
+def test_the_pinned_lanes_stream_ordering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA branch of the pinned lane, with streams and events recorded instead of run:
+    compute waits for its batch's copy; the next batch is copied (into the other slot) after this
+    one is launched; a slot is overwritten only after its last copy and the compute that read it."""
+    from contextlib import contextmanager
+
+    from crossinfer.backends.torch import _TorchStaged
+
+    log: list[tuple[str, ...]] = []
+    compute, copy = _FakeStream(log, "compute"), _FakeStream(log, "copy")
+
+    @contextmanager
+    def on_stream(stream: _FakeStream) -> Any:
+        log.append(("enter", stream.name))
+        yield
+        log.append(("leave", stream.name))
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: compute)
+    monkeypatch.setattr(torch.cuda, "stream", on_stream)
+    session = _linear_session(tmp_path)
+    run_tensors = session.run_tensors
+
+    def logged(feeds: Any) -> Any:
+        log.append(("compute", ",".join(str(int(v)) for v in feeds["x"][:, 0])))
+        return run_tensors(feeds)
+
+    monkeypatch.setattr(session, "run_tensors", logged)
+    pool = SamplePool.random(session.inputs, count=8, seed=5)
+    host = StagedPool(pool, session)
+    host.load()
+    assert host._arrays is not None
+    host._arrays["x"][:, 0] = np.arange(8)  # row i starts with i: the log names the rows
+    staged = _TorchStaged(session, host._arrays, InputPlacement.PINNED, pin=False)
+    lane = staged.lane()
+    lane._cuda, lane._stream = True, copy  # the CUDA branch, on the CPU
+    lane.run([1, 4], prefetch=[6, 2])
+    lane.run([6, 2], prefetch=[3, 0])
+    lane.run([3, 0])
+    assert lane.prefetch_hits == 2
+    assert log == [
+        # batch [1, 4] into slot 0: gathered, copied on the copy stream
+        ("enter", "copy"),
+        ("record", "copy", "copy1"),
+        ("leave", "copy"),
+        ("wait", "compute", "copy1"),  # compute waits for that copy only
+        ("compute", "1,4"),
+        ("record", "compute", "compute1"),  # slot 0 read by this compute
+        # [6, 2] into slot 1 while [1, 4] computes
+        ("enter", "copy"),
+        ("record", "copy", "copy2"),
+        ("leave", "copy"),
+        ("wait", "compute", "copy2"),
+        ("compute", "6,2"),
+        ("record", "compute", "compute2"),
+        # [3, 0] back into slot 0: its pinned buffer's copy done, its last compute done
+        ("synchronize", "copy1"),
+        ("enter", "copy"),
+        ("wait", "copy", "compute1"),
+        ("record", "copy", "copy3"),
+        ("leave", "copy"),
+        ("wait", "compute", "copy3"),
+        ("compute", "3,0"),
+        ("record", "compute", "compute3"),
+    ]

@@ -15,18 +15,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import make_model
 from crossinfer.backends.base import Session, get_backend
-from crossinfer.bench.loadgen import (
+from crossinfer.bench.loadgen import ScenarioOutcome, run_scenario
+from crossinfer.bench.pool import SamplePool, check_batchable
+from crossinfer.bench.server_search import find_server_qps
+from crossinfer.bench.settings import (
     EARLY_STOPPING_MIN_QUERIES,
     QUICK_QUERY_BUDGET_S,
     LoadGenSettings,
-    SamplePool,
-    ScenarioOutcome,
-    check_batchable,
-    find_server_qps,
-    parse_summary,
     quick_settings,
-    run_scenario,
 )
+from crossinfer.bench.summary import parse_summary
 from crossinfer.errors import InferenceError, UsageError
 from crossinfer.model import load_model
 
@@ -251,8 +249,18 @@ def test_a_failing_session_raises_naming_the_scenario(
 def test_a_failing_session_during_calibration_names_the_scenario(
     mlp: Session, mlp_pool: SamplePool, tmp_path: Path
 ) -> None:
-    session = Recording(mlp, fail_after=0)
+    # the warm-up runs batch size 1 twice before calibrating
+    session = Recording(mlp, fail_after=2)
     with pytest.raises(InferenceError, match=r"^Offline run failed: .*calibrating.*boom"):
+        run_scenario(session, mlp_pool, quick_settings("offline"), log_dir=tmp_path)
+    assert session.batch_sizes == [1, 1, 1]
+
+
+def test_a_failing_session_during_warm_up_names_the_scenario(
+    mlp: Session, mlp_pool: SamplePool, tmp_path: Path
+) -> None:
+    session = Recording(mlp, fail_after=0)
+    with pytest.raises(InferenceError, match=r"^Offline run failed: .*warming up.*boom"):
         run_scenario(session, mlp_pool, quick_settings("offline"), log_dir=tmp_path)
 
 

@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 import fake_backends
 from crossinfer.backends.base import SessionOptions, Target, register_backend, unregister_backend
 from crossinfer.bench.result import SCENARIOS
-from crossinfer.bench.runner import NOT_COMPLIANT, BenchPlan, find_baseline, run_benchmark
+from crossinfer.bench.runner import NOT_COMPLIANT, BenchPlan, run_benchmark
 from crossinfer.cli import app
 from crossinfer.errors import UsageError
 from crossinfer.model import load_model
-from crossinfer.store import ResultStore
+from crossinfer.store import ResultStore, find_baseline
 
 runner = CliRunner()
 
@@ -165,3 +165,16 @@ def test_history_refuses_a_file_that_is_not_a_store(tmp_path: Path) -> None:
     result = runner.invoke(app, ["history", "--store", str(bogus)])
     assert result.exit_code == 2 and "notes.sqlite" in result.stderr
     assert bogus.read_text() == "my notes\n"
+
+
+def test_cli_bench_inputs_on_device_on_a_cpu_backend_says_why_not(tmp_path: Path) -> None:
+    args = ["bench", "zoo:mlp", "--scenario", "offline", "--batch", "2", "--quick"]
+    args += ["--no-store", "--log-dir", str(tmp_path / "logs"), "--inputs-on-device", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.stdout)["results"]
+    assert row["input_placement"] == "numpy"
+    assert row["input_staging"]["asked"] == "device"
+    assert row["notes"][0] == NOT_COMPLIANT  # the compliance note stays first
+    assert row["notes"][1].startswith("device inputs asked, numpy inputs used")
+    assert set(row["warmup_s"]) == {"2"}

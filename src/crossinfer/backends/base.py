@@ -133,6 +133,67 @@ class Session(Protocol):
     def close(self) -> None: ...
 
 
+class InputPlacement(enum.StrEnum):
+    """Where a benchmark's sample pool is staged before a run, as MLPerf harnesses do."""
+
+    NUMPY = "numpy"  # host numpy arrays handed to Session.run (every backend)
+    PINNED = "pinned"  # page-locked host memory, each batch copied to the device on its own stream
+    DEVICE = "device"  # resident on the device: measures the device, not the system
+
+
+@dataclass(frozen=True)
+class InputStaging:
+    """What a `StagingSession` takes: the placements it accepts and the dtypes it computes in."""
+
+    placements: tuple[InputPlacement, ...] = (InputPlacement.NUMPY,)
+    # input -> numpy dtype the session casts that input to itself and also accepts in `run`
+    # (FP16 for an FP16 variant): staging in it once moves the cast out of every batch
+    host_dtypes: Mapping[str, str] = field(default_factory=dict)
+    # the session compiles or captures per input shape: pad partial batches to a few fixed
+    # shapes (powers of two up to the batch size) so that all of them can be warmed up
+    fixed_shapes: bool = False
+    reason: str = ""  # why a placement is missing ("torch:cpu: pin_memory needs CUDA")
+
+
+@runtime_checkable
+class StagedLane(Protocol):
+    """One worker's path through a staged pool: its own batch buffers (and copy stream)."""
+
+    def run(
+        self, indices: Sequence[int], *, prefetch: Sequence[int] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Run the samples at `indices` (rows of the staged pool); `prefetch`: the batch that
+        comes next, whose copy may start while this one computes."""
+        ...
+
+
+@runtime_checkable
+class StagedInputs(Protocol):
+    """A sample pool staged by a session (pinned host or device memory), built by index."""
+
+    placement: InputPlacement
+
+    def lane(self) -> StagedLane: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class StagingSession(Protocol):
+    """Optional Session capability: take a sample pool staged once, outside the measured run.
+
+    `arrays` are the pool's samples, one contiguous array per input, rows along axis 0, in the
+    host dtype `input_staging` asked for; the session copies them to `placement` in its own
+    compute dtype.
+    """
+
+    def input_staging(self) -> InputStaging: ...
+
+    def stage_inputs(
+        self, arrays: Mapping[str, np.ndarray], *, placement: InputPlacement
+    ) -> StagedInputs: ...
+
+
 @runtime_checkable
 class Backend(Protocol):
     """A runtime: lists devices, checks models, prepares sessions."""
@@ -288,12 +349,18 @@ def load_backend(entry: BackendEntry) -> Backend:
 
 
 def validate_feeds(
-    inputs: Sequence[TensorSpec], feeds: Mapping[str, np.ndarray], *, model: str = "model"
+    inputs: Sequence[TensorSpec],
+    feeds: Mapping[str, np.ndarray],
+    *,
+    model: str = "model",
+    also_accept: Mapping[str, str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Check names, dtypes and shapes against the signature; return contiguous arrays.
 
+    `also_accept`: input -> a second dtype the session casts to itself (`InputStaging.host_dtypes`).
     Raises InputError naming the input, what it expects and what it got.
     """
+    also = also_accept or {}
     expected = {spec.name: spec for spec in inputs}
     missing = [name for name in expected if name not in feeds]
     unknown = [name for name in feeds if name not in expected]
@@ -309,7 +376,7 @@ def validate_feeds(
     out: dict[str, np.ndarray] = {}
     for name, spec in expected.items():
         array = np.asarray(feeds[name])
-        if not dtype_fits(spec, array.dtype):
+        if not dtype_fits(spec, array.dtype) and array.dtype.name != also.get(name):
             raise InputError(
                 f"{model}: input '{name}' expects {spec.dtype.upper()} of shape {spec.shape_str()}, "
                 f"got {array.dtype.name.upper()} {list(array.shape)}: convert it with "

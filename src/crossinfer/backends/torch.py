@@ -24,6 +24,8 @@ import torch
 from crossinfer.backends.base import (
     Compatibility,
     DeviceInfo,
+    InputPlacement,
+    InputStaging,
     Placement,
     Precision,
     SessionOptions,
@@ -389,7 +391,9 @@ class TorchSession:
             yield
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        arrays = validate_feeds(self.inputs, feeds, model=self._model_name)
+        arrays = validate_feeds(
+            self.inputs, feeds, model=self._model_name, also_accept=self._host_dtypes()
+        )
         try:
             with self._lock, self._context():
                 tensors = [torch.from_numpy(arrays[spec.name]) for spec in self.inputs]
@@ -438,6 +442,43 @@ class TorchSession:
             return list(outputs.values())
 
         return step
+
+    # -- staging (bench's sample pool: backends.base.StagingSession) --
+
+    def _host_dtypes(self) -> dict[str, str]:
+        # float inputs are cast to FP16 on the device anyway: FP16 host input is the same numbers
+        if self.compute_dtype != torch.float16:
+            return {}
+        return {spec.name: "float16" for spec in self.inputs if spec.dtype.startswith("float")}
+
+    def input_staging(self) -> InputStaging:
+        """numpy everywhere; pinned host memory and device-resident pools on CUDA. Compile and
+        CUDA-graph modes run fixed shapes (each new shape compiles or captures)."""
+        fixed = self.settings.mode != "eager"
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            placements = (InputPlacement.NUMPY, InputPlacement.PINNED, InputPlacement.DEVICE)
+            return InputStaging(placements, self._host_dtypes(), fixed_shapes=fixed)
+        return InputStaging(
+            (InputPlacement.NUMPY,),
+            self._host_dtypes(),
+            fixed_shapes=fixed,
+            reason=(
+                f"torch:{self.target.device} computes in host memory: pinned (pin_memory) and "
+                "device-resident inputs need a CUDA device"
+            ),
+        )
+
+    def stage_inputs(
+        self, arrays: Mapping[str, np.ndarray], *, placement: InputPlacement
+    ) -> _TorchStaged:
+        """The pool in pinned host memory or on the device, in the session's compute dtype."""
+        placement = InputPlacement(placement)
+        if placement is InputPlacement.NUMPY or placement not in self.input_staging().placements:
+            raise UsageError(
+                f"torch:{self.target.device} cannot stage inputs as {placement.value}: "
+                f"{self.input_staging().reason or 'use numpy inputs'}"
+            )
+        return _TorchStaged(self, arrays, placement, pin=True)
 
     def _prepare_input(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.to(self.device, non_blocking=True)
@@ -522,6 +563,187 @@ class TorchSession:
         del self._module
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+class _TorchStaged:
+    """A sample pool staged once in pinned host memory or on the device, in the compute dtype.
+
+    Each worker gets a lane; `pin=False` stages in ordinary memory, so that the lanes' logic runs
+    (synchronously, without streams) on a machine without CUDA.
+    """
+
+    def __init__(
+        self,
+        session: TorchSession,
+        arrays: Mapping[str, np.ndarray],
+        placement: InputPlacement,
+        *,
+        pin: bool,
+    ) -> None:
+        self.placement = placement
+        self.session = session
+        self.pinned = pin and placement is InputPlacement.PINNED
+        self.pool: dict[str, torch.Tensor] = {}
+        for spec in session.inputs:
+            host = torch.from_numpy(np.ascontiguousarray(arrays[spec.name]))
+            dtype = session.compute_dtype if host.is_floating_point() else host.dtype
+            if placement is InputPlacement.DEVICE:
+                tensor = host.to(session.device).to(dtype)
+            else:
+                tensor = torch.empty(host.shape, dtype=dtype, pin_memory=self.pinned)
+                tensor.copy_(host)
+            self.pool[spec.name] = tensor
+        self.dtypes = {name: str(t.dtype).removeprefix("torch.") for name, t in self.pool.items()}
+
+    def lane(self) -> _PinnedLane | _DeviceLane:
+        if self.placement is InputPlacement.DEVICE:
+            return _DeviceLane(self)
+        return _PinnedLane(self)
+
+    def close(self) -> None:
+        self.pool.clear()
+
+
+class _Slot:
+    """One batch's buffers: pinned host (gathered rows) and device (their copy), with events."""
+
+    def __init__(self) -> None:
+        self.host: dict[str, torch.Tensor] = {}
+        self.device: dict[str, torch.Tensor] = {}
+        self.copied: Any = None  # event: the copy into `device` (and out of `host`) finished
+        self.used: Any = None  # event: the compute that read `device` finished
+
+
+class _PinnedLane:
+    """One worker's path from a pinned pool to the device: its own copy stream and two slots.
+
+    A batch's rows are gathered into the slot's pinned buffer (or, when consecutive, copied
+    straight from the pool) and copied asynchronously on the copy stream; compute waits for that
+    copy only. The batch that comes next (`prefetch`) is copied into the other slot while this one
+    computes; a slot is not overwritten before the copy and the compute that used it are done.
+    """
+
+    def __init__(self, staged: _TorchStaged) -> None:
+        self._staged = staged
+        self._device = staged.session.device
+        self._cuda = self._device.type == "cuda"
+        self._stream: Any = torch.cuda.Stream(self._device) if self._cuda else None  # type: ignore[no-untyped-call]
+        self._slots = (_Slot(), _Slot())
+        self._turn = 0
+        self._ahead: tuple[tuple[int, ...], _Slot] | None = None
+        self.prefetch_hits = 0  # batches whose copy had started before they ran
+
+    def run(
+        self, indices: Sequence[int], *, prefetch: Sequence[int] | None = None
+    ) -> dict[str, np.ndarray]:
+        key = tuple(indices)
+        if self._ahead is not None and self._ahead[0] == key:
+            slot = self._ahead[1]
+            self.prefetch_hits += 1
+        else:
+            slot = self._upload(key)
+        self._ahead = None
+        session = self._staged.session
+        feeds = {name: buffer[: len(key)] for name, buffer in slot.device.items()}
+        if self._cuda:
+            torch.cuda.current_stream(self._device).wait_event(slot.copied)
+        outputs = session.run_tensors(feeds)
+        if self._cuda:
+            slot.used = torch.cuda.current_stream(self._device).record_event()
+        if prefetch:
+            ahead = tuple(prefetch)
+            self._ahead = (ahead, self._upload(ahead))
+        return _host_outputs(session, outputs)
+
+    def _upload(self, key: tuple[int, ...]) -> _Slot:
+        slot = self._slots[self._turn]
+        self._turn ^= 1
+        if slot.copied is not None:
+            slot.copied.synchronize()  # the pinned buffer's last copy has read it
+        n = len(key)
+        index = None if _consecutive(key) else torch.as_tensor(key, dtype=torch.long)
+        sources: dict[str, torch.Tensor] = {}
+        for name, pool in self._staged.pool.items():
+            if index is None:
+                sources[name] = pool[key[0] : key[0] + n]
+            else:
+                host = _grown(slot.host, name, pool, n, pin=self._staged.pinned)
+                torch.index_select(pool, 0, index, out=host)
+                sources[name] = host
+        targets = {
+            name: _grown(slot.device, name, pool, n, device=self._device)
+            for name, pool in self._staged.pool.items()
+        }
+        stream = torch.cuda.stream(self._stream) if self._cuda else nullcontext()
+        with stream:
+            if self._cuda and slot.used is not None:
+                self._stream.wait_event(slot.used)  # the compute that read this slot is done
+            for name, source in sources.items():
+                targets[name].copy_(source, non_blocking=self._cuda)
+            if self._cuda:
+                slot.copied = self._stream.record_event()
+        return slot
+
+
+class _DeviceLane:
+    """One worker's path through a device-resident pool: batches gathered on the device."""
+
+    def __init__(self, staged: _TorchStaged) -> None:
+        self._staged = staged
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def run(
+        self, indices: Sequence[int], *, prefetch: Sequence[int] | None = None
+    ) -> dict[str, np.ndarray]:
+        n = len(indices)
+        session = self._staged.session
+        feeds: dict[str, torch.Tensor] = {}
+        if _consecutive(indices):
+            feeds = {
+                name: pool[indices[0] : indices[0] + n] for name, pool in self._staged.pool.items()
+            }
+        else:
+            index = torch.as_tensor(list(indices), dtype=torch.long, device=session.device)
+            for name, pool in self._staged.pool.items():
+                out = _grown(self._buffers, name, pool, n, device=session.device)
+                feeds[name] = torch.index_select(pool, 0, index, out=out)
+        return _host_outputs(session, session.run_tensors(feeds))
+
+
+def _consecutive(indices: Sequence[int]) -> bool:
+    n = len(indices)
+    return n == 1 or (
+        indices[-1] - indices[0] == n - 1
+        and all(indices[i + 1] - indices[i] == 1 for i in range(n - 1))
+    )
+
+
+def _grown(
+    held: dict[str, torch.Tensor],
+    name: str,
+    like: torch.Tensor,
+    n: int,
+    *,
+    pin: bool = False,
+    device: torch.device | None = None,
+) -> torch.Tensor:
+    """The first `n` rows of a per-lane buffer shaped like `like`'s rows, grown when short."""
+    buffer = held.get(name)
+    if buffer is None or buffer.shape[0] < n:
+        buffer = torch.empty(
+            (n, *like.shape[1:]),
+            dtype=like.dtype,
+            device=device if device is not None else like.device,
+            pin_memory=pin,
+        )
+        held[name] = buffer
+    return buffer[:n]
+
+
+def _host_outputs(
+    session: TorchSession, outputs: Mapping[str, torch.Tensor]
+) -> dict[str, np.ndarray]:
+    return {spec.name: _to_numpy(outputs[spec.name], spec) for spec in session.outputs}
 
 
 class _CudaGraphs:

@@ -11,7 +11,6 @@ from rich.table import Table
 
 from crossinfer.bench.result import BenchResult
 from crossinfer.bench.stats import Comparison
-from crossinfer.store import StoredResult
 
 
 def _number(value: float) -> str:
@@ -66,6 +65,8 @@ def render_results(results: Sequence[BenchResult], console: Console, *, title: s
             f"energy: {escape(first.energy.method)}",
             highlight=False,
         )
+        for line in staging_lines(results):
+            console.print(line, highlight=False)
         if not first.compliant:
             console.print(
                 "[yellow]quick run: not a compliant MLPerf run[/yellow] (official runs last 600 s)"
@@ -75,7 +76,36 @@ def render_results(results: Sequence[BenchResult], console: Console, *, title: s
         )
 
 
-def render_history(rows: Sequence[StoredResult], console: Console) -> None:
+def staging_lines(results: Sequence[BenchResult]) -> list[str]:
+    """Where the inputs were staged (labelled when on the device) and the warm-up per shape."""
+    lines: list[str] = []
+    placements = sorted({r.input_placement for r in results})
+    if "device" in placements:
+        lines.append(
+            "[yellow]inputs on device[/yellow]: the figures measure the device, not the system "
+            "(no host-to-device copies)"
+        )
+    if "pinned" in placements:
+        lines.append("inputs: pinned host memory, each batch copied on its worker's own stream")
+    casts = {
+        f"{name} {how}" for r in results for name, how in r.input_staging.get("cast", {}).items()
+    }
+    if casts:
+        lines.append(f"inputs cast once when staged (preprocessing): {', '.join(sorted(casts))}")
+    warmup: dict[str, float] = {}
+    for r in results:
+        for size, seconds in r.warmup_s.items():
+            warmup.setdefault(size, seconds)
+    if warmup:
+        shapes = ", ".join(f"b{size} {warmup[size]:.2f} s" for size in sorted(warmup, key=int))
+        lines.append(
+            f"warm-up before LoadGen (first run per batch shape, compile/capture included): {shapes}"
+        )
+    return lines
+
+
+def render_history(rows: Sequence[tuple[int, BenchResult]], console: Console) -> None:
+    """Stored results as (row id, result) pairs, newest first, as `ResultStore.query` gives them."""
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("id", justify="right", no_wrap=True)
     table.add_column("when (UTC)", no_wrap=True)
@@ -84,10 +114,9 @@ def render_history(rows: Sequence[StoredResult], console: Console) -> None:
     table.add_column("figure", justify="right", no_wrap=True)
     table.add_column("p99 ms", justify="right", no_wrap=True)
     table.add_column("loadgen", no_wrap=True)
-    for stored in rows:
-        r = stored.result
+    for row_id, r in rows:
         table.add_row(
-            str(stored.id),
+            str(row_id),
             r.created_at[5:16].replace("T", " "),
             escape(f"{r.model_source}\n{r.backend}:{r.device}"),
             f"{r.scenario} b{r.batch_size}",

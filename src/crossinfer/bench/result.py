@@ -77,10 +77,18 @@ class BenchResult:
     crossinfer_version: str
     created_at: str  # ISO 8601, UTC
     notes: tuple[str, ...] = field(default=())
+    # where the samples were staged: numpy, pinned (copied per batch), device (resident: the
+    # figure measures the device, not the system)
+    input_placement: str = "numpy"
+    input_staging: Mapping[str, Any] = field(default_factory=dict)  # dtypes, casts, fallbacks
+    # batch size -> its first run before LoadGen started (compile or capture included), seconds
+    warmup_s: Mapping[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["settings"] = dict(self.settings)
+        data["input_staging"] = dict(self.input_staging)
+        data["warmup_s"] = dict(self.warmup_s)
         data["hardware"] = dict(self.hardware)
         data["runtime_versions"] = dict(self.runtime_versions)
         return data

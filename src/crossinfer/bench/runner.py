@@ -15,29 +15,25 @@ from typing import Any
 from crossinfer import __version__
 from crossinfer.backends.base import (
     BackendEntry,
+    InputPlacement,
+    Session,
     SessionOptions,
     Target,
     backend_entry,
     load_backend,
 )
 from crossinfer.bench.energy import EnergyMeter
-from crossinfer.bench.fingerprint import fingerprint_key, hardware_fingerprint, runtime_versions
-from crossinfer.bench.loadgen import (
-    LoadGenSettings,
-    SamplePool,
-    ScenarioOutcome,
-    check_batchable,
-    find_server_qps,
-    quick_settings,
-    run_scenario,
-)
+from crossinfer.bench.fingerprint import hardware_fingerprint, runtime_versions
+from crossinfer.bench.loadgen import ScenarioOutcome, run_scenario
 from crossinfer.bench.memory import PeakMemory
+from crossinfer.bench.pool import SamplePool, StagedPool, check_batchable, default_placement
 from crossinfer.bench.result import SCENARIOS, BenchResult, EnergyReading, LatencyStats
+from crossinfer.bench.server_search import find_server_qps
+from crossinfer.bench.settings import LoadGenSettings, quick_settings
 from crossinfer.bench.stats import latency_stats, stability
 from crossinfer.check.isolate import ChildOutcome, run_isolated
 from crossinfer.errors import CrossinferError, InferenceError, UsageError
 from crossinfer.model import ModelArtifact
-from crossinfer.store import ResultStore, StoredResult
 
 NOT_COMPLIANT = "quick run: not a compliant MLPerf run"
 # MLPerf's Server p99 bounds for the models it defines (../shared/REFERENCE.md); 10 ms otherwise
@@ -57,6 +53,9 @@ class BenchPlan:
     max_server_steps: int | None = None  # None: 4 for quick runs, 8 otherwise
     pool_size: int = 64
     min_duration_ms: int | None = None  # None: 1 s for quick runs, MLPerf's 600 s otherwise
+    # the sample pool resident on the device (where the backend takes it): measures the device,
+    # not the system, and every result says so; else pinned host memory where taken, else numpy
+    inputs_on_device: bool = False
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.scenarios if s not in SCENARIOS]
@@ -181,33 +180,82 @@ def bench_in_child(
     log_dir: Path,
 ) -> ChildBench:
     """Runs in the child process: prepare once, then each scenario through LoadGen."""
-    target = f"{entry.name}:{device}"
     hardware = hardware_fingerprint()
     versions = runtime_versions()
-    results: list[BenchResult] = []
-    errors: list[BenchFailure] = []
     with PeakMemory(gpu=device not in ("cpu",)) as memory:
         backend = load_backend(entry)
         start = time.perf_counter()
         session = backend.prepare(artifact, device, options)
         load_s = time.perf_counter() - start
-        pool = SamplePool.random(artifact.inputs, count=plan.pool_size, seed=0)
-        start = time.perf_counter()
-        session.run(pool.batch([0]))
-        first_ms = (time.perf_counter() - start) * 1e3
-        described = session.describe()
+        child = bench_session(
+            session,
+            artifact,
+            Target(entry.name, device),
+            options=options,
+            plan=plan,
+            batch=batch,
+            scenarios=scenarios,
+            server_latency_ms=server_latency_ms,
+            log_dir=log_dir,
+            load_s=load_s,
+            hardware=hardware,
+            versions=versions,
+        )
+        session.close()
+    # the peak belongs to the whole child: every row of it shares the figure
+    final = tuple(
+        dataclasses.replace(
+            r, peak_rss_mb=memory.peak_rss_mb, peak_device_mem_mb=memory.peak_device_mem_mb
+        )
+        for r in child.results
+    )
+    return ChildBench(final, child.errors)
+
+
+def bench_session(
+    session: Session,
+    artifact: ModelArtifact,
+    target: Target,
+    *,
+    options: SessionOptions,
+    plan: BenchPlan,
+    batch: int,
+    scenarios: Sequence[str],
+    server_latency_ms: float,
+    log_dir: Path,
+    load_s: float = 0.0,
+    hardware: dict[str, Any] | None = None,
+    versions: dict[str, str] | None = None,
+) -> ChildBench:
+    """Each scenario of a prepared session through LoadGen, over one pool staged once.
+
+    The pool goes where the session takes it (`default_placement`, or the device with
+    `plan.inputs_on_device`); each result records the placement, the dtypes staged in, the
+    warm-up time per batch shape and, for device-resident inputs, that it measures the device.
+    Peak memory is left at 0 for the caller to fill in.
+    """
+    results: list[BenchResult] = []
+    errors: list[BenchFailure] = []
+    pool = SamplePool.random(artifact.inputs, count=plan.pool_size, seed=0)
+    start = time.perf_counter()
+    session.run(pool.batch([0]))
+    first_ms = (time.perf_counter() - start) * 1e3
+    asked = InputPlacement.DEVICE if plan.inputs_on_device else default_placement(session)
+    staged = StagedPool(pool, session, placement=asked)
+    try:
         for scenario in scenarios:
             settings = _settings(plan, scenario, batch, server_latency_ms, artifact)
             try:
                 check_batchable(session.inputs, settings.batch_size, model=artifact.source)
-                with EnergyMeter(gpu_indices=None if device != "cpu" else ()) as meter:
+                gpu = None if target.device != "cpu" else ()
+                with EnergyMeter(gpu_indices=gpu) as meter:
                     outcome, server_qps = _measure(
-                        session, pool, settings, plan, log_dir / scenario
+                        session, staged, settings, plan, log_dir / scenario
                     )
             except CrossinferError as exc:
                 errors.append(
                     BenchFailure(
-                        target=target,
+                        target=str(target),
                         batch_size=settings.batch_size,
                         scenarios=(scenario,),
                         reason=str(exc),
@@ -215,33 +263,46 @@ def bench_in_child(
                 )
                 continue
             energy = meter.reading(outcome.samples_completed)
-            results.append(
-                _result(
-                    artifact,
-                    entry.name,
-                    device,
-                    options,
-                    settings,
-                    outcome,
-                    server_qps,
-                    load_s,
-                    first_ms,
-                    memory,
-                    energy,
-                    hardware,
-                    versions,
-                    described,
-                )
+            result = _result(
+                artifact,
+                target.backend,
+                target.device,
+                options,
+                settings,
+                outcome,
+                server_qps,
+                load_s,
+                first_ms,
+                energy,
+                hardware or {},
+                versions or {},
+                session.describe(),
             )
-        session.close()
-    # the peak belongs to the whole child: every row of it shares the figure
-    final = tuple(
-        dataclasses.replace(
-            r, peak_rss_mb=memory.peak_rss_mb, peak_device_mem_mb=memory.peak_device_mem_mb
-        )
-        for r in results
+            results.append(_with_staging(result, staged, outcome))
+    finally:
+        staged.close()
+    return ChildBench(tuple(results), tuple(errors))
+
+
+def _with_staging(result: BenchResult, staged: StagedPool, outcome: ScenarioOutcome) -> BenchResult:
+    placement = staged.placement.value
+    settings = dict(result.settings)
+    if placement != InputPlacement.NUMPY.value:
+        settings["inputs"] = placement  # a change of placement is a change --compare names
+    return dataclasses.replace(
+        result,
+        settings=settings,
+        input_placement=placement,
+        input_staging=staged.describe(),
+        warmup_s={str(size): round(s, 4) for size, s in outcome.warmup_s.items()},
+        # after the compliance note, which stays first; before the run's own notes
+        notes=_insert_after_compliance(result.notes, staged.notes()),
     )
-    return ChildBench(final, tuple(errors))
+
+
+def _insert_after_compliance(notes: Sequence[str], more: Sequence[str]) -> tuple[str, ...]:
+    first = 1 if notes and "not a compliant MLPerf run" in notes[0] else 0
+    return (*notes[:first], *more, *notes[first:])
 
 
 def _settings(
@@ -273,7 +334,7 @@ def _batchable(artifact: ModelArtifact) -> bool:
 
 
 def _measure(
-    session: Any, pool: SamplePool, settings: LoadGenSettings, plan: BenchPlan, log_dir: Path
+    session: Any, pool: StagedPool, settings: LoadGenSettings, plan: BenchPlan, log_dir: Path
 ) -> tuple[ScenarioOutcome, float | None]:
     if settings.scenario != "server":
         return run_scenario(session, pool, settings, log_dir=log_dir), None
@@ -297,7 +358,6 @@ def _result(
     server_qps: float | None,
     load_s: float,
     first_ms: float,
-    memory: PeakMemory,
     energy: EnergyReading,
     hardware: dict[str, Any],
     versions: dict[str, str],
@@ -341,8 +401,8 @@ def _result(
         else None,
         first_inference_ms=first_ms,
         load_s=load_s,
-        peak_rss_mb=memory.peak_rss_mb,
-        peak_device_mem_mb=memory.peak_device_mem_mb,
+        peak_rss_mb=0.0,  # the child's peak, filled in when all its scenarios ran
+        peak_device_mem_mb=None,
         energy=energy,
         loadgen_result=outcome.result or "INVALID",
         loadgen_log_dir=str(outcome.log_dir),
@@ -355,28 +415,6 @@ def _result(
         created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         notes=tuple(notes),
     )
-
-
-def find_baseline(store: ResultStore, result: BenchResult) -> StoredResult | None:
-    """The newest earlier run of the same model, target, precision, scenario and batch size on
-    the same hardware, whatever its settings: a change of threads is what --compare must catch.
-    """
-    key = fingerprint_key(result.hardware)
-    for stored in store.query(
-        model_sha256=result.model_sha256,
-        backend=result.backend,
-        device=result.device,
-        scenario=result.scenario,
-    ):
-        old = stored.result
-        if (
-            old.precision == result.precision
-            and old.batch_size == result.batch_size
-            and fingerprint_key(old.hardware) == key
-            and old.created_at <= result.created_at
-        ):
-            return stored
-    return None
 
 
 def settings_changes(new: BenchResult, old: BenchResult) -> list[str]:

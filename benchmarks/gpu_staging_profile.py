@@ -1,0 +1,103 @@
+"""Where a batch's time goes on crossinfer's pinned-input path (torch:cuda), phase by phase.
+
+Gather into pinned memory (torch.index_select), host-to-device copy, compute (run_tensors), the
+whole lane with and without prefetch, and the device-resident lane: the figures that explain
+`bench`'s host-input throughput against the device-resident one. Prints a table, writes JSON.
+
+    PYTHONPATH=src:/tmp/site python3 benchmarks/gpu_staging_profile.py --out $OUT/staging.json
+"""
+
+# ruff: noqa: B023  # each closure is timed within the loop iteration that made it
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crossinfer import Precision, SessionOptions, get_backend, load_model
+from crossinfer.backends.base import InputPlacement
+
+
+def _timed(step: Callable[[], object], iters: int) -> float:
+    """Milliseconds per call, the device synchronised around the loop."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) / iters * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="zoo:resnet50")
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--pool", type=int, default=64)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--mode", default="compile")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/staging.json"))
+    args = parser.parse_args()
+
+    artifact = load_model(args.model)
+    session = get_backend("torch").prepare(
+        artifact,
+        "cuda",
+        SessionOptions(precision=Precision.FP16, extra={"mode": args.mode}),
+    )
+    rng = np.random.default_rng(0)
+    arrays = {
+        spec.name: rng.standard_normal(
+            (args.pool, *[d for d in spec.shape[1:]]),  # type: ignore[misc, index]
+        ).astype(np.float16)
+        for spec in session.inputs
+    }
+    batches = [rng.integers(0, args.pool, args.batch).tolist() for _ in range(args.iters + 2)]
+    rows: dict[str, float] = {}
+    for placement in (InputPlacement.PINNED, InputPlacement.DEVICE):
+        staged = session.stage_inputs(arrays, placement=placement)
+        lane = staged.lane()
+        lane.run(batches[0])  # compile / warm
+        lane.run(batches[1])
+        it = iter(range(10**9))
+
+        def plain() -> object:
+            return lane.run(batches[next(it) % len(batches)])
+
+        def ahead() -> object:
+            i = next(it) % len(batches)
+            return lane.run(batches[i], prefetch=batches[(i + 1) % len(batches)])
+
+        rows[f"{placement.value}: lane, no prefetch"] = _timed(plain, args.iters)
+        rows[f"{placement.value}: lane, prefetch"] = _timed(ahead, args.iters)
+        if placement is InputPlacement.PINNED:
+            pool = staged.pool[session.inputs[0].name]  # type: ignore[attr-defined]
+            index = torch.as_tensor(batches[0], dtype=torch.long)
+            host = torch.empty((args.batch, *pool.shape[1:]), dtype=pool.dtype, pin_memory=True)
+            rows["gather into pinned (index_select)"] = _timed(
+                lambda: torch.index_select(pool, 0, index, out=host), args.iters
+            )
+            device = torch.empty_like(host, device="cuda")
+            rows["host-to-device copy (pinned)"] = _timed(
+                lambda: device.copy_(host, non_blocking=True), args.iters
+            )
+            feeds = {session.inputs[0].name: device}
+            rows["compute (run_tensors)"] = _timed(
+                lambda: session.run_tensors(feeds),
+                args.iters,  # type: ignore[attr-defined]
+            )
+            rows["torch threads"] = float(torch.get_num_threads())
+        staged.close()
+    for name, value in rows.items():
+        per_s = args.batch / value * 1e3 if "threads" not in name else 0
+        print(f"{name:40s} {value:9.2f} {'ms' if per_s else ''} {per_s:10.0f}/s")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"model": args.model, "batch": args.batch, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
