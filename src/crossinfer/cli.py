@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
@@ -15,13 +14,21 @@ from rich.console import Console
 from rich.markup import escape
 
 from crossinfer.errors import CrossinferError, UsageError
+from crossinfer.option_parsing import parse_batch_sizes as _parse_batches
+from crossinfer.option_parsing import parse_dims as _parse_dims
+from crossinfer.option_parsing import parse_hint as _hint
+from crossinfer.option_parsing import parse_knobs as _parse_options
+from crossinfer.option_parsing import parse_precision as _precision
 
 if TYPE_CHECKING:
-    from crossinfer.backends.base import Precision
     from crossinfer.bench.result import BenchResult
     from crossinfer.bench.runner import BenchFailure
     from crossinfer.check import CheckRow
+    from crossinfer.model import ModelArtifact
     from crossinfer.passes.pipeline import StepReport
+    from crossinfer.store import ResultStore
+    from crossinfer.tune.config import TuneConfig
+    from crossinfer.tune.runner import TuneResult
 
 app = typer.Typer(
     name="crossinfer",
@@ -192,37 +199,6 @@ def check(
 
 def _print_progress(row: CheckRow) -> None:
     err_console.print(f"  {row.target}: {row.verdict.value}", highlight=False)
-
-
-def _precision(text: str) -> Precision:
-    from crossinfer.backends.base import Precision
-
-    try:
-        return Precision(text.lower())
-    except ValueError:
-        raise UsageError(
-            f"--precision '{text}' is not one of {', '.join(p.value for p in Precision)}"
-        ) from None
-
-
-def _hint(text: str | None) -> str | None:
-    if text is None:
-        return None
-    if text.upper() not in ("LATENCY", "THROUGHPUT", "CUMULATIVE_THROUGHPUT"):
-        raise UsageError(f"--hint '{text}' is not LATENCY, THROUGHPUT or CUMULATIVE_THROUGHPUT")
-    return text.upper()
-
-
-def _parse_dims(items: list[str]) -> dict[str, int]:
-    dims: dict[str, int] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value.isdigit() or int(value) < 1:
-            raise UsageError(
-                f"--dim '{item}' is not NAME=SIZE with a positive integer SIZE, e.g. --dim seq=128"
-            )
-        dims[name] = int(value)
-    return dims
 
 
 @app.command()
@@ -415,16 +391,6 @@ def _print_bench_error(error: BenchFailure) -> None:
     )
 
 
-def _parse_batches(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        sizes = ()
-    if not sizes or any(size < 1 for size in sizes):
-        raise UsageError(f"--batch '{text}' is not a comma list of positive integers, e.g. 1,8,32")
-    return sizes
-
-
 @app.command()
 def history(
     model: Annotated[
@@ -568,29 +534,13 @@ def optimize(
             )
     except CrossinferError as exc:
         _fail(exc)
-    (out / "report.json").write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    report.write_json()
     if as_json:
         _print_json(report.to_dict())
     else:
         render_optimize(report, console)
     if any((step.regression and step.kept) or step.error for step in report.steps):
         raise typer.Exit(1)
-
-
-def _parse_options(values: Sequence[str]) -> dict[str, str]:
-    """`--option KEY=VALUE` pairs; the backend checks the keys it takes when it prepares."""
-    options: dict[str, str] = {}
-    for text in values:
-        key, sep, value = text.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise UsageError(
-                f"--option '{text}' is not KEY=VALUE: write e.g. --option mode=compile"
-            )
-        if key in options:
-            raise UsageError(f"--option {key} given twice ({options[key]} and {value.strip()})")
-        options[key] = value.strip()
-    return options
 
 
 def _print_step(step: StepReport) -> None:
@@ -687,14 +637,34 @@ def tune(
     as_json: JsonOpt = False,
 ) -> None:
     """Try the ways to run a model here and recommend the one that meets the constraints."""
+    from crossinfer.model import load_model
     from crossinfer.store import ResultStore
+    from crossinfer.tune.config import tune_config
+    from crossinfer.tune.runner import default_out_dir
 
     try:
-        artifact, config, out_dir = _tune_setup(
-            model, backends, target, precisions, batch, strategy, budget, objective,
-            max_p99_ms, max_accuracy_drop, max_memory_mb, dataset, calibration, instance,
-            price_per_hour, catalog, out, measure_ms, fresh, device,
-        )  # fmt: skip
+        config = tune_config(
+            backends=backends,
+            targets=target or (),
+            devices=device,
+            precisions=precisions,
+            batch=batch,
+            strategy=strategy,
+            budget=budget,
+            objective=objective,
+            max_p99_ms=max_p99_ms,
+            max_accuracy_drop=max_accuracy_drop,
+            max_memory_mb=max_memory_mb,
+            dataset=dataset,
+            calibration=calibration,
+            instance=instance,
+            price_per_hour=price_per_hour,
+            catalog=catalog,
+            measure_ms=measure_ms,
+            fresh=fresh,
+        )
+        artifact = load_model(model)
+        out_dir = out or default_out_dir(artifact)
         with ResultStore(store) as results:
             result = _run_tune(artifact, config, out_dir, results, quiet=as_json)
     except CrossinferError as exc:
@@ -710,64 +680,9 @@ def tune(
         raise typer.Exit(1)
 
 
-def _tune_setup(
-    model: str,
-    backends: str | None,
-    target: list[str] | None,
-    precisions: str,
-    batch: str,
-    strategy: str,
-    budget: int | None,
-    objective: str,
-    max_p99_ms: float | None,
-    max_accuracy_drop: float | None,
-    max_memory_mb: float | None,
-    dataset: Path | None,
-    calibration: str | None,
-    instance: str | None,
-    price_per_hour: float | None,
-    catalog: Path | None,
-    out: Path | None,
-    measure_ms: int,
-    fresh: bool,
-    device: str | None = None,
-) -> tuple[Any, Any, Path]:
-    from crossinfer.backends.base import Target, backend_entry
-    from crossinfer.hardware.catalog import load_catalog, resolve_price
-    from crossinfer.model import load_model
-    from crossinfer.tune.constraints import Constraints, Objective
-    from crossinfer.tune.runner import TuneConfig, spec_name
-    from crossinfer.tune.strategies import STRATEGIES
-
-    if strategy not in STRATEGIES:
-        raise UsageError(f"--strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
-    names = tuple(b.strip().lower() for b in (backends or "").split(",") if b.strip())
-    for name in names:
-        backend_entry(name)  # an unknown backend is refused before minutes of work
-    price = resolve_price(load_catalog(catalog), instance=instance, price_per_hour=price_per_hour)
-    config = TuneConfig(
-        backends=names,
-        targets=tuple(Target.parse(t) for t in target or []),
-        devices=tuple(d.strip().lower() for d in (device or "").split(",") if d.strip()),
-        precisions=tuple(p.strip().lower() for p in precisions.split(",") if p.strip()),
-        batch_sizes=_parse_batches(batch),
-        strategy=strategy,
-        budget=budget,
-        objective=Objective.parse(objective),
-        constraints=Constraints(
-            max_p99_ms=max_p99_ms, max_accuracy_drop=max_accuracy_drop, max_memory_mb=max_memory_mb
-        ),
-        price=price,
-        measure_ms=measure_ms,
-        calibration=calibration,
-        dataset=dataset,
-        fresh=fresh,
-    )
-    artifact = load_model(model)
-    return artifact, config, out or Path("crossinfer-tune") / spec_name(artifact)
-
-
-def _run_tune(artifact: Any, config: Any, out_dir: Path, store: Any, *, quiet: bool) -> Any:
+def _run_tune(
+    artifact: ModelArtifact, config: TuneConfig, out_dir: Path, store: ResultStore, *, quiet: bool
+) -> TuneResult:
     from crossinfer.tune.runner import tune as run_tune
 
     def say(text: str) -> None:
@@ -787,7 +702,7 @@ def _run_tune(artifact: Any, config: Any, out_dir: Path, store: Any, *, quiet: b
         raise typer.Exit(130) from None
 
 
-def _print_tune_files(result: Any) -> None:
+def _print_tune_files(result: TuneResult) -> None:
     console.print(f"report: {result.report_path}", highlight=False)
     if result.spec_path is not None:
         console.print(f"deployment spec: {result.spec_path}", highlight=False)
@@ -967,30 +882,9 @@ def serve(
     ] = "info",
 ) -> None:
     """Serve models over KServe v2 / Triton HTTP and gRPC with dynamic batching, until SIGTERM."""
-    from crossinfer.serve.repository import READY, open_repository
+    from crossinfer.serve.repository import READY, open_repository, serving_overrides
     from crossinfer.serve.server import InferenceServer, ServerConfig, configure_logging, run_server
 
-    overrides: dict[str, Any] = {}
-    if backend is not None:
-        target_backend, _, target_device = backend.partition(":")
-        overrides["backend"] = target_backend
-        if target_device:
-            overrides["device"] = target_device
-    given = {
-        "device": device,
-        "precision": precision,
-        "max_batch_size": max_batch_size,
-        "max_queue_delay_us": max_queue_delay_us,
-        "max_queue_size": max_queue_size,
-        "instances": instances,
-        "threads": threads,
-    }
-    overrides.update({k: v for k, v in given.items() if v is not None})
-    try:
-        if option:
-            overrides["extra"] = _parse_options(option)
-    except CrossinferError as exc:
-        _fail(exc)
     nothing_ready = False
 
     def on_ready(server: InferenceServer) -> None:
@@ -1016,14 +910,18 @@ def serve(
         )
 
     try:
-        if preferred_batch_sizes:
-            try:
-                overrides["preferred_batch_sizes"] = list(_parse_batches(preferred_batch_sizes))
-            except UsageError:
-                raise UsageError(
-                    f"--preferred-batch-sizes '{preferred_batch_sizes}' is not a comma list of "
-                    "positive integers, e.g. 4,8"
-                ) from None
+        overrides = serving_overrides(
+            backend=backend,
+            device=device,
+            precision=precision,
+            max_batch_size=max_batch_size,
+            max_queue_delay_us=max_queue_delay_us,
+            preferred_batch_sizes=preferred_batch_sizes,
+            max_queue_size=max_queue_size,
+            instances=instances,
+            threads=threads,
+            options=option or (),
+        )
         if log_level.lower() not in ("debug", "info", "warning", "error"):
             raise UsageError(f"--log-level {log_level!r} is not one of debug, info, warning, error")
         repository = open_repository(source, overrides=overrides, name=name)

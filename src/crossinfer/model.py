@@ -9,7 +9,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from crossinfer.errors import (
     ModelValidationError,
     UnsupportedOpsetError,
 )
+from crossinfer.onnx_graph import all_nodes
 
 # Inputs of BatchNormalization that hold running statistics, not trained parameters:
 # published parameter counts (torchvision, Hugging Face) leave them out.
@@ -179,7 +180,7 @@ def _load_path(path: Path, *, source: str, keep_proto: bool) -> ModelArtifact:
         inputs=_graph_inputs(header.graph),
         outputs=tuple(_tensor_spec(v) for v in header.graph.output),
         op_histogram=_op_histogram(header.graph),
-        node_count=sum(1 for _ in _all_nodes(header.graph)),
+        node_count=sum(1 for _ in all_nodes(header.graph)),
         parameter_count=count_parameters(header),
         external_data=tuple(p.name for p in external),
         proto=proto,
@@ -262,7 +263,7 @@ def _tensor_spec(value: onnx.ValueInfoProto) -> TensorSpec:
 def _op_histogram(graph: onnx.GraphProto) -> dict[str, int]:
     counts = collections.Counter(
         node.op_type if node.domain in _DEFAULT_DOMAINS else f"{node.domain}.{node.op_type}"
-        for node in _all_nodes(graph)
+        for node in all_nodes(graph)
     )
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
@@ -270,7 +271,7 @@ def _op_histogram(graph: onnx.GraphProto) -> dict[str, int]:
 def count_parameters(model: onnx.ModelProto) -> int:
     """Trainable parameters: elements of floating-point initializers, BN running stats excluded."""
     stats: set[str] = set()
-    for node in _all_nodes(model.graph):
+    for node in all_nodes(model.graph):
         if node.op_type == "BatchNormalization":
             stats.update(node.input[i] for i in _BN_STAT_INPUTS if i < len(node.input))
     total = 0
@@ -281,16 +282,6 @@ def count_parameters(model: onnx.ModelProto) -> int:
             continue
         total += int(np.prod(init.dims, dtype=np.int64)) if init.dims else 1
     return total
-
-
-def _all_nodes(graph: onnx.GraphProto) -> Iterable[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
-            for sub in attr.graphs:
-                yield from _all_nodes(sub)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 
 from crossinfer.errors import BackendUnavailableError, InputError, UsageError
 from crossinfer.model import ModelArtifact, TensorSpec
+from crossinfer.tensor_specs import dtype_fits, shape_fits
 
 
 class Precision(enum.StrEnum):
@@ -386,26 +387,16 @@ def validate_feeds(
     out: dict[str, np.ndarray] = {}
     for name, spec in expected.items():
         array = np.asarray(feeds[name])
-        if (
-            spec.dtype != "bfloat16"
-            and array.dtype != spec.numpy_dtype
-            and array.dtype.name != also.get(name)
-        ):
+        if not dtype_fits(spec, array.dtype) and array.dtype.name != also.get(name):
             raise InputError(
                 f"{model}: input '{name}' expects {spec.dtype.upper()} of shape {spec.shape_str()}, "
                 f"got {array.dtype.name.upper()} {list(array.shape)}: convert it with "
                 f".astype('{spec.dtype}')"
             )
-        if spec.shape is not None and not _shape_matches(spec.shape, array.shape):
+        if not shape_fits(spec.shape, array.shape):
             raise InputError(
                 f"{model}: input '{name}' expects shape {spec.shape_str()} ({spec.dtype}), "
                 f"got {list(array.shape)}"
             )
         out[name] = np.ascontiguousarray(array)
     return out
-
-
-def _shape_matches(expected: Sequence[int | str | None], actual: Sequence[int]) -> bool:
-    if len(expected) != len(actual):
-        return False
-    return all(not isinstance(e, int) or e == a for e, a in zip(expected, actual, strict=True))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,9 @@ from jaxonnxruntime import call_onnx
 from jaxonnxruntime import config as jaxort_config
 from jaxonnxruntime.core.onnx_node import OnnxNode
 from onnx import helper, numpy_helper
+
+from crossinfer.backends.batchnorm_folding import fold_batch_norms
+from crossinfer.onnx_graph import all_nodes
 
 # Static arguments (Reshape's shape, Pad's pads) come from values we fold to numpy while
 # tracing, not only from initializers: the folded values are exact for the shapes traced.
@@ -170,7 +173,7 @@ def lowering_paths(model: onnx.ModelProto) -> dict[str, str]:
     with _HANDLER_LOCK:
         jaxort = _jaxort_handlers(model)
     paths: dict[str, str] = {}
-    for node in _all_nodes(model.graph):
+    for node in all_nodes(model.graph):
         key = op_key(node)
         if node.domain in _DEFAULT_DOMAINS and node.op_type in OWN_LOWERINGS:
             paths[key] = "crossinfer"
@@ -185,85 +188,7 @@ def unsupported_ops(model: onnx.ModelProto) -> tuple[str, ...]:
     return tuple(sorted(op for op, path in lowering_paths(model).items() if path == "unsupported"))
 
 
-def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_nodes(attr.g)
-
-
 # --- the program ---------------------------------------------------------------------------
-
-
-def fold_batch_norms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """A copy with each inference BatchNormalization that follows a Conv folded into its weights.
-
-    Done in FP64 before any cast: at BF16, running variances and scales rounded to 8 bits cost
-    ResNet-50 about twice the error (ONNX Runtime and TensorRT fold them too).
-    """
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    consumers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
-    for out in graph.output:
-        consumers[out.name] = consumers.get(out.name, 0) + 1
-    producer = {out: node for node in graph.node for out in node.output}
-    folded: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # conv name -> (weight, bias)
-    drop: set[int] = set()
-    rewired: dict[int, str] = {}  # id(conv) -> the BN output it now produces
-    for node in graph.node:
-        conv = producer.get(node.input[0]) if node.op_type == "BatchNormalization" else None
-        if (
-            conv is None
-            or conv.op_type != "Conv"
-            or node.domain not in _DEFAULT_DOMAINS
-            or len(node.output) != 1
-            or consumers.get(conv.output[0], 0) != 1
-            or not all(n in inits for n in [*node.input[1:5], *conv.input[1:]])
-        ):
-            continue
-        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-        scale, beta, mean, var = (
-            numpy_helper.to_array(inits[n]).astype(np.float64) for n in node.input[1:5]
-        )
-        factor = scale / np.sqrt(var + eps)
-        weight = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
-        bias = (
-            numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
-            if len(conv.input) > 2 and conv.input[2]
-            else np.zeros(weight.shape[0])
-        )
-        shape = (-1,) + (1,) * (weight.ndim - 1)
-        folded[conv.name or conv.output[0]] = (
-            (weight * factor.reshape(shape)).astype(np.float32),
-            ((bias - mean) * factor + beta).astype(np.float32),
-        )
-        drop.add(id(node))
-        rewired[id(conv)] = node.output[0]
-    if not folded:
-        return model, 0
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    del out.graph.node[:]
-    for node in graph.node:
-        if id(node) in drop:
-            continue
-        copy = out.graph.node.add()
-        copy.CopyFrom(node)
-        if id(node) in rewired:
-            key = node.name or node.output[0]
-            weight, bias = folded[key]
-            w_name, b_name = f"{key}::folded_weight", f"{key}::folded_bias"
-            out.graph.initializer.extend(
-                [numpy_helper.from_array(weight, w_name), numpy_helper.from_array(bias, b_name)]
-            )
-            del copy.input[1:]
-            copy.input.extend([w_name, b_name])
-            copy.output[0] = rewired[id(node)]
-    return out, len(folded)
 
 
 @dataclass(frozen=True)
@@ -287,7 +212,8 @@ def build_program(model: onnx.ModelProto, compute_dtype: np.dtype[Any]) -> JaxPr
         )
     names = tuple(n.name or f"<{n.op_type}#{i}>" for i, n in enumerate(model.graph.node))
     original = model
-    model, folded = fold_batch_norms(model)
+    # the program casts params to its compute precision itself: fold into FP32 weights
+    model, folded = fold_batch_norms(model, weight_dtype=np.float32)
     graph = model.graph
     static: dict[str, np.ndarray] = {}
     params: dict[str, np.ndarray] = {}

@@ -13,10 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 from onnx2torch import convert as _onnx2torch_convert
 from onnx2torch.node_converters.registry import add_converter, get_converter
 from onnx2torch.onnx_graph import OnnxGraph
@@ -27,6 +25,8 @@ from onnx2torch.utils.common import (
     onnx_mapping_from_node,
 )
 from torch import fx, nn
+
+from crossinfer.backends.batchnorm_folding import fold_batch_norms
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -226,67 +226,6 @@ def _since_version(op_type: str, version: int) -> int:
 
 
 # --- graph rewrites before conversion ----------------------------------------------------------
-
-
-def fold_batch_norms(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """Fold inference BatchNormalization into the Conv before it: W' = W*s, b' = (b-mean)*s+beta.
-
-    Only where the Conv's output feeds that BatchNormalization alone and every parameter is an
-    initializer; everything else is left as it was. Returns a new model and how many were folded.
-    """
-    model = _copy(model)
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    consumers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers[name] = consumers.get(name, 0) + 1
-    outputs = {o.name for o in graph.output}
-    producers = {out: node for node in graph.node for out in node.output}
-    removed: list[onnx.NodeProto] = []
-    folded = 0
-    for bn in list(graph.node):
-        if bn.op_type != "BatchNormalization" or bn.domain not in _DEFAULT_DOMAINS:
-            continue
-        if len(bn.output) != 1 or any(a.name == "training_mode" and a.i for a in bn.attribute):
-            continue
-        conv = producers.get(bn.input[0])
-        if conv is None or conv.op_type != "Conv" or len(conv.output) != 1:
-            continue
-        if consumers.get(conv.output[0], 0) != 1 or conv.output[0] in outputs:
-            continue
-        params = [inits.get(name) for name in bn.input[1:5]]
-        weight = inits.get(conv.input[1])
-        bias = inits.get(conv.input[2]) if len(conv.input) > 2 and conv.input[2] else None
-        if weight is None or any(p is None for p in params):
-            continue
-        if len(conv.input) > 2 and conv.input[2] and bias is None:
-            continue
-        scale, beta, mean, var = (numpy_helper.to_array(p).astype(np.float64) for p in params)  # type: ignore[arg-type]
-        eps = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
-        w = numpy_helper.to_array(weight)
-        factor = scale / np.sqrt(var + eps)
-        new_w = (w.astype(np.float64) * factor.reshape(-1, *([1] * (w.ndim - 1)))).astype(w.dtype)
-        b = numpy_helper.to_array(bias).astype(np.float64) if bias is not None else 0.0
-        new_b = ((b - mean) * factor + beta).astype(w.dtype)
-        w_name = _fresh(inits, f"{conv.input[1]}_bnfolded")
-        b_name = _fresh(inits, f"{bn.output[0]}_bnfolded_bias")
-        for tensor in (
-            numpy_helper.from_array(new_w, w_name),
-            numpy_helper.from_array(new_b, b_name),
-        ):
-            graph.initializer.append(tensor)
-            inits[tensor.name] = tensor
-        data = conv.input[0]
-        del conv.input[:]
-        conv.input.extend([data, w_name, b_name])
-        conv.output[0] = bn.output[0]
-        removed.append(bn)
-        folded += 1
-    for node in removed:
-        graph.node.remove(node)
-    _drop_unused_initializers(graph)
-    return model, folded
 
 
 def retarget_float_casts(module: nn.Module, dtype: torch.dtype) -> int:
@@ -538,22 +477,9 @@ def check_outputs(module: fx.GraphModule, model: onnx.ModelProto) -> None:
         seen.append(id(node))
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    return copy
-
-
 def _fresh(names: dict[str, Any], base: str) -> str:
     name, index = base, 1
     while name in names:
         index += 1
         name = f"{base}_{index}"
     return name
-
-
-def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
-    used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-    keep = [t for t in graph.initializer if t.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(keep)

@@ -16,6 +16,7 @@ from crossinfer.check.inputs import random_inputs
 from crossinfer.errors import InputError
 from crossinfer.model import ModelArtifact, TensorSpec
 from crossinfer.passes.base import CalibrationData, LabelledSet
+from crossinfer.tensor_specs import dtype_fits, has_batch_dim, shape_fits
 from crossinfer.zoo import zoo_dataset
 
 SYNTHETIC = "synthetic"
@@ -130,7 +131,7 @@ def _read_npz(
 
 
 def _check_array(path: Path, spec: TensorSpec, array: np.ndarray) -> None:
-    if spec.dtype != "bfloat16" and array.dtype != spec.numpy_dtype:
+    if not dtype_fits(spec, array.dtype):
         raise InputError(
             f"calibration file '{path}': array '{spec.name}' is {array.dtype.name.upper()}, the "
             f"model input expects {spec.dtype.upper()} {spec.shape_str()}: convert it with "
@@ -138,12 +139,9 @@ def _check_array(path: Path, spec: TensorSpec, array: np.ndarray) -> None:
         )
     if spec.shape is None:
         return
-    fits = array.ndim == len(spec.shape) and array.ndim >= 1
-    if fits:
-        # the first axis counts samples; a fixed batch dim is checked per sample, as 1
-        fixed = [(d, a) for d, a in zip(spec.shape[1:], array.shape[1:], strict=True)]
-        fits = all(not isinstance(d, int) or d == a for d, a in fixed)
-        fits = fits and not (isinstance(spec.shape[0], int) and spec.shape[0] != 1)
+    # the first axis counts samples; a fixed batch dim is checked per sample, as 1
+    samples_axis = bool(spec.shape) and (has_batch_dim(spec) or spec.shape[0] == 1)
+    fits = array.ndim >= 1 and samples_axis and shape_fits(spec.shape[1:], array.shape[1:])
     if not fits:
         raise InputError(
             f"calibration file '{path}': array '{spec.name}' has shape {list(array.shape)}, the "

@@ -13,9 +13,11 @@ from typing import Any
 import numpy as np
 import onnx
 
+from crossinfer.accuracy import first_output, top1
+from crossinfer.backends.base import Precision, SessionOptions, get_backend
 from crossinfer.errors import InputError, UsageError
 from crossinfer.hardware.int8 import int8_recipe
-from crossinfer.model import ModelArtifact
+from crossinfer.model import ModelArtifact, load_model
 from crossinfer.passes.base import (
     LabelledSet,
     PassContext,
@@ -60,7 +62,9 @@ class _Trial:
 
 
 class _Evaluator:
-    """Runs the labelled set through ORT CPU sessions; quantizes with given nodes excluded."""
+    """Runs the labelled set through ORT CPU sessions (the onnxruntime backend's, so a model
+    ORT cannot load or run raises crossinfer's CompileError or InferenceError); quantizes with
+    given nodes excluded."""
 
     def __init__(
         self,
@@ -80,22 +84,24 @@ class _Evaluator:
         self._tmp = tmp
         self._artifact = artifact
         self._cache: dict[frozenset[str], _Trial] = {}
-        self.float_logits = self.logits(artifact.path)
+        self.float_logits = self.logits(artifact)
         self.float_accuracy = self.top1(self.float_logits)
 
     @property
     def attempts(self) -> int:
         return len(self._cache)
 
-    def logits(self, path: Path) -> np.ndarray:
-        import onnxruntime as ort
-
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        outputs = session.run(None, {k: np.asarray(v) for k, v in self._dataset.inputs.items()})
-        return np.asarray(outputs[0], dtype=np.float64)
+    def logits(self, model: ModelArtifact) -> np.ndarray:
+        backend = get_backend("onnxruntime")
+        session = backend.prepare(model, "cpu", SessionOptions(precision=Precision.FP32))
+        try:
+            outputs = session.run(dict(self._dataset.inputs))
+        finally:
+            session.close()
+        return np.asarray(first_output(outputs), dtype=np.float64)
 
     def top1(self, logits: np.ndarray) -> float:
-        return float(np.mean(np.argmax(logits, axis=-1) == self._dataset.labels))
+        return top1(logits, self._dataset.labels)
 
     def trial(self, excluded: frozenset[str]) -> _Trial:
         """Quantize with `excluded` kept in float (once per set) and measure it."""
@@ -113,7 +119,7 @@ class _Evaluator:
             model_name=self._artifact.source,
             nodes_to_exclude=sorted(excluded),
         )
-        logits = self.logits(out)
+        logits = self.logits(load_model(out))
         result = _Trial(
             excluded=excluded,
             path=out,

@@ -6,7 +6,6 @@ The output is a QDQ ONNX model; OpenVINO reads its Q/DQ pairs as INT8 FakeQuanti
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import onnx
 from crossinfer.errors import BackendUnavailableError, InputError, UsageError
 from crossinfer.hardware.int8 import int8_recipe
 from crossinfer.model import ModelArtifact
+from crossinfer.onnx_graph import all_nodes
 from crossinfer.passes.base import (
     CalibrationData,
     PassContext,
@@ -215,20 +215,10 @@ def _fold_batchnorm(artifact: ModelArtifact, scratch: Path) -> onnx.ModelProto:
 
 def _drop_unused_opsets(model: onnx.ModelProto) -> None:
     # quant_pre_process declares every ORT-internal domain (nchwc, aten, ...) whether used or not
-    used = {node.domain for node in _nodes(model.graph)}
+    used = {node.domain for node in all_nodes(model.graph)}
     keep = [op for op in model.opset_import if op.domain in ("", "ai.onnx") or op.domain in used]
     del model.opset_import[:]
     model.opset_import.extend(keep)
-
-
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _nodes(attr.g)
-            for sub in attr.graphs:
-                yield from _nodes(sub)
 
 
 def _save(model: onnx.ModelProto, out_path: Path, *, large: bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import shutil
 import statistics
 import time
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from crossinfer.accuracy import first_output, top1
 from crossinfer.backends.base import (
     BackendEntry,
     Precision,
@@ -42,6 +44,7 @@ from crossinfer.passes.base import (
     PassContext,
     read_provenance,
 )
+from crossinfer.tensor_specs import batchable
 
 # name -> (module, class, the precision its output runs at)
 PASSES: dict[str, tuple[str, str, Precision]] = {
@@ -64,6 +67,7 @@ PASSES: dict[str, tuple[str, str, Precision]] = {
 }
 
 NOISE_PCT = 5.0  # a speed change within this is not called a regression
+REPORT_FILE = "report.json"  # what `crossinfer optimize` writes beside the models
 
 
 def get_pass(name: str) -> OptimizationPass:
@@ -163,6 +167,13 @@ class OptimizeReport:
             "dataset": self.dataset,
             "steps": [s.to_dict() for s in self.steps],
         }
+
+    def write_json(self) -> Path:
+        """Write the report as OUT/report.json (what `crossinfer optimize` leaves beside the
+        models) and return its path."""
+        path = self.out_dir / REPORT_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=2, default=str) + "\n")
+        return path
 
 
 def optimize(
@@ -428,10 +439,8 @@ def measure_in_child(
         outputs = session.run(feeds)
         accuracy = None
         if dataset is not None:
-            logits = next(iter(session.run(dict(dataset.inputs)).values()))
-            accuracy = float(np.mean(np.argmax(logits, axis=-1) == dataset.labels))
-        batchable = all(s.shape and not isinstance(s.shape[0], int) for s in artifact.inputs)
-        size = batch if batchable else 1
+            accuracy = top1(first_output(session.run(dict(dataset.inputs))), dataset.labels)
+        size = batch if batchable(artifact.inputs) else 1
         one = random_inputs(artifact.inputs, batch=1, seed=1)
         many = random_inputs(artifact.inputs, batch=size, seed=2)
         session.run(one)

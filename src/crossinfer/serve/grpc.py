@@ -31,6 +31,7 @@ from crossinfer.serve.protocol import (
 )
 from crossinfer.serve.repository import READY, ModelRepository, ServedModel
 from crossinfer.serve.shm import CUDA, SYSTEM, SharedMemoryRegistry
+from crossinfer.tensor_specs import shape_fits
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -140,12 +141,7 @@ def _fits(spec: TensorSpec, datatype: str, shape: Sequence[int]) -> bool:
     """Whether the shared parser would accept this datatype and shape for ``spec``."""
     if datatype_of(spec.dtype) != datatype:
         return False
-    if spec.shape is None:
-        return True
-    return len(shape) == len(spec.shape) and all(
-        not isinstance(want, int) or want == got
-        for want, got in zip(spec.shape, shape, strict=True)
-    )
+    return shape_fits(spec.shape, shape)
 
 
 def _check_raw_size(spec: TensorSpec | None, tensor: Any, size: int) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 
 from crossinfer.errors import ProtocolError
 from crossinfer.model import Dim, TensorSpec
+from crossinfer.tensor_specs import shape_fits
 
 if TYPE_CHECKING:
     from crossinfer.serve.shm import OutputSlot, SharedMemoryRegistry
@@ -762,13 +763,7 @@ def _mismatch(spec: TensorSpec, got: str) -> str:
 
 
 def _check_shape(spec: TensorSpec, shape: tuple[int, ...], datatype: str) -> None:
-    if spec.shape is None:
-        return
-    fits = len(shape) == len(spec.shape) and all(
-        not isinstance(want, int) or want == got
-        for want, got in zip(spec.shape, shape, strict=False)
-    )
-    if not fits:
+    if not shape_fits(spec.shape, shape):
         raise ProtocolError(400, _mismatch(spec, f"{datatype} {_fmt_shape(shape)}"))
 
 

@@ -22,7 +22,7 @@ import os
 import re
 import threading
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from crossinfer.errors import (
     short_message,
 )
 from crossinfer.model import ModelArtifact, TensorSpec, load_model
+from crossinfer.option_parsing import parse_batch_sizes, parse_knobs
 from crossinfer.serve.batcher import DynamicBatcher
 from crossinfer.serve.events import log_event
 from crossinfer.serve.protocol import (
@@ -64,6 +65,7 @@ from crossinfer.spec import (
     load_spec,
     read_serving_settings,
 )
+from crossinfer.tensor_specs import has_batch_dim
 
 __all__ = [
     "CONFIG_KEYS",
@@ -80,6 +82,7 @@ __all__ = [
     "apply_config",
     "model_name_for",
     "open_repository",
+    "serving_overrides",
 ]
 
 DEFAULT_MAX_BATCH_SIZE = 8
@@ -440,9 +443,7 @@ class ServedModel:
 
 def _max_batch_size(artifact: ModelArtifact, config: ServingConfig) -> int:
     unbatchable = [
-        spec
-        for spec in (*artifact.inputs, *artifact.outputs)
-        if not spec.shape or isinstance(spec.shape[0], int)
+        spec for spec in (*artifact.inputs, *artifact.outputs) if not has_batch_dim(spec)
     ]
     wanted = config.batching.max_batch_size
     if wanted is None:
@@ -676,6 +677,53 @@ def _spec_artefacts(folder: Path) -> set[Path]:
 
 def _location(source: ModelSource | str) -> str:
     return source.location if isinstance(source, ModelSource) else source
+
+
+def serving_overrides(
+    *,
+    backend: str | None = None,
+    device: str | None = None,
+    precision: str | None = None,
+    max_batch_size: int | None = None,
+    max_queue_delay_us: int | None = None,
+    preferred_batch_sizes: str | None = None,
+    max_queue_size: int | None = None,
+    instances: int | None = None,
+    threads: int | None = None,
+    options: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The config.toml keys `crossinfer serve`'s options set for every model; None: not given.
+
+    `backend` may be BACKEND:DEVICE; `preferred_batch_sizes` is a comma list ("4,8"); `options`
+    are backend knobs as KEY=VALUE (the backend checks the keys when it prepares).
+    """
+    overrides: dict[str, Any] = {}
+    if backend is not None:
+        target_backend, _, target_device = backend.partition(":")
+        overrides["backend"] = target_backend
+        if target_device:
+            overrides["device"] = target_device
+    given = {
+        "device": device,
+        "precision": precision,
+        "max_batch_size": max_batch_size,
+        "max_queue_delay_us": max_queue_delay_us,
+        "max_queue_size": max_queue_size,
+        "instances": instances,
+        "threads": threads,
+    }
+    overrides.update({k: v for k, v in given.items() if v is not None})
+    if options:
+        overrides["extra"] = parse_knobs(options)
+    if preferred_batch_sizes:
+        try:
+            overrides["preferred_batch_sizes"] = list(parse_batch_sizes(preferred_batch_sizes))
+        except UsageError:
+            raise UsageError(
+                f"--preferred-batch-sizes '{preferred_batch_sizes}' is not a comma list of "
+                "positive integers, e.g. 4,8"
+            ) from None
+    return overrides
 
 
 def open_repository(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crossinfer.backends.base import Target, find_backend_entry
+from crossinfer.backends.base import Target, backend_entry, find_backend_entry
 from crossinfer.errors import UsageError
-from crossinfer.hardware.catalog import Price
+from crossinfer.hardware.catalog import Price, load_catalog, resolve_price
+from crossinfer.option_parsing import parse_batch_sizes, parse_names
 from crossinfer.tune.constraints import Constraints, Objective
 
 DEFAULT_PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -75,3 +77,58 @@ def device_matches(device: str, name: str) -> bool:
     takes OpenVINO's gpu.0 and jax's gpu:0; "cuda:1" only itself."""
     device, name = device.lower(), name.lower()
     return device == name or device.startswith((f"{name}:", f"{name}."))
+
+
+def tune_config(
+    *,
+    backends: str | None = None,
+    targets: Sequence[str] = (),
+    devices: str | None = None,
+    precisions: str = ",".join(DEFAULT_PRECISIONS),
+    batch: str = ",".join(map(str, DEFAULT_BATCH_SIZES)),
+    strategy: str = "quick",
+    budget: int | None = None,
+    objective: str = "throughput",
+    max_p99_ms: float | None = None,
+    max_accuracy_drop: float | None = None,
+    max_memory_mb: float | None = None,
+    dataset: Path | None = None,
+    calibration: str | None = None,
+    instance: str | None = None,
+    price_per_hour: float | None = None,
+    catalog: Path | None = None,
+    measure_ms: int = 1000,
+    fresh: bool = False,
+) -> TuneConfig:
+    """The TuneConfig for options given as text (`crossinfer tune`'s): comma lists, names.
+
+    Every option is checked here, before minutes of work: an unknown strategy or backend, a bad
+    batch list, an instance missing from the hardware catalog (`catalog` laid over the built-in
+    one) are refused with a UsageError naming the option.
+    """
+    from crossinfer.tune.strategies import STRATEGIES
+
+    if strategy not in STRATEGIES:
+        raise UsageError(f"--strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
+    names = parse_names(backends)
+    for name in names:
+        backend_entry(name)  # an unknown backend is refused before minutes of work
+    price = resolve_price(load_catalog(catalog), instance=instance, price_per_hour=price_per_hour)
+    return TuneConfig(
+        backends=names,
+        targets=tuple(Target.parse(t) for t in targets),
+        devices=tuple(d.strip().lower() for d in (devices or "").split(",") if d.strip()),
+        precisions=tuple(p.strip().lower() for p in precisions.split(",") if p.strip()),
+        batch_sizes=parse_batch_sizes(batch),
+        strategy=strategy,
+        budget=budget,
+        objective=Objective.parse(objective),
+        constraints=Constraints(
+            max_p99_ms=max_p99_ms, max_accuracy_drop=max_accuracy_drop, max_memory_mb=max_memory_mb
+        ),
+        price=price,
+        measure_ms=measure_ms,
+        calibration=calibration,
+        dataset=dataset,
+        fresh=fresh,
+    )

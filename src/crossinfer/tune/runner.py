@@ -35,6 +35,7 @@ from crossinfer.errors import CrossinferError, UsageError
 from crossinfer.model import ModelArtifact, load_model
 from crossinfer.spec import BatchingSpec, DeploymentSpec, write_spec
 from crossinfer.store import ResultStore
+from crossinfer.tensor_specs import batchable as inputs_batchable
 from crossinfer.tune.config import DEFAULT_BATCH_SIZES, DEFAULT_PRECISIONS, TuneConfig, wanted
 from crossinfer.tune.constraints import Metrics, Objective, Scorer, cost_per_million
 from crossinfer.tune.recommend import CandidateResult, Recommendation, rank_for, recommend
@@ -193,7 +194,7 @@ def tune(
     variants = with_priors(variants, check_report)
     timings["optimize"] = time.perf_counter() - clock
 
-    batchable = all(s.shape and not isinstance(s.shape[0], int) for s in artifact.inputs)
+    batchable = inputs_batchable(artifact.inputs)
     space = build_space(
         variants,
         config.batch_sizes,
@@ -545,6 +546,11 @@ def machine_description() -> dict[str, Any]:
         "runtime_versions": runtime_versions(),
         "crossinfer": __version__,
     }
+
+
+def default_out_dir(artifact: ModelArtifact) -> Path:
+    """Where a tune writes when not told: crossinfer-tune/<model name> in the working folder."""
+    return Path("crossinfer-tune") / spec_name(artifact)
 
 
 def spec_name(artifact: ModelArtifact) -> str:

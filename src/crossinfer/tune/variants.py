@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from crossinfer import __version__
+from crossinfer.accuracy import first_output, predictions
 from crossinfer.backends.base import (
     BackendEntry,
     Precision,
@@ -27,6 +28,7 @@ from crossinfer.errors import CrossinferError
 from crossinfer.model import ModelArtifact, load_model
 from crossinfer.passes.base import CalibrationData, LabelledSet
 from crossinfer.passes.pipeline import OptimizeReport, backend_presets, optimize
+from crossinfer.tensor_specs import batchable
 from crossinfer.tune.config import TuneConfig
 from crossinfer.tune.constraints import Constraints
 from crossinfer.tune.space import Pruned, Variant
@@ -378,7 +380,7 @@ def with_agreement(
         if predicted is None:
             out.append(variant)
             continue
-        agree = float(np.mean(predicted == truth))
+        agree = float(np.mean(predicted == truth))  # agreement: top-1 with FP32's as labels
         out.append(
             dataclasses.replace(
                 variant,
@@ -417,13 +419,12 @@ def top1_in_child(
     """Runs in a child: argmax over the last axis of the first output, 8 samples at a time."""
     session = load_backend(entry).prepare(artifact, device, options)
     try:
-        batchable = all(s.shape and not isinstance(s.shape[0], int) for s in artifact.inputs)
-        step = 8 if batchable else 1
+        step = 8 if batchable(artifact.inputs) else 1
         total = next(iter(feeds.values())).shape[0]
         parts = []
         for start in range(0, total, step):
             chunk = {k: v[start : start + step] for k, v in feeds.items()}
-            parts.append(np.argmax(next(iter(session.run(chunk).values())), axis=-1))
+            parts.append(predictions(first_output(session.run(chunk))))
         return np.concatenate(parts)
     finally:
         session.close()
