@@ -275,12 +275,12 @@ def bench(
     import datetime
 
     from crossinfer.backends.base import SessionOptions, Target
+    from crossinfer.bench.compare import compare_with_store
     from crossinfer.bench.render import render_comparisons, render_results
     from crossinfer.bench.result import SCENARIOS
-    from crossinfer.bench.runner import BenchPlan, run_benchmark, settings_changes
-    from crossinfer.bench.stats import compare_results
+    from crossinfer.bench.runner import BenchPlan, run_benchmark
     from crossinfer.model import load_model
-    from crossinfer.store import ResultStore, default_store_path, find_baseline
+    from crossinfer.store import ResultStore, default_store_path
 
     try:
         target = Target.parse(backend)
@@ -337,24 +337,17 @@ def bench(
     comparisons: list[dict[str, Any]] = []
     if results_store is not None:
         with results_store:
-            for result in run.results:
-                if compare:
-                    base = find_baseline(results_store, result)
-                    found = compare_results(result, base.result) if base else []
-                    changes = settings_changes(result, base.result) if base else []
-                    regressions += sum(c.regressed for c in found)
-                    comparisons.append(
-                        {
-                            "scenario": result.scenario,
-                            "batch_size": result.batch_size,
-                            "baseline_id": base.id if base else None,
-                            "changes": changes,
-                            "comparisons": [dataclasses.asdict(c) for c in found],
-                        }
-                    )
+            if compare:
+                for found in compare_with_store(results_store, run.results):
+                    regressions += found.regressions
+                    comparisons.append(found.to_dict())
                     if not as_json:
                         render_comparisons(
-                            result, base.id if base else None, found, changes, console
+                            found.result,
+                            found.baseline_id,
+                            found.comparisons,
+                            found.changes,
+                            console,
                         )
             results_store.add_many(run.results)
     if as_json:
