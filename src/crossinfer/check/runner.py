@@ -204,22 +204,11 @@ def check_model(
     )
 
 
-_QUANTIZED_OPS = frozenset(
-    {
-        "QuantizeLinear",
-        "DequantizeLinear",
-        "DynamicQuantizeLinear",
-        "MatMulInteger",
-        "ConvInteger",
-        "QLinearConv",
-        "QLinearMatMul",
-    }
-)
-
-
 def is_quantized(artifact: ModelArtifact) -> bool:
     """Whether the graph computes in 8-bit integers (QDQ pairs or integer ops)."""
-    return any(op in _QUANTIZED_OPS for op in artifact.op_histogram)
+    from crossinfer.passes.int8_static import QUANTIZED_OP_TYPES
+
+    return any(op in QUANTIZED_OP_TYPES for op in artifact.op_histogram)
 
 
 def _name_isa_drift(row: CheckRow, target: Target, artifact: ModelArtifact) -> CheckRow:

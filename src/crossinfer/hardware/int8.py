@@ -13,25 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-# oneDNN's ISA names, oldest first (its `ONEDNN_MAX_CPU_ISA` takes them); OpenVINO's CPU plugin
-# honours the cap, ONNX Runtime (MLAS) does not.
-_ONEDNN_ISAS: tuple[str, ...] = (
-    "SSE41",
-    "AVX",
-    "AVX2",
-    "AVX2_VNNI",
-    "AVX2_VNNI_2",
-    "AVX512_CORE",
-    "AVX512_CORE_VNNI",
-    "AVX512_CORE_BF16",
-    "AVX10_1_512",
-    "AVX512_CORE_FP16",
-    "AVX10_1_512_AMX",
-    "AVX512_CORE_AMX",
-    "AVX10_1_512_AMX_FP16",
-    "AVX512_CORE_AMX_FP16",
-)
-# Caps under which oneDNN has no 8-bit dot-product instruction left to use.
+# ONEDNN_MAX_CPU_ISA caps under which oneDNN has no 8-bit dot-product instruction left to use;
+# OpenVINO's CPU plugin honours the cap, ONNX Runtime (MLAS) does not.
 _ONEDNN_CAPS_WITHOUT_VNNI = frozenset({"SSE41", "AVX", "AVX2", "AVX512_CORE"})
 # Backends whose CPU kernels come from oneDNN and so follow ONEDNN_MAX_CPU_ISA.
 _ONEDNN_BACKENDS = frozenset({"openvino"})
@@ -57,10 +40,6 @@ class Int8Recipe:
     reason: str
     # one weight scale per output channel: wins back the precision a 7-bit range costs
     per_channel: bool = False
-
-    @property
-    def saturates_with_8bit_weights(self) -> bool:
-        return self.reduce_range
 
     def headline(self) -> str:
         """One line `optimize` prints before it quantizes."""

@@ -37,6 +37,7 @@ _INTEGER_OPS = frozenset(
     }
 )
 _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+QUANTIZED_OP_TYPES = _QDQ_OPS | _INTEGER_OPS  # a graph with any of these computes in 8 bits
 
 
 @dataclass(frozen=True)
