@@ -319,8 +319,18 @@ def test_an_fp16_session_takes_fp16_host_inputs_as_the_same_numbers(tmp_path: Pa
         _linear_session(tmp_path).run({"x": feeds["x"].astype(np.float16)})
 
 
-@pytest.mark.parametrize("placement", [InputPlacement.PINNED, InputPlacement.DEVICE])
-def test_staged_lanes_give_what_run_gives(tmp_path: Path, placement: InputPlacement) -> None:
+@pytest.mark.parametrize(
+    ("placement", "strategy"),
+    [
+        (InputPlacement.PINNED, "gather"),
+        (InputPlacement.PINNED, "rows"),
+        (InputPlacement.PINNED, "auto"),
+        (InputPlacement.DEVICE, "auto"),
+    ],
+)
+def test_staged_lanes_give_what_run_gives(
+    tmp_path: Path, placement: InputPlacement, strategy: str
+) -> None:
     from crossinfer.backends.torch import _TorchStaged
 
     session = _linear_session(tmp_path, Precision.FP16)
@@ -331,17 +341,21 @@ def test_staged_lanes_give_what_run_gives(tmp_path: Path, placement: InputPlacem
     # pin=False: the pinned path's slots, gathers and prefetches without CUDA (no streams)
     staged = _TorchStaged(session, host._arrays, placement, pin=False)
     assert staged.dtypes == {"x": "float16"}
-    lane = staged.lane()
+    lane = staged.lane(strategy=strategy)
+    if placement is InputPlacement.PINNED:
+        # auto: this model's rows are a few bytes, below ROW_COPY_MIN_BYTES: gathered on the host
+        assert lane.strategy == ("gather" if strategy == "auto" else strategy)  # type: ignore[union-attr]
     for indices, following in (
-        ([2, 3, 4], [7, 1, 7]),
+        ([2, 3, 4], [5, 6, 0, 1, 2, 9]),  # runs of consecutive rows and single rows
+        ([5, 6, 0, 1, 2, 9], [7, 1, 7]),
         ([7, 1, 7], [0]),
-        ([0], None),
+        ([0], [4]),  # [4] is copied ahead but not run next: discarded
         ([9, 8], None),
     ):
         out = lane.run(indices, prefetch=following)
         np.testing.assert_array_equal(out["y"], session.run(pool.batch(indices))["y"])
     if placement is InputPlacement.PINNED:
-        assert lane.prefetch_hits == 2  # [7, 1, 7] and [0] had been copied ahead
+        assert lane.prefetch_hits == 3  # [7, 1, 7], [3] and [0] had been copied ahead
         assert not staged.pool["x"].is_pinned()
     staged.close()
     assert staged.pool == {}
@@ -371,10 +385,14 @@ class _FakeStream:
         return event
 
 
-def test_the_pinned_lanes_stream_ordering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("strategy", ["gather", "rows"])
+def test_the_pinned_lanes_stream_ordering(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str
+) -> None:
     """The CUDA branch of the pinned lane, with streams and events recorded instead of run:
     compute waits for its batch's copy; the next batch is copied (into the other slot) after this
-    one is launched; a slot is overwritten only after its last copy and the compute that read it."""
+    one is launched; a slot is overwritten only after its last copy and the compute that read it
+    (the host waits for the copy only where it gathers into the slot's pinned buffer)."""
     from contextlib import contextmanager
 
     from crossinfer.backends.torch import _TorchStaged
@@ -404,8 +422,8 @@ def test_the_pinned_lanes_stream_ordering(tmp_path: Path, monkeypatch: pytest.Mo
     assert host._arrays is not None
     host._arrays["x"][:, 0] = np.arange(8)  # row i starts with i: the log names the rows
     staged = _TorchStaged(session, host._arrays, InputPlacement.PINNED, pin=False)
-    lane = staged.lane()
-    lane._cuda, lane._stream = True, copy  # the CUDA branch, on the CPU
+    lane = staged.lane(strategy=strategy)
+    lane._cuda, lane._stream = True, copy  # type: ignore[union-attr]  # the CUDA branch, on the CPU
     lane.run([1, 4], prefetch=[6, 2])
     lane.run([6, 2], prefetch=[3, 0])
     lane.run([3, 0])
@@ -426,7 +444,7 @@ def test_the_pinned_lanes_stream_ordering(tmp_path: Path, monkeypatch: pytest.Mo
         ("compute", "6,2"),
         ("record", "compute", "compute2"),
         # [3, 0] back into slot 0: its pinned buffer's copy done, its last compute done
-        ("synchronize", "copy1"),
+        *([("synchronize", "copy1")] if strategy == "gather" else []),
         ("enter", "copy"),
         ("wait", "copy", "compute1"),
         ("record", "copy", "copy3"),

@@ -26,6 +26,7 @@ from crossinfer.errors import (
     QueueTimeoutError,
     short_message,
 )
+from crossinfer.serve.assembly import BatchAssembler
 from crossinfer.spec import BatchingSpec
 
 __all__ = [
@@ -166,6 +167,8 @@ class DynamicBatcher:
         self._pending = 0
         self._timed = 0  # queued requests with a deadline; 0 lets the scheduler skip expiry scans
         self._free: list[int] = []
+        self._assemblers: list[BatchAssembler] = []  # one per session: joins, pads, pins
+        self.warmup_s: dict[int, dict[int, float]] = {}  # instance -> padded size -> seconds
         self._running: set[asyncio.Task[None]] = set()
         self._wakeup: asyncio.Event | None = None
         self._scheduler: asyncio.Task[None] | None = None
@@ -204,6 +207,27 @@ class DynamicBatcher:
                     *(loop.run_in_executor(self._executor, factory) for _ in range(self.instances))
                 )
             )
+        self._assemblers = [
+            BatchAssembler(
+                session,
+                max_batch_size=self.max_batch_size,
+                preferred=self.config.preferred_batch_sizes,
+            )
+            for session in self._sessions
+        ]
+        # sessions that compile per shape run every padded size once before the model is ready
+        self.warmup_s = dict(
+            zip(
+                range(len(self._assemblers)),
+                await asyncio.gather(
+                    *(
+                        loop.run_in_executor(self._executor, _warm_up, assembler)
+                        for assembler in self._assemblers
+                    )
+                ),
+                strict=True,
+            )
+        )
         self._free = list(range(len(self._sessions)))
         self._wakeup = asyncio.Event()
         self._accepting = True
@@ -490,28 +514,24 @@ class DynamicBatcher:
 
     async def _execute(self, instance: int, batch: list[_Request]) -> None:
         try:
-            await self._run(self._sessions[instance], batch)
+            await self._run(self._assemblers[instance], batch)
         finally:
             self._free.append(instance)
             self._wake()
 
-    async def _run(self, session: Session, batch: list[_Request]) -> None:
+    async def _run(self, assembler: BatchAssembler, batch: list[_Request]) -> None:
         loop = asyncio.get_running_loop()
         batched = self.max_batch_size > 0
         rows = sum(r.rows for r in batch)
         live = [r for r in batch if not r.future.done()]
         try:
             t0 = time.perf_counter_ns()
-            if len(batch) == 1:
-                feeds = batch[0].feeds
-            else:
-                feeds = {
-                    name: np.concatenate([r.feeds[name] for r in batch], axis=0)
-                    for name in batch[0].feeds
-                }
-            t1 = time.perf_counter_ns()
-            outputs = await loop.run_in_executor(self._executor, session.run, feeds)
+            # joined (and padded, pinned) in the worker thread, never on the event loop
+            outputs, input_ns = await loop.run_in_executor(
+                self._executor, assembler.run, [r.feeds for r in batch]
+            )
             t2 = time.perf_counter_ns()
+            t1 = t0 + input_ns
             results = self._split(outputs, batch, rows) if batched else [outputs]
             t3 = time.perf_counter_ns()
         except InputError as exc:
@@ -519,7 +539,7 @@ class DynamicBatcher:
                 # values only the runtime checks (text that is not UTF-8): find whose they are
                 # by running each request alone, so one bad request never fails its batch-mates
                 for request in live:
-                    await self._run(session, [request])
+                    await self._run(assembler, [request])
                 return
             for request in live:
                 refused = InputError(f"model '{self.model_name}': {exc}")
@@ -580,3 +600,17 @@ class DynamicBatcher:
     def _count_failure(self, ns: int, reason: str) -> None:
         self._fail = self._fail.add(ns)
         self._failures[reason] = self._failures.get(reason, 0) + 1
+
+
+def _warm_up(assembler: BatchAssembler) -> dict[int, float]:
+    """Run each padded batch size once from zeros; {} when the session needs none, or when an
+    input's non-batch dims are not fixed (its shapes come from the requests)."""
+    if not assembler.sizes:
+        return {}
+    example: dict[str, np.ndarray] = {}
+    for spec in assembler.session.inputs:
+        dims = [d for d in list(spec.shape or [])[1:] if isinstance(d, int) and d > 0]
+        if len(dims) != len(spec.shape or []) - 1:
+            return {}
+        example[spec.name] = np.zeros((1, *dims), dtype=spec.numpy_dtype)
+    return assembler.warm_up(example)
