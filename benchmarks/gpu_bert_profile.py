@@ -9,6 +9,7 @@ a table, writes JSON.
     PYTHONPATH=src:/tmp/site python3 benchmarks/gpu_bert_profile.py --out $OUT/bert.json
 """
 
+# ruff: noqa: B023  # each closure is timed within the loop iteration that made it
 from __future__ import annotations
 
 import argparse

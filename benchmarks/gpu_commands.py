@@ -199,13 +199,21 @@ def serve_perf(name: str, options: list[str], perf_binary: str | None) -> dict[s
                 time.sleep(1)
         out["ready_s"] = 300 - (deadline - time.monotonic())
         perf = locate_perf_analyzer(perf_binary)
-        shape = "--shape=x:3,224,224" if name.startswith("zoo:resnet") else ""
-        common = ["-b", "1", "--concurrency-range", "128", "--measurement-interval", "4000"]
-        common += ["--max-trials", "6", "--stability-percentage", "30", *filter(None, [shape])]
+        shape = ["--shape=x:3,224,224"] if name.startswith("zoo:resnet") else []
+        window = ["--measurement-interval", "3000", "--max-trials", "4"]
+        window += ["--stability-percentage", "30", *shape]
+        # -b 1 at concurrency 128: the batcher forms the batches; -b 32 at concurrency 8: each
+        # request carries 32 images (19 MB FP32), the way a co-located client sends a batch
+        one = ["-b", "1", "--concurrency-range", "128", *window]
+        many = ["-b", "32", "--concurrency-range", "8", *window]
         cases = {
-            "http_binary": ("http", [*common]),
-            "grpc": ("grpc", [*common]),
-            "grpc_shm_system": ("grpc", [*common, "--shared-memory", "system"]),
+            "http_binary_b1_c128": ("http", one),
+            "grpc_b1_c128": ("grpc", one),
+            "http_binary_b32_c8": ("http", many),
+            "grpc_b32_c8": ("grpc", many),
+            "http_shm_system_b32_c8": ("http", [*many, "--shared-memory", "system"]),
+            "grpc_shm_system_b32_c8": ("grpc", [*many, "--shared-memory", "system"]),
+            "grpc_shm_cuda_b32_c8": ("grpc", [*many, "--shared-memory", "cuda"]),
         }
         for key, (protocol, extra) in cases.items():
             url = f"127.0.0.1:{http if protocol == 'http' else grpc}"
@@ -270,7 +278,7 @@ def main() -> None:
     parser.add_argument(
         "--serve-options",
         default="--backend torch:cuda --precision fp16 -O mode=cudagraphs --max-batch-size 256 "
-        "--max-queue-delay-us 2000",
+        "--max-queue-delay-us 2000 --instances 2",
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_commands.json"))
     args = parser.parse_args()
