@@ -273,6 +273,7 @@ def main() -> None:
     )
     parser.add_argument("--bench-extra", default="", help="extra bench arguments (one string)")
     parser.add_argument("--offline-mode", default="compile", help="torch mode of the Offline runs")
+    parser.add_argument("--singlestream-mode", default="cudagraphs", help="torch mode, batch 1")
     parser.add_argument("--tune-timeout", type=float, default=600)
     parser.add_argument("--perf-analyzer", default=None, help="the perf_analyzer binary")
     parser.add_argument(
@@ -319,9 +320,9 @@ def main() -> None:
                     *("--scenario", "offline", "--batch", str(args.batch)),
                     *("-O", f"mode={args.offline_mode}", "--inputs-on-device"),
                 ],
-                "singlestream_cudagraphs": [
+                f"singlestream_{args.singlestream_mode}": [
                     *common,
-                    *("--scenario", "singlestream", "-O", "mode=cudagraphs"),
+                    *("--scenario", "singlestream", "-O", f"mode={args.singlestream_mode}"),
                 ],
             }
             entry["bench"] = {}

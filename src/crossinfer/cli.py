@@ -228,7 +228,7 @@ def bench(
         typer.Option(
             "--option",
             "-O",
-            help="A backend knob KEY=VALUE (repeatable): torch mode=eager|compile|cudagraphs, "
+            help="A backend knob KEY=VALUE (repeatable): torch mode=eager|compile|cudagraphs|compile-cudagraphs, "
             "compile_mode, channels_last; jax matmul_precision; iree --compiler-flags; OpenVINO "
             "properties; ONNX Runtime provider options and session config entries.",
         ),

@@ -211,7 +211,10 @@ def test_device_tensors_path_matches_numpy_path() -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        ({"mode": "jit"}, "torch mode 'jit' is not one of eager, compile, cudagraphs"),
+        (
+            {"mode": "jit"},
+            "torch mode 'jit' is not one of eager, compile, cudagraphs, compile-cudagraphs",
+        ),
         ({"compile_mode": "fast"}, "torch compile_mode 'fast' is not one of"),
         ({"channels_last": "yes"}, "torch channels_last 'yes' must be 0, 1 or auto"),
         ({"autocast": "maybe"}, "torch option autocast='maybe' must be 0, 1 or auto"),
@@ -223,11 +226,10 @@ def test_bad_settings_are_refused_by_name(extra: dict[str, str], message: str) -
         TorchSettings.from_extra(extra)
 
 
-def test_cudagraphs_needs_cuda() -> None:
-    with pytest.raises(UsageError, match="cudagraphs needs a CUDA device, not cpu"):
-        TorchBackend().prepare(
-            load_model("zoo:mlp"), "cpu", SessionOptions(extra={"mode": "cudagraphs"})
-        )
+@pytest.mark.parametrize("mode", ["cudagraphs", "compile-cudagraphs"])
+def test_cudagraphs_needs_cuda(mode: str) -> None:
+    with pytest.raises(UsageError, match=f"mode {mode} needs a CUDA device, not cpu"):
+        TorchBackend().prepare(load_model("zoo:mlp"), "cpu", SessionOptions(extra={"mode": mode}))
 
 
 # --- devices ---------------------------------------------------------------------------------

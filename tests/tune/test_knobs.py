@@ -33,15 +33,18 @@ from crossinfer.tune.strategies import default_budget, quick
 EAGER = Knobs(options=(("mode", "eager"),))
 COMPILE = Knobs(options=(("mode", "compile"),))
 CUDAGRAPHS = Knobs(options=(("mode", "cudagraphs"),))
+COMPILED_GRAPHS = Knobs(options=(("mode", "compile-cudagraphs"),))
 AUTOTUNE = Knobs(options=(("mode", "compile"), ("compile_mode", "max-autotune-no-cudagraphs")))
 
 
 def test_torch_modes_per_device_and_strategy() -> None:
-    assert knob_grid("torch", 4, "cuda") == (EAGER, COMPILE, CUDAGRAPHS)
+    # on CUDA, inductor's kernels are captured (compile-cudagraphs) in place of plain compile
+    assert knob_grid("torch", 4, "cuda") == (EAGER, CUDAGRAPHS, COMPILED_GRAPHS)
     assert knob_grid("torch", 4, "cuda:1", exhaustive=True) == (
         EAGER,
-        COMPILE,
         CUDAGRAPHS,
+        COMPILED_GRAPHS,
+        COMPILE,
         AUTOTUNE,
     )
     # CUDA graphs need CUDA; max-autotune is for accelerators, and only when asked for
@@ -61,14 +64,14 @@ def test_modes_make_candidates_whose_key_and_session_options_carry_them(tmp_path
     assert len(space) == 6  # 2 batch sizes x 3 modes
     keys = [c.key for c in space.candidates]
     assert "torch:cuda/fp16/batch 8/mode=cudagraphs, default threads" in keys
-    compiled = space.find(variant, 8, COMPILE)
+    compiled = space.find(variant, 8, COMPILED_GRAPHS)
     assert compiled is not None
-    assert dict(compiled.options.extra) == {"mode": "compile"}
+    assert dict(compiled.options.extra) == {"mode": "compile-cudagraphs"}
     assert compiled.options.precision is Precision.FP16
-    assert compiled.to_dict()["knobs"]["options"] == {"mode": "compile"}
+    assert compiled.to_dict()["knobs"]["options"] == {"mode": "compile-cudagraphs"}
     assert compiled.knobs.compiles and not EAGER.compiles and not Knobs().compiles
     exhaustive = build_space([variant], (1, 8), batchable=True, cores=2, exhaustive=True)
-    assert len(exhaustive) == 8
+    assert len(exhaustive) == 10
 
 
 def test_options_times_the_knob_grid() -> None:
@@ -99,7 +102,7 @@ def test_quick_screens_modes_at_one_batch_size_then_climbs_in_the_best(tmp_path:
     )
     sizes = (1, 4, 16, 64, 256)
     space = build_space([variant], sizes, batchable=True, cores=2)
-    mode_speed = {"eager": 1.0, "compile": 2.0, "cudagraphs": 1.5}
+    mode_speed = {"eager": 1.0, "compile-cudagraphs": 2.0, "cudagraphs": 1.5}
     measured: list[Candidate] = []
 
     def measure(candidate: Candidate) -> Metrics:
@@ -114,12 +117,12 @@ def test_quick_screens_modes_at_one_batch_size_then_climbs_in_the_best(tmp_path:
     )
     # screened in eager (compiles nothing) at the middle batch size
     assert measured[0].knobs == EAGER and measured[0].batch_size == 16
-    other_modes = [c for c in measured if c.knobs != COMPILE]
+    other_modes = [c for c in measured if c.knobs != COMPILED_GRAPHS]
     assert {c.batch_size for c in other_modes} == {16}  # modes tried at batch 16 only
     best = max(outcome.measured.items(), key=lambda item: item[1].throughput if item[1] else 0)
-    assert best[0] == "torch:cuda/fp16/batch 64/mode=compile, default threads"
+    assert best[0] == "torch:cuda/fp16/batch 64/mode=compile-cudagraphs, default threads"
     skipped = outcome.skipped["torch:cuda/fp16/batch 64/mode=cudagraphs, default threads"]
-    assert "at batch 16 only" in skipped and "mode=compile" in skipped
+    assert "at batch 16 only" in skipped and "mode=compile-cudagraphs" in skipped
 
 
 def test_the_default_budget_leaves_room_for_the_modes(tmp_path: Path) -> None:
