@@ -59,8 +59,16 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--modes", default="eager,cudagraphs,compile")
     parser.add_argument("--option", "-O", action="append", default=[], help="extra KEY=VALUE")
+    parser.add_argument(
+        "--inductor", action="append", default=[], help="torch._inductor.config KEY=VALUE (bool)"
+    )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bert_profile.json"))
     args = parser.parse_args()
+    import torch._inductor.config as inductor_config
+
+    for item in args.inductor:
+        key, value = item.split("=", 1)
+        setattr(inductor_config, key, value.lower() in ("1", "true"))
 
     artifact = load_model(args.model)
     extra_common = dict(o.split("=", 1) for o in args.option)

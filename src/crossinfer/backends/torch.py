@@ -881,7 +881,9 @@ class _CudaGraphs:
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            # thread_local: another session's thread (serve's instances warm up together) may
+            # copy or synchronize while this one captures; only this thread's calls must not
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 static_out = self._forward(static_in)
         except RuntimeError as exc:
             raise CompileError(

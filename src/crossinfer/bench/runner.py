@@ -4,6 +4,7 @@ process (a crashing runtime becomes an error row, and peak memory is the child's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import time
@@ -18,6 +19,7 @@ from crossinfer.backends.base import (
     InputPlacement,
     Session,
     SessionOptions,
+    StagingSession,
     Target,
     backend_entry,
     load_backend,
@@ -26,7 +28,13 @@ from crossinfer.bench.energy import EnergyMeter
 from crossinfer.bench.fingerprint import hardware_fingerprint, runtime_versions
 from crossinfer.bench.loadgen import ScenarioOutcome, run_scenario
 from crossinfer.bench.memory import PeakMemory
-from crossinfer.bench.pool import SamplePool, StagedPool, check_batchable, default_placement
+from crossinfer.bench.pool import (
+    SamplePool,
+    StagedPool,
+    check_batchable,
+    default_placement,
+    run_shapes,
+)
 from crossinfer.bench.result import SCENARIOS, BenchResult, EnergyReading, LatencyStats
 from crossinfer.bench.server_search import find_server_qps
 from crossinfer.bench.settings import LoadGenSettings, quick_settings
@@ -237,8 +245,16 @@ def bench_session(
     results: list[BenchResult] = []
     errors: list[BenchFailure] = []
     pool = SamplePool.random(artifact.inputs, count=plan.pool_size, seed=0)
+    # the first inference, timed: at a shape the run uses, so that a session that compiles per
+    # shape compiles nothing the run will not use (a batch of 1 before an Offline run at 256)
+    first_rows = 1
+    staging = session.input_staging() if isinstance(session, StagingSession) else None
+    if staging is not None and staging.fixed_shapes and scenarios:
+        with contextlib.suppress(CrossinferError):  # a bad setting fails its scenario below
+            first = _settings(plan, scenarios[0], batch, server_latency_ms, artifact)
+            first_rows = min(run_shapes(first, fixed_shapes=True))
     start = time.perf_counter()
-    session.run(pool.batch([0]))
+    session.run(pool.batch([i % len(pool.samples) for i in range(first_rows)]))
     first_ms = (time.perf_counter() - start) * 1e3
     asked = InputPlacement.DEVICE if plan.inputs_on_device else default_placement(session)
     staged = StagedPool(pool, session, placement=asked)
