@@ -455,3 +455,43 @@ def test_the_pinned_lanes_stream_ordering(
         ("compute", "3,0"),
         ("record", "compute", "compute3"),
     ]
+
+
+def test_a_shape_inductor_fails_on_is_compiled_again_without_its_pattern_matcher(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """torch 2.11's attention-fusion pattern fails to trace BERT's mask at batch 1 on CUDA (H200,
+    BackendCompilerFailed); that shape, and only it, is compiled with the pattern matcher off."""
+    import torch._dynamo.config as dynamo_config
+    import torch._dynamo.exc as dynamo_exc
+
+    from crossinfer.backends.torch import _Inductor
+
+    compiled: list[dict[str, Any]] = []
+
+    def fake_compile(module: Any, **kwargs: Any) -> Any:
+        compiled.append(kwargs)
+        plain = kwargs.get("options", {}).get("pattern_matcher") is False
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            if not plain and x.shape[0] == 1:
+                raise dynamo_exc.BackendCompilerFailed(
+                    fake_compile, RuntimeError("Attempting to broadcast a dimension"), None
+                )
+            return module(x)
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(dynamo_config, "recompile_limit", 8)
+    notes: list[str] = []
+    inductor = _Inductor(torch.nn.Linear(3, 2), "default", notes)
+    assert dynamo_config.recompile_limit == 64  # serve's 9 padded sizes all compile
+    x4, x1 = torch.ones(4, 3), torch.ones(1, 3)
+    assert inductor([x4])[0].shape == (4, 2) and notes == []
+    assert inductor([x1])[0].shape == (1, 2)
+    assert len(notes) == 1 and "[[1, 3]]" in notes[0] and "pattern matcher off" in notes[0]
+    assert compiled[1]["options"]["pattern_matcher"] is False and "mode" not in compiled[1]
+    inductor([x1])
+    inductor([x4])
+    assert len(compiled) == 2 and len(notes) == 1  # the fallback is made once, used for [1, 3]

@@ -53,6 +53,10 @@ _KNOWN_EXTRA = (
     "autocast",
 )
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+_FIRST_CALL_LOCK = threading.Lock()  # compiles and captures, one at a time per process
+# dynamo recompiles a module once per input shape (dynamic=False); its default limit (8) would
+# quietly run serve's 9th padded batch size (1, 2, ..., 256) uncompiled
+_RECOMPILE_LIMIT = 64
 
 
 @dataclass(frozen=True)
@@ -270,6 +274,7 @@ class TorchSession:
         self.precision = options.precision
         self._model_name = artifact.source
         self._ignored: list[str] = []
+        self._notes: list[str] = []  # what the session did differently from what was asked
         self._lock = threading.Lock()
         self._local = threading.local()  # per calling thread: its copy stream
         self.compile_s: dict[str, float] = {}  # input shapes -> first call (compile or capture)
@@ -373,13 +378,7 @@ class TorchSession:
     def _make_forward(self) -> Callable[[list[torch.Tensor]], list[torch.Tensor]]:
         if self.settings.mode in ("compile", "compile-cudagraphs"):
             os.environ.setdefault(INDUCTOR_CACHE_ENV, inductor_cache_dir())
-            compiled = torch.compile(
-                self._module, mode=self.settings.compile_mode, dynamic=False, fullgraph=False
-            )
-
-            def run_compiled(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-                return _as_list(compiled(*tensors))
-
+            run_compiled = _Inductor(self._module, self.settings.compile_mode, self._notes)
             if self.settings.mode == "compile-cudagraphs":
                 return _CudaGraphs(run_compiled)
             return run_compiled
@@ -552,11 +551,14 @@ class TorchSession:
         shapes = tuple(tuple(t.shape) for t in tensors)
         if shapes in self._seen_shapes or self.settings.mode == "eager":
             return self._forward(tensors)
-        # the first call at a shape compiles or captures: time it apart from the runs after it
-        _synchronize(self.device)
-        start = time.perf_counter()
-        outputs = self._forward(tensors)
-        _synchronize(self.device)
+        # the first call at a shape compiles or captures: time it apart from the runs after it.
+        # One at a time in the process: a device-wide synchronize in one thread while another
+        # captures a CUDA graph breaks that capture (serve's instances warm up together)
+        with _FIRST_CALL_LOCK:
+            _synchronize(self.device)
+            start = time.perf_counter()
+            outputs = self._forward(tensors)
+            _synchronize(self.device)
         self.compile_s[" ".join("x".join(map(str, s)) for s in shapes)] = (
             time.perf_counter() - start
         )
@@ -612,6 +614,8 @@ class TorchSession:
             "compile_s": {k: round(v, 3) for k, v in self.compile_s.items()},
             "ignored_options": list(self._ignored),
         }
+        if self._notes:
+            info["notes"] = list(self._notes)
         if self.settings.mode.startswith("compile"):
             info["compile_mode"] = self.settings.compile_mode
             info["inductor_cache"] = os.environ.get(INDUCTOR_CACHE_ENV, "")
@@ -841,6 +845,48 @@ def _host_outputs(
     session: TorchSession, outputs: Mapping[str, torch.Tensor]
 ) -> dict[str, np.ndarray]:
     return {spec.name: _to_numpy(outputs[spec.name], spec) for spec in session.outputs}
+
+
+class _Inductor:
+    """torch.compile of a module, per input shape, with one way out of inductor's own failures.
+
+    A shape whose compile fails inside inductor (BackendCompilerFailed: its attention-fusion
+    pattern fails to trace BERT's mask at batch 1 in torch 2.11) is compiled again with
+    inductor's pattern matcher off, and the session's notes say so; other shapes keep it.
+    """
+
+    def __init__(self, module: torch.nn.Module, compile_mode: str, notes: list[str]) -> None:
+        import torch._dynamo.config as dynamo_config
+
+        dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, _RECOMPILE_LIMIT)
+        self._module = module
+        self._compile_mode = compile_mode
+        self._compiled = torch.compile(module, mode=compile_mode, dynamic=False, fullgraph=False)
+        self._plain: Callable[..., Any] | None = None
+        self._plain_shapes: set[tuple[tuple[int, ...], ...]] = set()
+        self._notes = notes
+
+    def __call__(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        shapes = tuple(tuple(t.shape) for t in tensors)
+        if shapes in self._plain_shapes and self._plain is not None:
+            return _as_list(self._plain(*tensors))
+        try:
+            return _as_list(self._compiled(*tensors))
+        except torch._dynamo.exc.BackendCompilerFailed as exc:
+            if self._plain is None:
+                from torch._inductor import list_mode_options
+
+                options = dict(list_mode_options(self._compile_mode))
+                options["pattern_matcher"] = False
+                self._plain = torch.compile(
+                    self._module, options=options, dynamic=False, fullgraph=False
+                )
+            self._plain_shapes.add(shapes)
+            self._notes.append(
+                f"inductor failed at input shapes {[list(s) for s in shapes]} "
+                f"({short_message(exc, 160)}); compiled them with its pattern matcher off"
+            )
+            return _as_list(self._plain(*tensors))
 
 
 class _CudaGraphs:

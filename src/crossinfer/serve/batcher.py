@@ -215,19 +215,13 @@ class DynamicBatcher:
             )
             for session in self._sessions
         ]
-        # sessions that compile per shape run every padded size once before the model is ready
-        self.warmup_s = dict(
-            zip(
-                range(len(self._assemblers)),
-                await asyncio.gather(
-                    *(
-                        loop.run_in_executor(self._executor, _warm_up, assembler)
-                        for assembler in self._assemblers
-                    )
-                ),
-                strict=True,
+        # sessions that compile per shape run every padded size once before the model is ready;
+        # one instance after another (a CUDA graph capture wants no other work beside it)
+        self.warmup_s = {}
+        for instance, assembler in enumerate(self._assemblers):
+            self.warmup_s[instance] = await loop.run_in_executor(
+                self._executor, _warm_up, assembler
             )
-        )
         self._free = list(range(len(self._sessions)))
         self._wakeup = asyncio.Event()
         self._accepting = True
