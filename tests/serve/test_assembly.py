@@ -108,7 +108,18 @@ def test_a_session_that_runs_any_shape_gets_its_requests_as_they_are() -> None:
     assembler.run([one])
     assert session.fed[0] is one["x"]  # one request: no copy at all
     assembler.run([_rows(0, 2), _rows(2, 3)])
-    assert session.shapes == [3, 5] and session.allocated == []
+    assembler.run([_rows(0, 2), _rows(2, 3)])
+    assert session.shapes == [3, 5, 5] and session.allocated == []
+    assert session.fed[1] is not session.fed[2]  # unpinned: a fresh batch each time
+
+
+def test_an_unpinned_fixed_shape_session_gets_fresh_padded_batches() -> None:
+    session = FixedShapeSession(pinned=False)
+    assembler = BatchAssembler(session, max_batch_size=4)
+    outputs, _ = assembler.run([_rows(0, 1), _rows(1, 2)])
+    assert session.shapes == [4] and session.allocated == []
+    np.testing.assert_array_equal(session.fed[0][3], session.fed[0][2])  # padded with the last row
+    np.testing.assert_array_equal(outputs["y"], _rows(0, 3)["x"] + 1)
 
 
 def test_the_batcher_warms_up_before_it_accepts_and_answers_each_request_its_own_rows() -> None:

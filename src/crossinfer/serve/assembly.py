@@ -55,7 +55,7 @@ class BatchAssembler:
         if staging is not None and InputPlacement.PINNED in staging.placements and pinned_empty:
             self._empty = pinned_empty
             self.pinned = True
-        self._buffers: dict[str, np.ndarray] = {}
+        self._buffers: dict[str, np.ndarray] = {}  # pinned batch buffers, reused
 
     def size_for(self, rows: int) -> int:
         """The batch size `rows` rows run at: the next fixed size, or `rows` itself."""
@@ -92,6 +92,13 @@ class BatchAssembler:
 
     def _join(self, name: str, arrays: list[np.ndarray], size: int) -> np.ndarray:
         first = arrays[0]
+        if not self.pinned:
+            # a fresh array each batch: a runtime may hand back outputs that alias its inputs
+            # (an Identity), and those go to clients while the next batch is being built
+            rows = sum(a.shape[0] for a in arrays)
+            if size > rows:
+                arrays = [*arrays, np.repeat(arrays[-1][-1:], size - rows, axis=0)]
+            return np.concatenate(arrays, axis=0)
         shape = (size, *first.shape[1:])
         held = self._buffers.get(name)
         if held is None or held.shape[1:] != shape[1:] or held.dtype != first.dtype:
