@@ -36,6 +36,7 @@ __all__ = [
     "merge_statistics",
     "parse_scale_overrides",
     "plan_models",
+    "run_ray",
 ]
 
 APP_NAME = "crossinfer"
@@ -748,3 +749,24 @@ def _ingress_running(app_name: str) -> bool:
         return False
     states: Any = app.deployments[INGRESS_NAME].replica_states  # keys are str enums
     return bool(states.get("RUNNING", 0))
+
+
+def run_ray(server: RayServer, *, on_ready: Callable[[RayServer], None] | None = None) -> None:
+    """Deploy, then serve until SIGTERM or SIGINT; the application is deleted on the way out."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        server.start()
+        if on_ready is not None:
+            on_ready(server)
+        if any(m.name not in server.unavailable for m in server.models):
+            stop.wait()  # nothing serves otherwise: on_ready has said why
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop()
