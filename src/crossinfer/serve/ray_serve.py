@@ -231,6 +231,20 @@ class StatsBoard:
 
     def __init__(self) -> None:
         self._rows: dict[tuple[str, str], dict[str, Any]] = {}
+        self._replicas: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def register(self, model: str, replica: str, node: str, pid: int, loaded: bool) -> None:
+        """A replica starting to load its model, or done: where it runs (placement, logs)."""
+        self._replicas[(model, replica)] = {
+            "replica": replica,
+            "node": node,
+            "pid": pid,
+            "loaded": loaded,
+        }
+
+    def placements(self, model: str) -> list[dict[str, Any]]:
+        """Every replica that ever tried to load `model`, oldest first (dead ones included)."""
+        return [row for (m, _), row in self._replicas.items() if m == model]
 
     def put(self, model: str, replica: str, stats: dict[str, Any]) -> None:
         self._rows[(model, replica)] = stats
@@ -238,9 +252,6 @@ class StatsBoard:
     def model_stats(self, model: str) -> dict[str, Any] | None:
         entries = [s for (m, _), s in self._rows.items() if m == model]
         return merge_statistics(entries) if entries else None
-
-    def replicas(self, model: str) -> int:
-        return sum(1 for m, _ in self._rows if m == model)
 
 
 def _board_name(app: str) -> str:
@@ -311,6 +322,7 @@ class ModelReplica:
     async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async constructor
         self, name: str, source: ModelSource, app_name: str, max_body_bytes: int
     ) -> None:
+        import ray
         from ray import serve
 
         from crossinfer.serve.app import HttpApp
@@ -318,6 +330,9 @@ class ModelReplica:
         context = serve.get_replica_context()
         self._replica = context.replica_id.unique_id
         self._name = name
+        self._board = _stats_board(app_name)
+        node = ray.get_runtime_context().get_node_id()
+        await self._board.register.remote(name, self._replica, node, os.getpid(), False)
         self._repository = ModelRepository(None, models={name: source})
         try:
             # loads the artefact and checks the spec's hash, as plain `serve` does
@@ -325,12 +340,14 @@ class ModelReplica:
         except ProtocolError as exc:
             # raised to Ray: the deployment's status message carries it, and Ray stops
             # retrying after max_constructor_retry_count
-            raise ScaleOutError(f"replica {self._replica} on {_node()}: {exc.message}") from None
+            raise ScaleOutError(
+                f"replica {self._replica} on node {node[:12]}: {exc.message}"
+            ) from None
         self._app = HttpApp(self._repository, max_body_bytes=max_body_bytes)
         self._app.ready = True
-        self._board = _stats_board(app_name)
+        await self._board.register.remote(name, self._replica, node, os.getpid(), True)
         self._pusher = asyncio.get_running_loop().create_task(self._push_stats())
-        log_event("replica_ready", model=name, replica=self._replica, node=_node())
+        log_event("replica_ready", model=name, replica=self._replica, node=node, pid=os.getpid())
 
     async def http(self, method: str, path: str, headers: Headers, body: bytes) -> Any:
         """Answer one forwarded request exactly as `crossinfer serve` would."""
@@ -354,12 +371,6 @@ class ModelReplica:
                     seen = count
                     await self._board.put.remote(self._name, self._replica, stats)
             await asyncio.sleep(_STATS_PUSH_S)
-
-
-def _node() -> str:
-    import ray
-
-    return f"node {ray.get_runtime_context().get_node_id()[:12]}"
 
 
 # --- the ingress ----------------------------------------------------------------------------
@@ -412,8 +423,10 @@ class _IngressApp:
             if parts[1] == "live":
                 await _send(send, 200, [], b"")
                 return
-            states = await self._model_states()
-            ready = bool(self._handles) and all(s == "READY" for s, _ in states.values())
+            # as plain `serve`: ready once every model has settled and one serves; a model that
+            # cannot load is listed in the index with its reason instead
+            states = [s for s, _ in (await self._model_states()).values()]
+            ready = "READY" in states and "LOADING" not in states
             await _send(send, 200 if ready else 503, [], b"")
         elif parts[0] == "models" and n == 2 and parts[1] == "stats":
             _expect(method, "GET", scope)
@@ -724,6 +737,14 @@ class RayServer:
             **_deployment_states(self.app_name),
             **{n: ("UNAVAILABLE", r) for n, r in self.unavailable.items()},
         }
+
+    def placements(self, model: str) -> list[dict[str, Any]]:
+        """Every replica that loaded `model` so far: its id, Ray node id and pid (dead included)."""
+        import ray
+
+        board = _stats_board(self.app_name)
+        rows: list[dict[str, Any]] = ray.get(board.placements.remote(model))
+        return rows
 
     def stop(self) -> None:
         """Delete the application (Ray lets accepted requests finish), then Ray if we started it."""
