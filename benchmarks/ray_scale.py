@@ -3,6 +3,7 @@
 Measures, in alternating rounds (load drift on a shared machine hits every configuration alike):
   ray1   ResNet-50, 1 replica (1 intra-op thread, no batching), 2 clients
   ray2   ResNet-50, 2 replicas (one per node), 4 clients: the same 2 in flight per replica
+         (both deployed side by side from the start: rounds switch URLs, never redeploy)
   plain  ResNet-50 on plain `crossinfer serve` (1 instance, 1 thread, no batching), 2 clients
   mlp    zoo:mlp, one client, Ray ingress against plain serve: the per-request overhead
 then `crossinfer plan`'s prediction from ray1 (2 replicas -> 2 x ray1) against ray2, and one
@@ -135,20 +136,24 @@ def load_average() -> list[float]:
     return [round(v, 2) for v in os.getloadavg()]
 
 
-def write_specs(repo: Path, resnet: Path, mlp: Path, replicas: int) -> None:
+def write_specs(repo: Path, resnet: Path, mlp: Path) -> None:
+    """resnet50_1 (one replica), resnet50_2 (two) and mlp, side by side: no redeploy between
+    rounds (a redeploy under load stalls requests for tens of seconds on this machine)."""
     one_thread = SessionOptions(threads=1)
-    write_spec(
-        DeploymentSpec(
-            name="resnet50",
-            model=resnet,
-            backend="onnxruntime",
-            device="cpu",
-            options=one_thread,
-            batching=BatchingSpec(max_batch_size=0),
-            scale=ScaleSpec(replicas=replicas, num_cpus=1),
-        ),
-        repo / "resnet50.toml",
-    )
+    unbatched = BatchingSpec(max_batch_size=0)
+    for name, replicas in (("resnet50_1", 1), ("resnet50_2", 2)):
+        write_spec(
+            DeploymentSpec(
+                name=name,
+                model=resnet,
+                backend="onnxruntime",
+                device="cpu",
+                options=one_thread,
+                batching=unbatched,
+                scale=ScaleSpec(replicas=replicas, num_cpus=1),
+            ),
+            repo / f"{name}.toml",
+        )
     write_spec(
         DeploymentSpec(
             name="mlp",
@@ -156,8 +161,8 @@ def write_specs(repo: Path, resnet: Path, mlp: Path, replicas: int) -> None:
             backend="onnxruntime",
             device="cpu",
             options=one_thread,
-            batching=BatchingSpec(max_batch_size=0),
-            scale=ScaleSpec(replicas=1, num_cpus=0),  # room stays for resnet50's replicas
+            batching=unbatched,
+            scale=ScaleSpec(replicas=1, num_cpus=0),
         ),
         repo / "mlp.toml",
     )
@@ -168,16 +173,6 @@ def running_replicas(app: str, model: str) -> int:
 
     states: Any = serve.status().applications[app].deployments[model].replica_states
     return int(states.get("RUNNING", 0))
-
-
-def scale_to(server: Any, repo: Path, resnet: Path, mlp: Path, replicas: int) -> float:
-    """Redeploy with `replicas` ResNet-50 replicas (Ray scales in place); seconds it took."""
-    began = time.monotonic()
-    write_specs(repo, resnet, mlp, replicas)
-    server.start()
-    while running_replicas(server.app_name, "resnet50") != replicas:
-        time.sleep(0.2)
-    return time.monotonic() - began
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -229,10 +224,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ray-scale-") as tmp:
         repo = Path(tmp) / "repo"
         repo.mkdir()
-        write_specs(repo, resnet, mlp, 1)
+        write_specs(repo, resnet, mlp)
+        # two nodes of 2 logical CPUs: room for resnet50_1's replica and resnet50_2's two, which
+        # Ray Serve spreads over the nodes (checked below); idle replicas cost no CPU
         cluster = Cluster(shutdown_at_exit=False)
-        cluster.add_node(num_cpus=1, include_dashboard=False, node_ip_address="127.0.0.1")
-        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+        cluster.add_node(num_cpus=2, include_dashboard=False, node_ip_address="127.0.0.1")
+        cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
         server = RayServer(open_repository(str(repo)), http_port=18300, start_timeout_s=600)
@@ -240,38 +237,42 @@ def main() -> None:
         server.start()
         doc["ray_deploy_s"] = time.monotonic() - began
         ray_url = server.http_url
+        doc["placements"] = {m: server.placements(m) for m in ("resnet50_1", "resnet50_2")}
+        nodes = {p["node"] for p in doc["placements"]["resnet50_2"] if p["loaded"]}
+        doc["resnet50_2_on_two_nodes"] = len(nodes) == 2
         with (
-            crossinfer_serve(str(repo / "resnet50.toml"), "resnet50") as plain_resnet,
+            crossinfer_serve(str(repo / "resnet50_1.toml"), "resnet50") as plain_resnet,
             crossinfer_serve(str(repo / "mlp.toml"), "mlp") as plain_mlp,
         ):
             # the namespace holds only `lo`: whatever Ray binds is reachable from here alone
             doc["listeners"] = sorted(set(listeners()))
             assert_loopback(listeners(plain_resnet.proc.pid), "crossinfer serve")
             for url, model, body in (
-                (ray_url, "resnet50", resnet_body),
+                (ray_url, "resnet50_1", resnet_body),
+                (ray_url, "resnet50_2", resnet_body),
                 (plain_resnet.http, "resnet50", resnet_body),
                 (ray_url, "mlp", mlp_body),
                 (plain_mlp.http, "mlp", mlp_body),
             ):
                 closed_loop(url, model, *body, clients=1, seconds=3)  # warm-up
-            rescale_s = []
             for round_ in range(args.rounds):
                 order = ["ray1", "ray2", "plain"] if round_ % 2 == 0 else ["plain", "ray2", "ray1"]
                 for what in order:
-                    if what == "ray1":
-                        rescale_s.append(scale_to(server, repo, resnet, mlp, 1))
-                    elif what == "ray2":
-                        rescale_s.append(scale_to(server, repo, resnet, mlp, 2))
-                    url = plain_resnet.http if what == "plain" else ray_url
+                    url, model = {
+                        "ray1": (ray_url, "resnet50_1"),
+                        "ray2": (ray_url, "resnet50_2"),
+                        "plain": (plain_resnet.http, "resnet50"),
+                    }[what]
                     clients = 4 if what == "ray2" else 2
                     run = closed_loop(
-                        url, "resnet50", *resnet_body, clients=clients, seconds=args.seconds
+                        url, model, *resnet_body, clients=clients, seconds=args.seconds
                     )
                     run.pop("stamps")
                     run["load_average"] = load_average()
                     runs[what].append(run)
                     print(
-                        f"round {round_} {what}: {run['rps']:.2f} req/s, p99 {run['p99_ms']:.0f} ms, load {run['load_average']}",
+                        f"round {round_} {what}: {run['rps']:.2f} req/s, p99 "
+                        f"{run['p99_ms']:.0f} ms, load {run['load_average']}",
                         flush=True,
                     )
                 for what in ["ray", "plain"] if round_ % 2 == 0 else ["plain", "ray"]:
@@ -281,26 +282,24 @@ def main() -> None:
                     run["load_average"] = load_average()
                     mlp_runs[what].append(run)
                     print(f"round {round_} mlp {what}: mean {run['mean_ms']:.2f} ms", flush=True)
-            doc["rescale_s"] = rescale_s
 
         # a replica killed under the ray2 load
-        scale_to(server, repo, resnet, mlp, 2)
-        victim = [p for p in server.placements("resnet50") if p["loaded"]][-1]
+        victim = [p for p in server.placements("resnet50_2") if p["loaded"]][-1]
         kill: dict[str, Any] = {}
 
         def killer() -> None:
             time.sleep(5.0)
             kill["at"] = time.monotonic()
             os.kill(victim["pid"], signal.SIGKILL)
-            while running_replicas(server.app_name, "resnet50") == 2:
+            while running_replicas(server.app_name, "resnet50_2") == 2:
                 time.sleep(0.1)  # Ray notices the death
-            while running_replicas(server.app_name, "resnet50") < 2:
+            while running_replicas(server.app_name, "resnet50_2") < 2:
                 time.sleep(0.2)
             kill["replaced_after_s"] = time.monotonic() - kill["at"]
 
         watcher = threading.Thread(target=killer)
         run = closed_loop(
-            ray_url, "resnet50", *resnet_body, clients=4, seconds=60, on_tick=watcher.start
+            ray_url, "resnet50_2", *resnet_body, clients=4, seconds=60, on_tick=watcher.start
         )
         watcher.join()
         stamps = run.pop("stamps")

@@ -786,7 +786,8 @@ def run_ray(server: RayServer, *, on_ready: Callable[[RayServer], None] | None =
         if on_ready is not None:
             on_ready(server)
         if any(m.name not in server.unavailable for m in server.models):
-            stop.wait()  # nothing serves otherwise: on_ready has said why
+            while not stop.wait(0.5):  # nothing serves otherwise: on_ready has said why
+                pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
