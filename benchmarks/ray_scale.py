@@ -168,6 +168,21 @@ def write_specs(repo: Path, resnet: Path, mlp: Path) -> None:
     )
 
 
+def start_cluster(cluster_class: Any) -> Any:
+    """Ray gives a raylet 30 s to register, which a loaded 2-core machine can miss: retry."""
+    for attempt in range(3):
+        cluster = cluster_class(shutdown_at_exit=False)
+        try:
+            cluster.add_node(num_cpus=2, include_dashboard=False, node_ip_address="127.0.0.1")
+            cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+            return cluster
+        except Exception:
+            cluster.shutdown()
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def running_replicas(app: str, model: str) -> int:
     from ray import serve
 
@@ -227,9 +242,7 @@ def main() -> None:
         write_specs(repo, resnet, mlp)
         # two nodes of 2 logical CPUs: room for resnet50_1's replica and resnet50_2's two, which
         # Ray Serve spreads over the nodes (checked below); idle replicas cost no CPU
-        cluster = Cluster(shutdown_at_exit=False)
-        cluster.add_node(num_cpus=2, include_dashboard=False, node_ip_address="127.0.0.1")
-        cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
+        cluster = start_cluster(Cluster)
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
         server = RayServer(open_repository(str(repo)), http_port=18300, start_timeout_s=600)

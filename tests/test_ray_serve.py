@@ -9,9 +9,11 @@ default run deselects (pyproject's addopts); run them with ``pytest -m ray tests
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -41,11 +43,23 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     command = [unshare, "-n", "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"']
     command += [sys.executable, __file__, str(out), str(work)]
     env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.run(
-        command, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT_S, env=env, check=False
+    # its own process group: Ray daemons a failed start leaves behind are ended with it
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
     )
+    try:
+        _, stderr = proc.communicate(timeout=SCENARIO_TIMEOUT_S)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     if proc.returncode != 0 or not out.is_file():
-        pytest.fail(f"the Ray scenario failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        pytest.fail(f"the Ray scenario failed ({proc.returncode}):\n{stderr[-4000:]}")
     result: dict[str, Any] = json.loads(out.read_text())
     return result
 
@@ -114,8 +128,6 @@ def test_statistics_add_up_over_replicas(scenario: dict[str, Any]) -> None:
 
 
 def _scenario(out: Path, work: Path) -> None:
-    import signal
-
     import onnx
     import onnxruntime as ort
     import ray
@@ -159,13 +171,13 @@ def _scenario(out: Path, work: Path) -> None:
     )
 
     cluster = _start_cluster(Cluster)
-    ray.init(address=cluster.address, log_to_driver=False)
-    cluster.wait_for_nodes()
-    result["nodes"] = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
     port = 18000 + os.getpid() % 1000
     server = RayServer(open_repository(str(repo)), http_port=port, start_timeout_s=240)
-    server.start()
-    try:
+    try:  # the cluster's daemons outlive this process unless shut down
+        ray.init(address=cluster.address, log_to_driver=False)
+        cluster.wait_for_nodes()
+        result["nodes"] = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+        server.start()
         client = httpclient.InferenceServerClient(server.http_url, concurrency=CLIENTS)
         result["server_ready"] = client.is_server_ready()
         result["model_ready"] = client.is_model_ready("linear")
@@ -258,9 +270,11 @@ def _scenario(out: Path, work: Path) -> None:
         result["stats"] = stats
     finally:
         out.write_text(json.dumps(result, indent=1, default=str))
-        server.stop()
-        ray.shutdown()
-        cluster.shutdown()
+        try:
+            server.stop()
+            ray.shutdown()
+        finally:
+            cluster.shutdown()
 
 
 def _start_cluster(cluster_class: Any) -> Any:
