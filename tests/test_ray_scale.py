@@ -300,6 +300,76 @@ def test_statistics_add_up_over_replicas() -> None:
     ]
 
 
+class _Board:
+    """A stand-in for the statistics board actor: two replicas' batcher snapshots."""
+
+    def __init__(self, entries: list[dict[str, Any]]) -> None:
+        self.model_stats = self
+        self._entries = entries
+
+    def remote(self, model: str) -> Any:
+        async def answer() -> Any:
+            return merge_statistics(self._entries) if model == "m" else None
+
+        return answer()
+
+
+def _snapshot(success: int, rejected: int, pending: int) -> dict[str, Any]:
+    stat = {"count": success, "ns": 1000 * success}
+    zero = {"count": 0, "ns": 0}
+    return {
+        "name": "m",
+        "version": "1",
+        "last_inference": 1,
+        "inference_count": success,
+        "execution_count": success,
+        "pending": pending,
+        "failures": {"REJECTED": rejected},
+        "inference_stats": {
+            "success": stat,
+            "fail": {"count": rejected, "ns": 0},
+            **{k: stat for k in ("queue", "compute_input", "compute_infer", "compute_output")},
+            "cache_hit": zero,
+            "cache_miss": zero,
+        },
+        "batch_stats": [
+            {
+                "batch_size": 1,
+                **{k: stat for k in ("compute_input", "compute_infer", "compute_output")},
+            }
+        ],
+    }
+
+
+def test_ingress_statistics_and_metrics_add_up_replicas(linear_path: Path) -> None:
+    async def run() -> None:
+        _, http = _replica_app(linear_path)
+        ingress = _IngressApp({"m": _Handle(http)}, {}, app_name="t", max_body_bytes=1 << 20)
+        ingress._board = _Board([_snapshot(3, 1, 2), _snapshot(4, 0, 1)])
+        status, doc = await _ingress_call(ingress, "GET", "/v2/models/m/stats")
+        assert status == 200
+        (entry,) = doc["model_stats"]
+        # exactly Triton's fields: perf_analyzer reads the whole object
+        assert set(entry) == {
+            "name",
+            "version",
+            "last_inference",
+            "inference_count",
+            "execution_count",
+            "inference_stats",
+            "batch_stats",
+        }
+        assert entry["inference_stats"]["success"] == {"count": 7, "ns": 7000}
+        status, _, body = await call_asgi(ingress, "GET", "/metrics", [], b"")
+        assert status == 200
+        text = body.decode()
+        assert 'nv_inference_request_success{model="m",version="1"} 7' in text
+        assert 'nv_inference_request_failure{model="m",version="1",reason="REJECTED"} 1' in text
+        assert 'nv_inference_pending_request_count{model="m",version="1"} 3' in text
+
+    asyncio.run(run())
+
+
 def test_scaled_model_maps_a_fixed_count() -> None:
     model = ScaledModel(
         name="m",

@@ -122,12 +122,18 @@ def test_statistics_add_up_over_replicas(scenario: dict[str, Any]) -> None:
     before_kill = kill["ok"] - kill["ok_after_kill"]
     assert scenario["requests_ok_total"] - before_kill <= counted <= scenario["requests_ok_total"]
     assert stats["inference_stats"]["fail"]["count"] == 1  # the request with a wrong input
+    # /metrics on the ingress: Triton's names over the same merged reports
+    lines = scenario["metrics"].splitlines()
+    assert f'nv_inference_request_success{{model="linear",version="1"}} {counted}' in lines
+    assert 'nv_inference_request_failure{model="linear",version="1",reason="REJECTED"} 1' in lines
 
 
 # --- the scenario, run inside the namespace ------------------------------------------------
 
 
 def _scenario(out: Path, work: Path) -> None:
+    import urllib.request
+
     import onnx
     import onnxruntime as ort
     import ray
@@ -268,6 +274,8 @@ def _scenario(out: Path, work: Path) -> None:
                 break
             time.sleep(0.3)
         result["stats"] = stats
+        with urllib.request.urlopen(f"http://{server.http_url}/metrics", timeout=30) as response:
+            result["metrics"] = response.read().decode()
     finally:
         out.write_text(json.dumps(result, indent=1, default=str))
         try:

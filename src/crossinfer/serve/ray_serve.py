@@ -220,7 +220,68 @@ def merge_statistics(entries: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 total["count"] += value["count"]
                 total["ns"] += value["ns"]
     merged["batch_stats"] = [by_size[size] for size in sorted(by_size)]
+    if all("failures" in e for e in entries):  # a batcher snapshot, not only Triton's fields
+        merged["pending"] = sum(e["pending"] for e in entries)
+        failures: dict[str, int] = {}
+        for entry in entries:
+            for reason, count in entry["failures"].items():
+                failures[reason] = failures.get(reason, 0) + count
+        merged["failures"] = failures
     return merged
+
+
+_TRITON_KEYS = (
+    "name",
+    "version",
+    "last_inference",
+    "inference_count",
+    "execution_count",
+    "inference_stats",
+    "batch_stats",
+)
+
+
+def _triton_entry(merged: Mapping[str, Any]) -> dict[str, Any]:
+    """Exactly the fields of Triton's ``model_stats`` entry (what perf_analyzer reads)."""
+    return {key: merged[key] for key in _TRITON_KEYS}
+
+
+class _MergedModel:
+    """What `ServerMetrics` reads of a served model, from statistics merged over replicas."""
+
+    def __init__(self, merged: Mapping[str, Any]) -> None:
+        from crossinfer.serve.batcher import BatcherStats, BatchSizeStats, DurationStat
+
+        def stat(value: Mapping[str, int]) -> DurationStat:
+            return DurationStat(value["count"], value["ns"])
+
+        totals = merged["inference_stats"]
+        stats = BatcherStats(
+            **{k: stat(totals[k]) for k in ("success", "fail", "queue")},
+            **{k: stat(totals[k]) for k in ("compute_input", "compute_infer", "compute_output")},
+            inference_count=merged["inference_count"],
+            execution_count=merged["execution_count"],
+            pending=merged.get("pending", 0),
+            last_inference_ms=merged["last_inference"],
+            failures=dict(merged.get("failures", {})),
+            batch_stats=tuple(
+                BatchSizeStats(
+                    row["batch_size"],
+                    **{
+                        k: stat(row[k])
+                        for k in ("compute_input", "compute_infer", "compute_output")
+                    },
+                )
+                for row in merged["batch_stats"]
+            ),
+        )
+        self.name: str = merged["name"]
+        self.version: str = merged["version"]
+        self.batcher = self  # ServerMetrics asks model.batcher.stats()
+        self._stats = stats
+
+    def stats(self) -> Any:
+        return self._stats
 
 
 class StatsBoard:
@@ -353,10 +414,6 @@ class ModelReplica:
         """Answer one forwarded request exactly as `crossinfer serve` would."""
         return await call_asgi(self._app, method, path, headers, body)
 
-    async def statistics(self) -> dict[str, Any]:
-        statistics: dict[str, Any] = self._repository.get(self._name).statistics()
-        return statistics
-
     async def check_health(self) -> None:
         if not self._repository.ready_models():
             raise ScaleOutError(f"model '{self._name}' is not loaded on replica {self._replica}")
@@ -365,7 +422,11 @@ class ModelReplica:
         seen = -1
         while True:
             with contextlib.suppress(ProtocolError):
-                stats = self._repository.get(self._name).statistics()
+                model = self._repository.get(self._name)
+                # the batcher's whole snapshot: Triton's statistics plus what /metrics adds
+                # (failures by reason, requests pending)
+                stats: dict[str, Any] = {"name": model.name, "version": model.version}
+                stats.update(model.batcher.stats().to_dict())
                 count = stats["inference_count"] + stats["inference_stats"]["fail"]["count"]
                 if count != seen:  # idle replicas send nothing
                     seen = count
@@ -394,6 +455,8 @@ class _IngressApp:
         self._states: dict[str, tuple[str, str]] = {}
         self._states_at = 0.0
         self._board: Any = None
+        self._server_metrics: Any = None
+        self._merged: list[Any] = []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -401,6 +464,10 @@ class _IngressApp:
         method: str = scope["method"]
         parts = scope["path"].strip("/").split("/")
         try:
+            if parts == ["metrics"]:
+                _expect(method, "GET", scope)
+                await self._metrics(send)
+                return
             if parts[0] != "v2":
                 raise ProtocolError(404, f"no route for {scope['path']}: the API lives under /v2")
             await self._route(method, parts[1:], scope, receive, send)
@@ -430,7 +497,7 @@ class _IngressApp:
             await _send(send, 200 if ready else 503, [], b"")
         elif parts[0] == "models" and n == 2 and parts[1] == "stats":
             _expect(method, "GET", scope)
-            stats = [s for name in sorted(self._handles) if (s := await self._stats(name))]
+            stats = [_triton_entry(s) for s in await self._all_stats()]
             await _send_json(send, 200, {"model_stats": stats})
         elif parts[0] == "models" and n >= 2:
             await self._model_route(method, parts[1], parts[2:], scope, receive, send)
@@ -470,7 +537,7 @@ class _IngressApp:
             if len(rest) == 3 and rest[1] != "1":
                 raise ProtocolError(404, f"model '{name}' has no version '{rest[1]}'")
             stats = await self._stats(name)
-            await _send_json(send, 200, {"model_stats": [stats] if stats else []})
+            await _send_json(send, 200, {"model_stats": [_triton_entry(stats)] if stats else []})
             return
         if action == ["ready"]:
             state, _ = (await self._model_states()).get(name, ("UNAVAILABLE", ""))
@@ -512,6 +579,25 @@ class _IngressApp:
             f"model '{name}': {RETRY_ATTEMPTS} replicas died while serving this request "
             f"(last: {type(failure).__name__}); retry when the deployment has recovered",
         )
+
+    async def _all_stats(self) -> list[dict[str, Any]]:
+        return [s for name in sorted(self._handles) if (s := await self._stats(name))]
+
+    async def _metrics(self, send: Send) -> None:
+        """Triton's metric names over every replica (each replica's report, merged), plus the
+        ingress process's host and process metrics."""
+        try:
+            from crossinfer.serve.metrics import CONTENT_TYPE, ServerMetrics
+        except ImportError as exc:
+            raise ProtocolError(
+                501, f"/metrics needs prometheus-client: pip install 'crossinfer[serve]' ({exc})"
+            ) from None
+        models = [_MergedModel(s) for s in await self._all_stats()]
+        if self._server_metrics is None:
+            self._server_metrics = ServerMetrics(lambda: self._merged)
+        self._merged = models
+        body = await asyncio.to_thread(self._server_metrics.render)
+        await _send(send, 200, [(b"content-type", CONTENT_TYPE.encode())], body)
 
     async def _stats(self, name: str) -> dict[str, Any] | None:
         if self._board is None:
