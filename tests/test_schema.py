@@ -170,6 +170,7 @@ def test_config_keys_are_the_serving_schema_plus_the_target() -> None:
         "device",
         "precision",
         "model",
+        "scale",
     }
     # every batching key is a field of the one batching record, and back
     assert set(BATCHING_SCHEMA) == set(BatchingSpec.__dataclass_fields__)

@@ -54,7 +54,7 @@ from crossinfer.errors import (
 from crossinfer.hardware import SystemReport, discover
 from crossinfer.model import ModelArtifact, TensorSpec, load_model
 from crossinfer.passes.pipeline import optimize
-from crossinfer.spec import BatchingSpec, DeploymentSpec, load_spec, write_spec
+from crossinfer.spec import BatchingSpec, DeploymentSpec, ScaleSpec, load_spec, write_spec
 from crossinfer.store import ResultStore
 from crossinfer.tune.config import TuneConfig
 from crossinfer.tune.runner import TuneResult, tune
@@ -89,6 +89,7 @@ __all__ = [
     "Placement",
     "Precision",
     "ResultStore",
+    "ScaleSpec",
     "Session",
     "SessionOptions",
     "SpecError",

@@ -873,6 +873,25 @@ def serve(
             help="debug (every refused request), info (loads, batch sizes every 10 s), warning, error."
         ),
     ] = "info",
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Scale out on Ray Serve: a Ray address (auto, HOST:6379), or nothing for a local "
+            "Ray instance. HTTP only; each model's [scale] table sets its replicas.",
+        ),
+    ] = None,
+    replicas: Annotated[
+        int | None, typer.Option(min=1, help="With --ray: replicas per model (fixed count).")
+    ] = None,
+    scale: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scale",
+            help="With --ray: a [scale] setting KEY=VALUE for every model (repeatable): "
+            "min_replicas, max_replicas, target_ongoing_requests, num_cpus, num_gpus, ...",
+        ),
+    ] = None,
 ) -> None:
     """Serve models over KServe v2 / Triton HTTP and gRPC with dynamic batching, until SIGTERM."""
     from crossinfer.serve.repository import READY, open_repository, serving_overrides
@@ -918,6 +937,20 @@ def serve(
         if log_level.lower() not in ("debug", "info", "warning", "error"):
             raise UsageError(f"--log-level {log_level!r} is not one of debug, info, warning, error")
         repository = open_repository(source, overrides=overrides, name=name)
+        if ray is not None:
+            configure_logging(log_level)
+            _serve_on_ray(
+                repository,
+                address=ray,
+                replicas=replicas,
+                scale=scale or [],
+                host=host,
+                http_port=http_port,
+                max_body_bytes=max_body_bytes,
+            )
+            return
+        if replicas is not None or scale:
+            raise UsageError("--replicas and --scale apply to --ray (Ray Serve replicas)")
         config = ServerConfig(
             host=host,
             http_port=None if http_port < 0 else http_port,
@@ -936,7 +969,181 @@ def serve(
         _fail(UsageError("no model could be loaded (reasons above): nothing to serve"), code=1)
 
 
+@app.command()
+def plan(
+    qps: Annotated[float, typer.Option(help="Target load, requests/s.")],
+    throughput: Annotated[
+        float | None,
+        typer.Option(help="One replica's measured requests/s with its p99 within --p99-ms."),
+    ] = None,
+    p99_ms: Annotated[
+        float | None, typer.Option(help="The p99 bound (ms) that throughput was measured at.")
+    ] = None,
+    target_p99_ms: Annotated[
+        float | None,
+        typer.Option(help="The p99 (ms) the target load must meet (default --p99-ms)."),
+    ] = None,
+    spec: Annotated[
+        Path | None,
+        typer.Option(
+            help="A deployment spec: its [measured] throughput/p99_ms and [scale] num_cpus/num_gpus "
+            "(options given here win)."
+        ),
+    ] = None,
+    num_cpus: Annotated[float | None, typer.Option(help="CPUs one replica reserves.")] = None,
+    num_gpus: Annotated[float | None, typer.Option(help="GPUs one replica reserves.")] = None,
+    efficiency: Annotated[
+        float,
+        typer.Option(
+            help="Share of one replica's throughput each added replica delivers (1: linear)."
+        ),
+    ] = 1.0,
+    catalog: Annotated[
+        Path | None, typer.Option(help="A hardware catalog TOML laid over the built-in one.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the plans as JSON here.")
+    ] = None,
+) -> None:
+    """Replicas, machines and cost per hour for a target load, on every catalog instance."""
+    import dataclasses
+    import json
+
+    from rich.table import Table
+
+    from crossinfer.hardware.catalog import load_catalog
+    from crossinfer.plan import ReplicaCapacity, plan_capacity
+    from crossinfer.spec import load_spec
+
+    try:
+        measured: dict[str, Any] = {}
+        scale_cpus, scale_gpus = 1.0, 0.0
+        if spec is not None:
+            loaded = load_spec(spec, check_hash=False)
+            measured = dict(loaded.measured)
+            if loaded.scale is not None:
+                scale_cpus, scale_gpus = loaded.scale.num_cpus, loaded.scale.num_gpus
+        rate = throughput if throughput is not None else measured.get("throughput")
+        bound = p99_ms if p99_ms is not None else measured.get("p99_ms")
+        if rate is None or bound is None:
+            raise UsageError(
+                "plan needs one replica's throughput and the p99 it was measured at: give "
+                "--throughput and --p99-ms, or --spec with [measured] throughput and p99_ms"
+            )
+        capacity = ReplicaCapacity(
+            throughput=float(rate),
+            p99_ms=float(bound),
+            num_cpus=num_cpus if num_cpus is not None else scale_cpus,
+            num_gpus=num_gpus if num_gpus is not None else scale_gpus,
+            efficiency=efficiency,
+        )
+        plans = plan_capacity(
+            capacity,
+            target_qps=qps,
+            target_p99_ms=target_p99_ms if target_p99_ms is not None else capacity.p99_ms,
+            instances=load_catalog(catalog).instances,
+        )
+    except CrossinferError as exc:
+        _fail(exc)
+    first = plans[0]
+    console.print(
+        f"{qps:g} req/s within p99 {capacity.p99_ms:g} ms: {first.replicas} replicas of "
+        f"{capacity.throughput:g} req/s each ({capacity.num_cpus:g} CPU, {capacity.num_gpus:g} "
+        f"GPU), predicted {first.predicted_throughput:.1f} req/s",
+        highlight=False,
+    )
+    table = Table("instance", "replicas/machine", "machines", "$/hour", "note")
+    for row in plans:
+        note = row.reason or ("price unconfirmed" if row.unconfirmed_price else "")
+        if not row.fits:
+            table.add_row(row.instance, "-", "-", "-", note)
+            continue
+        table.add_row(
+            row.instance,
+            str(row.replicas_per_machine),
+            str(row.machines),
+            f"{row.cost_per_hour:.3f}",
+            note,
+        )
+    console.print(table)
+    console.print(
+        "assumes a replica runs on each instance as fast as where it was measured; "
+        "measure on the instance to be sure",
+        highlight=False,
+    )
+    if json_out is not None:
+        doc = {
+            "capacity": dataclasses.asdict(capacity),
+            "qps": qps,
+            "plans": [dataclasses.asdict(p) for p in plans],
+        }
+        json_out.write_text(json.dumps(doc, indent=2), encoding="utf-8")
+
+
+def _serve_on_ray(
+    repository: Any,
+    *,
+    address: str,
+    replicas: int | None,
+    scale: list[str],
+    host: str,
+    http_port: int,
+    max_body_bytes: int,
+) -> None:
+    from crossinfer.serve.ray_serve import RayServer, parse_scale_overrides, run_ray
+
+    if http_port <= 0:
+        raise UsageError("--ray needs a fixed --http-port: Ray Serve's proxy listens on it")
+    server = RayServer(
+        repository=repository,
+        address=None if address == RAY_LOCAL else address,
+        scale_overrides=parse_scale_overrides(scale, replicas=replicas),
+        host=host,
+        http_port=http_port,
+        max_body_bytes=max_body_bytes,
+    )
+
+    def on_ready(server: RayServer) -> None:
+        states = server.states()
+        for model in server.models:
+            state, reason = states.get(model.name, ("UNAVAILABLE", "not deployed"))
+            placement = model.deployment_options()
+            replicas = placement.get("num_replicas", placement.get("autoscaling_config"))
+            text = f"  model {model.name}: {state}" + (f": {reason}" if reason else "")
+            err_console.print(f"{text} (replicas {replicas})", highlight=False, soft_wrap=True)
+        for name, reason in server.unavailable.items():
+            if name not in {m.name for m in server.models}:
+                err_console.print(f"  model {name}: UNAVAILABLE: {reason}", highlight=False)
+        if all(name in server.unavailable for name in states):
+            return
+        err_console.print(
+            f"crossinfer serve --ray: HTTP http://{server.http_url} (Ray Serve); SIGTERM or "
+            "Ctrl+C stops",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    run_ray(server, on_ready=on_ready)
+    if all(m.name in server.unavailable for m in server.models):
+        raise UsageError("no model could be deployed (reasons above): nothing to serve")
+
+
+RAY_LOCAL = "local"
+"""What a bare ``--ray`` means: start a local Ray instance."""
+
+
+def _optional_ray_address(argv: list[str]) -> list[str]:
+    """``--ray`` without an address (last, or before another option) means a local instance."""
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--ray" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append(RAY_LOCAL)
+    return out
+
+
 def main() -> None:
+    sys.argv[1:] = _optional_ray_address(sys.argv[1:])
     app()
 
 

@@ -19,6 +19,7 @@
     ├── StoreError                 the results store cannot be opened, read or written
     ├── ReportError                a tune result file cannot be turned into a report
     ├── ProtocolError              a serving request the protocol refuses (``status``: HTTP status)
+    ├── ScaleOutError              Ray Serve cannot start, place or load a model's replicas
     ├── ServingError               the server cannot take or finish a request now (HTTP 503)
     │   ├── QueueFullError           the model's queue is full
     │   ├── QueueTimeoutError        the request's timeout passed while it was queued
@@ -118,6 +119,10 @@ class ProtocolError(CrossinferError):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class ScaleOutError(CrossinferError):
+    """Ray Serve cannot start, place or load a model's replicas (``serve --ray``)."""
 
 
 class ServingError(CrossinferError):

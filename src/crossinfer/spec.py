@@ -28,6 +28,11 @@ runtime settings, and the figures the choice was made on::
     [source]                    # how it was chosen: objective, constraints, machine, version
     objective = "throughput"
 
+    [scale]                     # `crossinfer serve --ray`: replicas and what each one reserves
+    replicas = 2                # or min_replicas/max_replicas (+ target_ongoing_requests)
+    num_cpus = 1.0
+    num_gpus = 0.0              # fractions share a GPU: 0.5 puts two replicas on one
+
 Loading checks what would otherwise fail later and far away: the artefact exists (and still
 has the recorded hash), the backend is one crossinfer knows, every key is declared (an unknown
 one is refused with the nearest declared name).
@@ -60,13 +65,16 @@ __all__ = [
     "BATCHING_SCHEMA",
     "DEFAULT_MAX_QUEUE_SIZE",
     "OPTION_SCHEMA",
+    "SCALE_SCHEMA",
     "SERVING_KEYS",
     "SPEC_VERSION",
     "BatchingSpec",
     "DeploymentSpec",
+    "ScaleSpec",
     "ServingSettings",
     "check_artefact_hash",
     "load_spec",
+    "read_scale",
     "read_serving_settings",
     "write_spec",
 ]
@@ -202,6 +210,128 @@ def read_serving_settings(
     )
 
 
+# --- the scale-out settings: `crossinfer serve --ray` --------------------------------------
+
+SCALE_SCHEMA: dict[str, schema.Check] = {
+    "replicas": schema.integer(minimum=1),
+    "min_replicas": schema.integer(minimum=0),
+    "max_replicas": schema.integer(minimum=1),
+    "target_ongoing_requests": schema.number(positive=True),
+    "num_cpus": schema.number(),
+    "num_gpus": schema.number(),
+    "max_ongoing_requests": schema.integer(minimum=1),
+}
+"""ScaleSpec keys: a spec's ``[scale]`` table, a config.toml's ``[scale]`` and ``serve --scale``."""
+
+_AUTOSCALING_KEYS = ("min_replicas", "max_replicas", "target_ongoing_requests")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScaleSpec:
+    """How many replicas serve one model under Ray Serve, and what each one reserves.
+
+    Either a fixed ``replicas`` count or autoscaling between ``min_replicas`` and
+    ``max_replicas`` (Ray Serve keeps about ``target_ongoing_requests`` in flight per replica),
+    never both. ``num_cpus``/``num_gpus`` are Ray resources per replica; a GPU fraction below 1
+    lets replicas share one GPU. ``max_ongoing_requests`` None: enough for the batcher to fill
+    its batches (`effective_max_ongoing`). Raises ValueError listing every problem.
+    """
+
+    replicas: int | None = None  # None: 1, unless autoscaling
+    min_replicas: int | None = None
+    max_replicas: int | None = None
+    target_ongoing_requests: float | None = None
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_ongoing_requests: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def autoscaling(self) -> bool:
+        return self.min_replicas is not None or self.max_replicas is not None
+
+    def problems(self) -> list[str]:
+        found = []
+        if self.replicas is not None and self.autoscaling:
+            found.append(
+                "give either replicas (a fixed count) or min_replicas/max_replicas "
+                "(autoscaling), not both"
+            )
+        if self.min_replicas is not None and self.max_replicas is None:
+            found.append("autoscaling needs max_replicas (min_replicas alone sets no bound)")
+        if (
+            self.min_replicas is not None
+            and self.max_replicas is not None
+            and self.min_replicas > self.max_replicas
+        ):
+            found.append(
+                f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})"
+            )
+        if self.target_ongoing_requests is not None and not self.autoscaling:
+            found.append("target_ongoing_requests applies to autoscaling: set max_replicas too")
+        if self.num_cpus < 0:
+            found.append(f"num_cpus must be >= 0, got {self.num_cpus:g}")
+        if self.num_gpus < 0:
+            found.append(f"num_gpus must be >= 0, got {self.num_gpus:g}")
+        elif self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
+            # Ray's rule: a replica takes a fraction of one GPU or whole GPUs
+            found.append(
+                f"num_gpus {self.num_gpus:g}: a fraction must be below 1 (several replicas share "
+                "one GPU); above 1 it must be a whole number"
+            )
+        return found
+
+    def overlaid(self, values: Mapping[str, Any]) -> ScaleSpec:
+        """This spec with `values` (checked SCALE_SCHEMA keys) laid over it.
+
+        A fixed count and autoscaling replace each other: ``replicas`` over an autoscaling spec
+        turns autoscaling off, ``max_replicas`` over a fixed count turns it on.
+        """
+        changes = dict(values)
+        if "replicas" in changes:
+            changes.update({k: None for k in _AUTOSCALING_KEYS if k not in changes})
+        elif any(k in changes for k in _AUTOSCALING_KEYS):
+            changes.setdefault("replicas", None)
+        return dataclasses.replace(self, **changes)
+
+    def effective_max_ongoing(self, batching: BatchingSpec) -> int:
+        """Requests Ray Serve may hand one replica at once: enough to fill every instance's batch."""
+        if self.max_ongoing_requests is not None:
+            return self.max_ongoing_requests
+        batch = max(1, batching.max_batch_size or 1)
+        return max(8, 2 * batch * batching.instances)
+
+    @classmethod
+    def suggested(cls, *, device: str, options: SessionOptions, instances: int) -> ScaleSpec:
+        """What `tune` writes: one replica reserving the cores (or the GPU) it was measured on."""
+        cpus = float((options.threads or 1) * instances)
+        return cls(replicas=1, num_cpus=cpus, num_gpus=0.0 if device == "cpu" else 1.0)
+
+    def to_toml(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+def read_scale(
+    raw: Any,
+    *,
+    where: str,
+    table: str = "scale",
+    base: ScaleSpec | None = None,
+    error: type[CrossinferError],
+) -> ScaleSpec:
+    """`base` (the defaults) with a ``[scale]`` table laid over it; `error` names every problem."""
+    values = schema.read_table(raw, SCALE_SCHEMA, where=where, table=table, error=error)
+    try:
+        return (base or ScaleSpec()).overlaid(values)
+    except ValueError as exc:
+        place = f"[{table}] " if table else ""
+        raise error(f"{where}: {place}{exc}") from None
+
+
 # --- the deployment spec --------------------------------------------------------------------
 
 
@@ -219,6 +349,7 @@ class DeploymentSpec:
     recipe: str | None = None  # how the artefact was made ("int8", "fp16"...); None: as given
     measured: Mapping[str, Any] = field(default_factory=dict)
     source: Mapping[str, Any] = field(default_factory=dict)
+    scale: ScaleSpec | None = None  # `serve --ray`; None: one replica, 1 CPU
 
     @property
     def target(self) -> Target:
@@ -272,6 +403,8 @@ def write_spec(spec: DeploymentSpec, path: str | Path) -> Path:
         document["measured"] = _toml_safe(spec.measured)
     if spec.source:
         document["source"] = _toml_safe(spec.source)
+    if spec.scale is not None:
+        document["scale"] = spec.scale.to_toml()
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(tomli_w.dumps(document), encoding="utf-8")
     tmp.replace(path)
@@ -299,6 +432,7 @@ _DOCUMENT: dict[str, Key | schema.Check] = {
     "deployment": Key(schema.table, required=True),
     "measured": schema.table,  # free-form: what tune saw
     "source": schema.table,  # free-form: how it was chosen
+    "scale": schema.table,  # read_scale with SCALE_SCHEMA
 }
 
 _DEPLOYMENT: dict[str, Key | schema.Check] = {
@@ -387,6 +521,7 @@ def _from_document(document: dict[str, Any], path: Path, *, check_hash: bool) ->
         recipe=deployment.get("recipe"),
         measured=top.get("measured", {}),
         source=top.get("source", {}),
+        scale=read_scale(top["scale"], where=where, error=SpecError) if "scale" in top else None,
     )
 
 

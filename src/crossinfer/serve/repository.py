@@ -129,6 +129,7 @@ _CONFIG_SCHEMA: dict[str, schema.Check] = {
     "device": schema.text(),
     "precision": schema.one_of([p.value for p in Precision], lower=True),
     "model": schema.text(),  # the file to serve, in the model's directory
+    "scale": schema.table,  # [scale]: read by `serve --ray` (crossinfer.spec.read_scale)
 }
 CONFIG_KEYS: tuple[str, ...] = tuple(sorted({*_CONFIG_SCHEMA, *SERVING_KEYS}))
 """Keys of a model directory's config.toml (and of command-line overrides, except ``model``)."""

@@ -33,7 +33,7 @@ from crossinfer.bench.runner import BenchPlan, run_benchmark
 from crossinfer.check import CheckReport, check_model, default_targets, random_inputs
 from crossinfer.errors import CrossinferError, UsageError
 from crossinfer.model import ModelArtifact, load_model
-from crossinfer.spec import BatchingSpec, DeploymentSpec, write_spec
+from crossinfer.spec import BatchingSpec, DeploymentSpec, ScaleSpec, write_spec
 from crossinfer.store import ResultStore
 from crossinfer.tensor_specs import batchable as inputs_batchable
 from crossinfer.tune.config import DEFAULT_BATCH_SIZES, DEFAULT_PRECISIONS, TuneConfig, wanted
@@ -597,6 +597,11 @@ def _write_spec(result: TuneResult, pick: CandidateResult, out_dir: Path) -> Pat
         ),
         model_sha256=candidate.variant.model_sha256,
         recipe=candidate.variant.recipe,
+        scale=ScaleSpec.suggested(
+            device=candidate.variant.target.device,
+            options=candidate.options,
+            instances=candidate.knobs.instances,
+        ),
         measured={
             "throughput": metrics.throughput,
             "p50_ms": metrics.p50_ms,
