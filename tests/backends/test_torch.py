@@ -495,3 +495,60 @@ def test_a_shape_inductor_fails_on_is_compiled_again_without_its_pattern_matcher
     inductor([x1])
     inductor([x4])
     assert len(compiled) == 2 and len(notes) == 1  # the fallback is made once, used for [1, 3]
+
+
+def test_a_cuda_run_uploads_and_downloads_on_its_own_stream_outside_the_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run` on CUDA, with streams and events recorded instead of run (on the CPU): the upload
+    is on the caller's side stream, compute waits for it under the session lock only, and the
+    download waits for the compute, back on the side stream, after the lock is released."""
+    from contextlib import contextmanager
+
+    log: list[tuple[str, ...]] = []
+    compute, side = _FakeStream(log, "compute"), _FakeStream(log, "side")
+
+    @contextmanager
+    def on_stream(stream: _FakeStream) -> Any:
+        log.append(("enter", stream.name))
+        yield
+        log.append(("leave", stream.name))
+
+    session = _linear_session(tmp_path)
+    feeds = random_inputs(session.inputs, batch=3, seed=1)
+    expected = session.run(feeds)  # the CPU path
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: compute)
+    monkeypatch.setattr(torch.cuda, "stream", on_stream)
+    monkeypatch.setattr(torch.Tensor, "record_stream", lambda self, stream: None)
+    monkeypatch.setattr(session, "_thread_stream", lambda: side)
+
+    class LoggedLock:
+        def __enter__(self) -> None:
+            log.append(("lock",))
+
+        def __exit__(self, *exc: object) -> None:
+            log.append(("unlock",))
+
+    monkeypatch.setattr(session, "_lock", LoggedLock())
+    forward = session._forward
+
+    def logged(tensors: Any) -> Any:
+        log.append(("compute",))
+        return forward(tensors)
+
+    monkeypatch.setattr(session, "_forward", logged)
+    out = session._run_overlapped(feeds)
+    np.testing.assert_allclose(out["y"], expected["y"], rtol=1e-6)
+    assert log == [
+        ("enter", "side"),  # upload (and cast) on the caller's stream
+        ("leave", "side"),
+        ("record", "side", "side1"),
+        ("lock",),
+        ("wait", "compute", "side1"),  # compute waits for that upload only
+        ("compute",),
+        ("record", "compute", "compute1"),
+        ("unlock",),  # the lock is not held for the download
+        ("wait", "side", "compute1"),
+        ("enter", "side"),
+        ("leave", "side"),
+    ]
