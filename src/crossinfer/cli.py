@@ -696,6 +696,15 @@ def _run_tune(
 
 
 def _print_tune_files(result: TuneResult) -> None:
+    priced = [r for r in result.predicted if r.get("cost_per_million") is not None]
+    if priced:  # rows are cheapest first
+        best = priced[0]
+        console.print(
+            f"predicted (not measured) on {len(result.predicted)} other devices; cheapest: "
+            f"{best['hardware']} {best['precision']} at ${best['cost_per_million']:.3f} per "
+            f"million ({best['error']}); see the report's Other hardware section",
+            highlight=False,
+        )
     console.print(f"report: {result.report_path}", highlight=False)
     if result.spec_path is not None:
         console.print(f"deployment spec: {result.spec_path}", highlight=False)

@@ -6,11 +6,12 @@ device's roofline, scaled by the efficiency factors `calibrate` fits from the re
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from crossinfer.bench.result import BenchResult
 from crossinfer.errors import CrossinferError
 from crossinfer.hardware.catalog import Catalog
 from crossinfer.model import ModelArtifact, load_model
@@ -27,6 +28,7 @@ __all__ = [
     "calibrate_from_store",
     "model_cost",
     "predict_model",
+    "predicted_rows",
 ]
 
 
@@ -75,10 +77,29 @@ def predict_model(
     return ModelPrediction(artifact.source, cost, tuple(rows), calibration, catalog.path)
 
 
-def calibrate_from_store(store_path: str | Path | None, catalog: Catalog) -> Calibration:
-    """Fit the factors from every Offline and SingleStream run in the results store."""
-    from crossinfer.store import ResultStore
+def predicted_rows(
+    artifact: ModelArtifact,
+    *,
+    catalog: Catalog,
+    results: Sequence[BenchResult] = (),
+    precisions: Sequence[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per catalog device and CPU instance, at its fastest predicted precision among
+    `precisions`, cheapest per million inferences first: tune.json's and the report's rows."""
+    calibration = calibrate(results, catalog, _cost_loader()) if results else None
+    predicted = predict_model(artifact, catalog, precisions=precisions, calibration=calibration)
+    best: dict[str, Prediction] = {}
+    for row in predicted.predictions:
+        held = best.get(row.hardware)
+        if held is None or row.best_throughput > held.best_throughput:
+            best[row.hardware] = row
+    rows = [row.to_dict() for row in best.values()]
+    rows.sort(key=lambda r: (r["cost_per_million"] is None, r["cost_per_million"] or 0.0))
+    return rows
 
+
+def _cost_loader() -> Callable[[str, str], ModelCost | None]:
+    """Model costs by source, cached by hash; None when the file is gone or changed."""
     costs: dict[str, ModelCost | None] = {}
 
     def load(source: str, sha256: str) -> ModelCost | None:
@@ -92,6 +113,13 @@ def calibrate_from_store(store_path: str | Path | None, catalog: Catalog) -> Cal
                 costs[sha256] = model_cost(artifact.load_proto()) if same else None
         return costs[sha256]
 
+    return load
+
+
+def calibrate_from_store(store_path: str | Path | None, catalog: Catalog) -> Calibration:
+    """Fit the factors from every Offline and SingleStream run in the results store."""
+    from crossinfer.store import ResultStore
+
     with ResultStore(store_path) as store:
         results = [stored.result for stored in store.query()]
-    return calibrate(results, catalog, load)
+    return calibrate(results, catalog, _cost_loader())
