@@ -69,11 +69,12 @@ def predict_model(
     cost = model_cost(artifact.load_proto())
     rows: list[Prediction] = []
     for target in hardware_targets(catalog, hardware):
-        scales = calibration.scales_for(target.family) if calibration else None
         chosen = target.precisions()
         if precisions:
             chosen = tuple(p for p in precisions if target.peak_flops(p) is not None)
-        rows.extend(predict_target(cost, target, p, scales) for p in chosen)
+        for precision in chosen:
+            scales = calibration.scales_for(target.family, precision) if calibration else None
+            rows.append(predict_target(cost, target, precision, scales))
     return ModelPrediction(artifact.source, cost, tuple(rows), calibration, catalog.path)
 
 

@@ -21,10 +21,20 @@ from crossinfer.hardware.catalog import Catalog, CatalogDevice
 from crossinfer.predict.cost import ModelCost
 from crossinfer.predict.roofline import TERMS, HardwareTarget, Scales, time_terms
 
-__all__ = ["Calibration", "LodoRow", "Observation", "calibrate", "observation", "target_for"]
+__all__ = [
+    "Calibration",
+    "LodoRow",
+    "Observation",
+    "calibrate",
+    "group_name",
+    "observation",
+    "target_for",
+]
 
-# Pull toward the prior: with few runs a term seen in none of them keeps its prior.
-_RIDGE = 0.05
+# A light pull toward the prior, relative to the data's own weight: a term seen in no run keeps
+# its prior, and collinear terms split the time the way the prior does, while a term the runs
+# do measure is barely biased (a stronger pull cost 5-10% here, see tests/predict).
+_RIDGE = 1e-3
 _MIN_FACTOR = 0.05
 _USABLE_SCENARIOS = ("offline", "singlestream")
 ModelLoader = Callable[[str, str], ModelCost | None]  # (source, sha256) -> cost, None if gone
@@ -45,8 +55,19 @@ class Observation:
     terms: Mapping[str, float]  # unscaled roofline seconds per term
     fixed_s: float  # host-link time, not scaled
 
+    @property
+    def group(self) -> str:
+        return group_name(self.family, self.precision)
+
     def predicted(self, scales: Scales) -> float:
         return self.fixed_s + sum(scales.factor(t) * v for t, v in self.terms.items())
+
+
+def group_name(family: str, precision: str) -> str:
+    """Factors are fitted per device family and precision class: a CPU's AMX BF16 or VNNI INT8
+    path reaches a different share of its peak than its FP32 FMA units do."""
+    kind = {"fp16": "16-bit", "bf16": "16-bit", "fp8": "int8"}.get(precision, precision)
+    return f"{family} {kind}"
 
 
 @dataclass(frozen=True)
@@ -54,7 +75,7 @@ class LodoRow:
     """A run predicted with the factors fitted without its device."""
 
     device_name: str
-    family: str
+    family: str  # the calibration group: family and precision class
     model: str
     precision: str
     batch: int
@@ -88,8 +109,9 @@ class Calibration:
     skipped: tuple[str, ...] = ()
     devices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # family -> devices
 
-    def scales_for(self, family: str) -> Scales:
-        return self.scales.get(family) or Scales(family)
+    def scales_for(self, family: str, precision: str) -> Scales:
+        group = group_name(family, precision)
+        return self.scales.get(group) or Scales(group)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -197,19 +219,21 @@ def observation(
     )
 
 
-def fit(observations: Iterable[Observation], family: str) -> Scales:
+def fit(observations: Iterable[Observation], group: str) -> Scales:
     """Ridge least squares of the relative error: sum_i (pred_i / measured_i - 1)^2."""
-    rows = [o for o in observations if o.family == family]
+    rows = [o for o in observations if o.group == group]
     if not rows:
-        return Scales(family)
+        return Scales(group)
     a = np.array([[o.terms.get(t, 0.0) / o.measured_s for t in TERMS] for o in rows])
     b = np.array([1.0 - o.fixed_s / o.measured_s for o in rows])
-    lhs = a.T @ a + _RIDGE * np.eye(len(TERMS))
-    rhs = a.T @ b + _RIDGE * np.ones(len(TERMS))
+    gram = a.T @ a
+    ridge = _RIDGE * max(float(np.trace(gram)) / len(TERMS), 1e-12)
+    lhs = gram + ridge * np.eye(len(TERMS))
+    rhs = a.T @ b + ridge * np.ones(len(TERMS))
     solved = np.linalg.solve(lhs, rhs)
     factors = {t: float(max(v, _MIN_FACTOR)) for t, v in zip(TERMS, solved, strict=True)}
     devices = len({o.device_key for o in rows})
-    return Scales(family, factors, source=f"fitted on {len(rows)} runs of {devices} device(s)")
+    return Scales(group, factors, source=f"fitted on {len(rows)} runs of {devices} device(s)")
 
 
 def calibrate(results: Iterable[BenchResult], catalog: Catalog, load: ModelLoader) -> Calibration:
@@ -231,28 +255,27 @@ def calibrate(results: Iterable[BenchResult], catalog: Catalog, load: ModelLoade
         else:
             observations.append(found)
     lodo: list[LodoRow] = []
-    for key in sorted({o.device_key for o in observations}):
-        held_out = [o for o in observations if o.device_key == key]
-        family = held_out[0].family
-        without = fit((o for o in observations if o.device_key != key), family)
+    for key, group in sorted({(o.device_key, o.group) for o in observations}):
+        held_out = [o for o in observations if o.device_key == key and o.group == group]
+        without = fit((o for o in observations if o.device_key != key), group)
         lodo.extend(
-            LodoRow(o.device_name, family, o.model, o.precision, o.batch, o.measured_s,
+            LodoRow(o.device_name, group, o.model, o.precision, o.batch, o.measured_s,
                     o.predicted(without))
             for o in held_out
         )  # fmt: skip
     scales: dict[str, Scales] = {}
     devices: dict[str, tuple[str, ...]] = {}
-    for family in sorted({o.family for o in observations}):
-        fitted = fit(observations, family)
-        names = tuple(sorted({o.device_name for o in observations if o.family == family}))
-        devices[family] = names
-        errors = [abs(r.error) for r in lodo if r.family == family]
-        keys = {o.device_key for o in observations if o.family == family}
+    for group in sorted({o.group for o in observations}):
+        fitted = fit(observations, group)
+        names = tuple(sorted({o.device_name for o in observations if o.group == group}))
+        devices[group] = names
+        errors = [abs(r.error) for r in lodo if r.family == group]
+        keys = {o.device_key for o in observations if o.group == group}
         if len(keys) < 2:
-            # held out, its family had no other device: the check measured the prior only
+            # held out, its group had no other device: the check measured the prior only
             error = (
-                f"uncalibrated for other {family} devices (one measured device; the prior's "
-                f"error on it: median {statistics.median(errors) * 100:.0f}%)"
+                f"uncalibrated for other devices ({group} measured on one device only; the "
+                f"prior's error there: median {statistics.median(errors) * 100:.0f}%)"
             )
         else:
             error = (
@@ -260,7 +283,7 @@ def calibrate(results: Iterable[BenchResult], catalog: Catalog, load: ModelLoade
                 f"{max(errors) * 100:.0f}% (leave-one-device-out, {len(keys)} devices, "
                 f"{len(errors)} runs)"
             )
-        scales[family] = Scales(family, fitted.factors, fitted.source, error)
+        scales[group] = Scales(group, fitted.factors, fitted.source, error)
     return Calibration(
         scales=scales,
         lodo=tuple(lodo),
