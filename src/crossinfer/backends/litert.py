@@ -53,6 +53,7 @@ _SUFFIX = {
     Precision.FP16: "_float16.tflite",
     Precision.INT8: "_full_integer_quant.tflite",
 }
+_CONVERSION = 3  # the options given to onnx2tf: bump when they change, to convert again
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # onnx2tf colours its messages
 _CALIBRATION_SAMPLES = 100  # representative samples for INT8, as onnx2tf's own default
 
@@ -113,7 +114,7 @@ def convert_to_tflite(
 
 
 def _key(artifact: ModelArtifact, calibration: str | None, quantized: bool) -> str:
-    text = f"{artifact.sha256}:{quantized}:{calibration}:{_version('onnx2tf')}"
+    text = f"{artifact.sha256}:{quantized}:{calibration}:{_version('onnx2tf')}:{_CONVERSION}"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -124,9 +125,12 @@ def _run_onnx2tf(
 
     model = work / "model.onnx"
     shutil.copyfile(artifact.path, model)
-    # onnx2tf makes 3-5-D inputs channels-last unless told to keep them (and refuses the
-    # option for any other rank)
-    names = [s.name for s in artifact.inputs if s.shape is not None and 3 <= len(s.shape) <= 5]
+    # onnx2tf makes 3-5-D inputs channels-last. Images (4-D, 5-D) keep the ONNX layout at the
+    # boundary, transposed inside for LiteRT's NHWC kernels; 3-D inputs are sequences
+    # ([batch, tokens, hidden]), kept as they are, or the outputs come back channels-last
+    ranks = {s.name: len(s.shape) for s in artifact.inputs if s.shape is not None}
+    images = [name for name, rank in ranks.items() if rank in (4, 5)]
+    sequences = [name for name, rank in ranks.items() if rank == 3]
     kwargs: dict[str, Any] = {}
     if precision is Precision.INT8:
         kwargs = {
@@ -143,7 +147,11 @@ def _run_onnx2tf(
                 input_onnx_file_path=str(model),
                 output_folder_path=str(work),
                 # keep the ONNX layout: onnx2tf otherwise makes 4-D inputs NHWC
-                keep_ncw_or_nchw_or_ncdhw_input_names=names or None,
+                keep_ncw_or_nchw_or_ncdhw_input_names=images or None,
+                keep_shape_absolutely_input_names=sequences or None,
+                # Erf has no LiteRT builtin (it would need the Flex delegate): an erf
+                # approximation from builtins instead, for BERT's GELU
+                replace_to_pseudo_operators=["erf"],
                 copy_onnx_input_output_names_to_tflite=True,
                 non_verbose=True,
                 **kwargs,
