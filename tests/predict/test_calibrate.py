@@ -103,6 +103,8 @@ def store(tmp_path: Path) -> Path:
     unknown = {"cpu": {}, "gpus": [{"name": "Test GPU 9000", "driver_version": "1"}]}
     results.append(replace(results[0], device="cuda", hardware=unknown))
     results.append(replace(results[0], scenario="server"))
+    unstable = replace(results[0].stability, stable=False, spread_pct=42.0)
+    results.append(replace(results[0], stability=unstable, throughput=1.0))
     path = tmp_path / "store.sqlite"
     with ResultStore(path) as opened:
         opened.add_many(results)
@@ -126,9 +128,10 @@ def test_factors_fitted_from_the_store_come_back(store: Path) -> None:
     # one H100 measured: other GPUs cannot be checked against anything
     assert calibration.scales_for("nvidia-gpu", "fp32").error.startswith("uncalibrated for other")
     assert calibration.scales_for("google-tpu", "bf16").error == "uncalibrated"
-    assert len(calibration.skipped) == 2
+    assert len(calibration.skipped) == 3
     assert any("'Test GPU 9000' is not in the catalog" in s for s in calibration.skipped)
     assert any("server runs are not used" in s for s in calibration.skipped)
+    assert any("unstable run (measurement windows spread 42%" in s for s in calibration.skipped)
 
 
 def test_predictions_carry_their_family_error(store: Path, tmp_path: Path) -> None:

@@ -185,6 +185,12 @@ def observation(
     """A stored run as an observation, or None and why it cannot be one."""
     if result.scenario not in _USABLE_SCENARIOS:
         return None, f"{result.scenario} runs are not used (only Offline and SingleStream)"
+    if not result.stability.stable:
+        # a loaded machine's run would teach the fit that the hardware is slow
+        return None, (
+            f"unstable run (measurement windows spread {result.stability.spread_pct:.0f}%, "
+            f"over the {result.stability.threshold_pct:.0f}% asked): measure again on an idle machine"
+        )
     target, reason = target_for(catalog, result)
     if target is None:
         return None, reason
