@@ -696,12 +696,78 @@ def _run_tune(
 
 
 def _print_tune_files(result: TuneResult) -> None:
+    priced = [r for r in result.predicted if r.get("cost_per_million") is not None]
+    if priced:  # rows are cheapest first
+        best = priced[0]
+        console.print(
+            f"predicted (not measured) on {len(result.predicted)} other devices; cheapest: "
+            f"{best['hardware']} {best['precision']} at ${best['cost_per_million']:.3f} per "
+            f"million ({best['error']}); see the report's Other hardware section",
+            highlight=False,
+        )
     console.print(f"report: {result.report_path}", highlight=False)
     if result.spec_path is not None:
         console.print(f"deployment spec: {result.spec_path}", highlight=False)
         console.print(
             f"serve it: uv run --extra serve crossinfer serve {result.spec_path}", highlight=False
         )
+
+
+@app.command()
+def predict(
+    model: ModelArg,
+    hardware: Annotated[
+        str | None,
+        typer.Option(
+            help="Only these catalog devices or CPU instances (comma list, names or parts of "
+            "names: h100,tpu v5e,c7a.large); default: all of them."
+        ),
+    ] = None,
+    precisions: Annotated[
+        str | None,
+        typer.Option(help="Only these precisions (comma list); default: FP32, 16-bit, INT8."),
+    ] = None,
+    catalog: Annotated[
+        Path | None, typer.Option(help="A hardware catalog TOML laid over the built-in one.")
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option(help="Results store to calibrate from (SQLite).")
+    ] = None,
+    calibrate: Annotated[
+        bool,
+        typer.Option(help="Fit efficiency factors from the results store's measured runs."),
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Predict latency, throughput and cost on hardware that is not here (TPUs, NPUs, GPUs, CPUs)."""
+    from crossinfer.hardware.catalog import load_catalog
+    from crossinfer.model import load_model
+    from crossinfer.predict import calibrate_from_store, predict_model
+    from crossinfer.predict.render import render_prediction
+    from crossinfer.predict.roofline import hardware_targets
+    from crossinfer.store import default_store_path
+
+    try:
+        loaded = load_catalog(catalog)
+        names = [h for h in hardware.split(",") if h.strip()] if hardware else None
+        hardware_targets(loaded, names)  # a misspelt name fails before the model loads
+        calibration = None
+        path = store or default_store_path()
+        if calibrate and path.exists():
+            calibration = calibrate_from_store(path, loaded)
+        result = predict_model(
+            load_model(model),
+            loaded,
+            hardware=names,
+            precisions=[_precision(p).value for p in precisions.split(",")] if precisions else None,
+            calibration=calibration,
+        )
+    except CrossinferError as exc:
+        _fail(exc)
+    if as_json:
+        _print_json(result.to_dict())
+    else:
+        render_prediction(result, console)
 
 
 @app.command()

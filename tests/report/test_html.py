@@ -190,3 +190,25 @@ def test_report_data_is_plain_json(result: TuneResult, tmp_path: Path) -> None:
     assert data["recommendation"]["pick"] == "onnxruntime:cpu/fp32/batch 8/default threads"
     assert data["measured"] == 4 and data["space_size"] == 8
     assert data["pruned"][0]["what"] == "onnxruntime:cpu/fp16"
+
+
+def test_hardware_not_present_appears_as_predicted_rows(result: TuneResult, tmp_path: Path) -> None:
+    from crossinfer.hardware.catalog import load_catalog
+    from crossinfer.predict import predicted_rows
+
+    result.predicted = predicted_rows(
+        result.model, catalog=load_catalog(), precisions=("fp32", "int8")
+    )
+    write_outputs(result, tmp_path)
+    html = result.report_path.read_text(encoding="utf-8")  # type: ignore[union-attr]
+    assert "Other hardware (predicted)" in html
+    assert "<td>NVIDIA H100 SXM *</td><td>predicted</td>" in html
+    data = load_result(tmp_path)
+    rows = {row["hardware"]: row for row in data["predicted"]}
+    assert rows["c7a.large"]["predicted"] is True
+    assert rows["c7a.large"]["precision"] == "int8"  # the faster of the two asked for
+    assert rows["c7a.large"]["cost_per_million"] > 0
+    # cheapest per million first; devices without a price last
+    priced = [r["cost_per_million"] for r in data["predicted"] if r["cost_per_million"]]
+    assert priced == sorted(priced)
+    assert data["predicted"][-1]["cost_per_million"] is None

@@ -285,6 +285,7 @@ _BUILTIN = (
     "crossinfer.backends.jax_entry",
     "crossinfer.backends.iree_entry",
     "crossinfer.backends.reference_entry",
+    "crossinfer.backends.litert_entry",
 )
 
 _REGISTRY: dict[str, BackendEntry] = {}

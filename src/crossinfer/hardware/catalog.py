@@ -47,6 +47,25 @@ class CatalogDevice:
     memory_gb: float | None = None
     memory_bandwidth_gbs: float | None = None
     power_w: float | None = None
+    # what `crossinfer predict` needs besides the peaks (hardware not present is predicted)
+    family: str = ""  # devices calibrated together: "nvidia-gpu", "google-tpu", "x86-cpu", ...
+    date: str = ""  # when the figures were written down from their source
+    clock_ghz: float | None = None  # cpu-core: sustained all-core clock the peaks assume
+    on_chip_mb: float | None = None  # L2 / SRAM / CMEM a model's weights may stay in
+    on_chip_bandwidth_gbs: float | None = None
+    host_link: str = ""  # "PCIe Gen5 x16"
+    host_link_gbs: float | None = None  # per direction, as a transfer reaches it
+    kernel_overhead_us: float | None = None  # fixed cost of each fused kernel (launch, sync)
+    call_overhead_us: float | None = None  # fixed cost of each inference call (dispatch)
+    unsupported_ops: tuple[str, ...] = ()  # ONNX ops that fall back to the host
+    supported_ops: tuple[str, ...] = ()  # when given: every other op falls back to the host
+    op_support: str = ""  # what the vendor's compiler takes, in words
+    figures_unconfirmed: tuple[str, ...] = ()  # the fields whose figure is weak or derived
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions it computes in natively (those with a peak figure)."""
+        return tuple(self.peak_tflops or self.flops_per_cycle)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,8 +83,10 @@ class Instance:
     memory_gib: float | None = None
     cpu: str = ""
     gpus: int = 0
-    gpu: str = ""
+    gpu: str = ""  # the accelerator's catalog device name (a GPU, TPU, Inferentia, ...)
     note: str = ""
+    cpu_device: str = ""  # the catalog's cpu-core device the vCPUs are
+    physical_cores: int | None = None  # vCPUs are SMT threads on most Intel instances
 
 
 @dataclass(frozen=True)
@@ -91,6 +112,17 @@ class Catalog:
         raise CatalogError(
             f"instance '{name}' is not in the hardware catalog ({self.path}); known: {known}; "
             "or give --price-per-hour, or --catalog FILE with an [[instance]] entry for it"
+        )
+
+    def device(self, name: str) -> CatalogDevice:
+        """The device of that name (case-insensitive)."""
+        for device in self.devices:
+            if device.name.lower() == name.lower():
+                return device
+        known = ", ".join(d.name for d in self.devices)
+        raise CatalogError(
+            f"device '{name}' is not in the hardware catalog ({self.path}); known: {known}; "
+            "or add a [[device]] entry with --catalog FILE"
         )
 
     def device_for(self, description: str) -> CatalogDevice | None:
@@ -150,7 +182,7 @@ def resolve_price(
 # --------------------------------------------------------------------------- parsing
 
 
-_KINDS = ("gpu", "tpu", "accelerator", "cpu-core")
+_KINDS = ("gpu", "tpu", "accelerator", "npu", "fpga", "cpu-core")
 
 
 def _date(value: Any) -> str:
@@ -183,6 +215,19 @@ _DEVICE: dict[str, Key | schema.Check] = {
     "memory_gb": schema.number(positive=True),
     "memory_bandwidth_gbs": schema.number(positive=True),
     "power_w": schema.number(positive=True),
+    "family": schema.text(),
+    "date": _date,
+    "clock_ghz": schema.number(positive=True),
+    "on_chip_mb": schema.number(positive=True),
+    "on_chip_bandwidth_gbs": schema.number(positive=True),
+    "host_link": schema.text(),
+    "host_link_gbs": schema.number(positive=True),
+    "kernel_overhead_us": schema.number(),
+    "call_overhead_us": schema.number(),
+    "unsupported_ops": schema.text_list,
+    "supported_ops": schema.text_list,
+    "op_support": schema.text(),
+    "figures_unconfirmed": schema.text_list,
 }
 
 _INSTANCE: dict[str, Key | schema.Check] = {
@@ -200,6 +245,8 @@ _INSTANCE: dict[str, Key | schema.Check] = {
     "gpus": schema.integer(minimum=0),
     "gpu": schema.text(),
     "note": schema.text(),
+    "cpu_device": schema.text(),
+    "physical_cores": schema.integer(minimum=1),
 }
 
 

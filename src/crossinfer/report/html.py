@@ -90,6 +90,7 @@ def render_report(data: Data) -> str:
         )
     parts.append(_candidates(data))
     parts.append(_pruned(data))
+    parts.append(_predicted(data))
     parts.append(_machine(data))
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -227,6 +228,46 @@ def _pruned(data: Data) -> str:
     rows = [[p["what"], p["stage"], p["reason"]] for p in data["pruned"]]
     body = _table(["left out", "stage", "reason"], rows) if rows else "<p>Nothing was pruned.</p>"
     return f'<section id="pruned"><h2>Pruned before measuring</h2>{body}</section>'
+
+
+def _predicted(data: Data) -> str:
+    """Hardware not present: predicted rows (crossinfer predict), never mixed with measured ones."""
+    predicted = data.get("predicted") or []
+    if not predicted:
+        return ""
+    if "unavailable" in predicted[0]:  # the prediction failed: say why, measured rows stand
+        why = escape(predicted[0]["unavailable"])
+        return f'<section id="predicted"><h2>Other hardware</h2><p>{why}</p></section>'
+    rows = [
+        [
+            p["hardware"] + (" *" if p["unconfirmed"] else ""),
+            "predicted",
+            p["precision"],
+            _num(p["best_throughput"], "{:,.0f}"),
+            str(p["best_batch"]),
+            _num(p["batch1_latency_ms"], "{:.3f}"),
+            _num(p["cost_per_million"], "{:.3f}"),
+            p["throughput_bound"],
+            p["error"],
+        ]
+        for p in predicted
+    ]
+    table = _table(
+        ["hardware", "kind", "precision", "samples/s", "best batch", "batch-1 ms", "$ / M inf.",
+         "bound", "expected error"],
+        rows,
+        numeric={3, 4, 5, 6},
+    )  # fmt: skip
+    note = (
+        "Predicted, not measured: a roofline per fused group at the hardware catalog's peak "
+        "figures times efficiency factors fitted from the results store's measured runs "
+        "(crossinfer predict). Cost per million inferences at the catalog's on-demand price "
+        "and the best batch. * rests on catalog figures marked unconfirmed."
+    )
+    return (
+        '<section id="predicted"><h2>Other hardware (predicted)</h2>'
+        f'<p class="note">{escape(note)}</p>{table}</section>'
+    )
 
 
 def _machine(data: Data) -> str:

@@ -82,6 +82,8 @@ class TuneResult:
     runs: int = 0  # measurements taken or read back, confirmations included
     # set-up seconds (compiles, captures) of every measurement this tune took, confirmations too
     compile_s_total: float = 0.0
+    # hardware not present, predicted (crossinfer.predict): one row per catalog device
+    predicted: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def baseline(self) -> CandidateResult | None:
@@ -141,6 +143,7 @@ class TuneResult:
             "spec": str(self.spec_path) if self.spec_path else None,
             "report": str(self.report_path) if self.report_path else None,
             "store_ids": self.stored_ids,
+            "predicted": self.predicted,
         }
 
 
@@ -250,9 +253,26 @@ def tune(
         started_at=started,
         runs=measurer.count,
         compile_s_total=measurer.compile_s_total,
+        predicted=_predicted(artifact, config, store),
     )
     write_outputs(result, out_dir)
     return result
+
+
+def _predicted(
+    artifact: ModelArtifact, config: TuneConfig, store: ResultStore | None
+) -> list[dict[str, Any]]:
+    """Predicted rows for the hardware that is not here, calibrated by the store's runs."""
+    from crossinfer.hardware.catalog import load_catalog
+    from crossinfer.predict import predicted_rows
+
+    try:
+        results = [stored.result for stored in store.query()] if store is not None else []
+        return predicted_rows(
+            artifact, catalog=load_catalog(), results=results, precisions=config.precisions
+        )
+    except CrossinferError as exc:  # a prediction never fails the measured tune
+        return [{"unavailable": f"no predictions: {exc}"}]
 
 
 def write_outputs(result: TuneResult, out_dir: Path) -> None:
