@@ -189,6 +189,14 @@ def check(
         _print_json(report.to_dict())
     else:
         render_check(report, console)
+    if not report.judged:
+        err_console.print(
+            f"[bold red]no row could be judged:[/bold red] {report.requested_reference} and the "
+            "trusted fallbacks produced no reference outputs (their rows say why); name one "
+            "that runs this model with --reference BACKEND:DEVICE",
+            highlight=False,
+        )
+        raise typer.Exit(1)
     failed = report.failed(require or [])
     if failed:
         err_console.print(

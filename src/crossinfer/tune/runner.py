@@ -308,11 +308,14 @@ def _passing_targets(report: CheckReport, config: TuneConfig) -> tuple[list[Targ
     targets: list[Target] = []
     pruned: list[Pruned] = []
     for row in report.rows:
-        if row.is_reference or row.target.endswith(":*"):
-            if row.target.endswith(":*"):
-                pruned.append(Pruned(row.target, "check", f"{row.verdict.value}: {row.reason}"))
+        if row.target.endswith(":*"):
+            pruned.append(Pruned(row.target, "check", f"{row.verdict.value}: {row.reason}"))
             continue
         target = Target.parse(row.target)
+        # onnx's evaluator is only ever the truth; a runtime that stood in for it (check's
+        # fallback) is still a candidate
+        if target.backend == "reference":
+            continue
         if not wanted(target, config):
             continue
         if row.passed:
