@@ -143,6 +143,21 @@ def check(
     timeout: Annotated[
         float, typer.Option(min=1, help="Seconds each row may take before it is killed.")
     ] = 600.0,
+    bisect: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            metavar="A B",
+            help="Find the first node where target B's tensors leave target A's (every "
+            "intermediate marked as an output) and save it alone as a reproducer; exit 1 if found.",
+        ),
+    ] = None,
+    bisect_model: Annotated[
+        str | None,
+        typer.Option(help="With --bisect: B runs this model (e.g. the INT8 one) instead of MODEL."),
+    ] = None,
+    repro_dir: Annotated[
+        Path, typer.Option(help="With --bisect: folder for the divergent node's reproducer.")
+    ] = Path("crossinfer-bisect"),
     as_json: JsonOpt = False,
 ) -> None:
     """Run the model on every runtime x device in child processes: placement, parity, verdicts."""
@@ -171,6 +186,19 @@ def check(
             rtol=tol.rtol if rtol is None else rtol,
             min_cosine=tol.min_cosine if min_cosine is None else min_cosine,
         )
+        if bisect is not None:
+            _bisect(
+                artifact,
+                bisect,
+                load_model(bisect_model) if bisect_model else artifact,
+                feeds=feeds,
+                tolerance=tol,
+                options=SessionOptions(threads=threads, precision=prec),
+                repro_dir=repro_dir,
+                timeout_s=timeout,
+                as_json=as_json,
+            )
+            return
         report = check_model(
             artifact,
             targets=targets,
@@ -202,6 +230,44 @@ def check(
         err_console.print(
             f"[bold red]required target(s) did not pass:[/bold red] {', '.join(failed)}"
         )
+        raise typer.Exit(1)
+
+
+def _bisect(
+    artifact: ModelArtifact,
+    targets: tuple[str, str],
+    suspect: ModelArtifact,
+    *,
+    feeds: Any,
+    tolerance: Any,
+    options: Any,
+    repro_dir: Path,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    from crossinfer.backends.base import Target
+    from crossinfer.check.bisect import first_divergence
+
+    a, b = (Target.parse(t) for t in targets)
+    if not as_json:
+        err_console.print(f"  bisect: every tensor of {a} against {b} ...", highlight=False)
+    found = first_divergence(
+        artifact,
+        a,
+        suspect,
+        b,
+        feeds=feeds,
+        tolerance=tolerance,
+        options_b=options,
+        repro_dir=repro_dir,
+        timeout_s=timeout_s,
+    )
+    if as_json:
+        _print_json(found.to_dict())
+    else:
+        console.print(f"{found.b} against {found.a}:", highlight=False)
+        console.print(found.summary(), highlight=False, markup=False)
+    if found.found:
         raise typer.Exit(1)
 
 
