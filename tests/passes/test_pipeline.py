@@ -76,6 +76,8 @@ def test_a_slower_pass_is_a_regression_and_is_dropped(tmp_path: Path, fake_passe
     assert slow.regression and not slow.kept
     assert slow.reasons[0].startswith("0.04x the baseline's throughput on onnxruntime:cpu: ")
     assert report.final.sha256 == artifact.sha256  # nothing kept: the original stays
+    # ... and is still written as OUT/model.onnx, where a script looks for the final model
+    assert report.final.path == tmp_path / "model.onnx" and report.final.path.exists()
     provenance = read_provenance(tmp_path / "01-slowdown.onnx")
     assert provenance is not None and provenance["parent"]["sha256"] == artifact.sha256
 
@@ -102,6 +104,30 @@ def test_a_pass_that_breaks_accuracy_is_flagged_and_kept_only_on_request(
     assert noisy.speedup == 1.0 and not any("throughput" in r for r in noisy.reasons)
     assert noisy.kept and report.final.path == tmp_path / "model.onnx"
     assert report.final.sha256 == noisy.artifact.sha256
+
+
+def test_a_dropped_int8_model_says_where_it_diverged(
+    tmp_path: Path, fake_passes: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the noise pass labelled INT8: its parity fails at INT8 tolerance, so optimize bisects it
+    monkeypatch.setitem(pipeline.PASSES, "noise", ("fake_passes", "NoisePass", Precision.INT8))
+    artifact = load_model("zoo:digits")
+    report = optimize(
+        artifact,
+        target=Target("onnxruntime", "cpu"),
+        passes=[("noise", None)],
+        out_dir=tmp_path,
+        measure_seconds=0.2,
+    )
+    noisy = report.steps[1]
+    assert not noisy.kept and not noisy.parity_passed
+    assert noisy.divergence is not None
+    # the noise is in fc1's weights (Constant and Mul before it are exact): the first Gemm
+    assert noisy.divergence["node"] == "/fc1/Gemm" and noisy.divergence["op_type"] == "Gemm"
+    assert any(r.startswith("first divergent node: '/fc1/Gemm' (Gemm, #2)") for r in noisy.reasons)
+    repro = tmp_path / "01-noise-divergence"
+    assert (repro / "model.onnx").exists() and (repro / "test_data_set_0" / "input_0.pb").exists()
+    assert report.to_dict()["steps"][1]["divergence"]["repro_dir"] == str(repro)
 
 
 def test_presets_and_unknown_names() -> None:

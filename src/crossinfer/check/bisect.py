@@ -134,6 +134,7 @@ def first_divergence(
     *,
     feeds: Mapping[str, np.ndarray],
     tolerance: Tolerance,
+    options_a: SessionOptions | None = None,
     options_b: SessionOptions | None = None,
     repro_dir: Path | None = None,
     timeout_s: float = 600.0,
@@ -145,7 +146,9 @@ def first_divergence(
     """
     fp32 = SessionOptions(precision=Precision.FP32)
     with tempfile.TemporaryDirectory(prefix="crossinfer-bisect-") as tmp:
-        values_a = _run_marked(_Side(a, target_a, fp32), feeds, Path(tmp) / "a.onnx", timeout_s)
+        values_a = _run_marked(
+            _Side(a, target_a, options_a or fp32), feeds, Path(tmp) / "a.onnx", timeout_s
+        )
         values_b = _run_marked(
             _Side(b, target_b, options_b or fp32), feeds, Path(tmp) / "b.onnx", timeout_s
         )

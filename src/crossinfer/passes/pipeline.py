@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from crossinfer.accuracy import first_output, top1
 from crossinfer.backends.base import (
@@ -127,6 +128,7 @@ class StepReport:
     reasons: tuple[str, ...] = ()
     kept: bool = True
     error: str = ""
+    divergence: Mapping[str, Any] | None = None  # where a dropped INT8 model first left FP32
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +146,7 @@ class StepReport:
             "reasons": list(self.reasons),
             "kept": self.kept,
             "error": self.error,
+            "divergence": self.divergence,
         }
 
 
@@ -280,6 +283,10 @@ def optimize(
             max_accuracy_drop,
             target,
         )
+        if step.regression and precision is Precision.INT8 and _accuracy_lost(step):
+            step = _locate_divergence(
+                step, artifact, target, options, run_options, feeds, out_dir, index, timeout_s
+            )
         if step.regression and not keep_regressions:
             step = dataclasses.replace(step, kept=False)
         else:
@@ -288,12 +295,11 @@ def optimize(
         if on_step:
             on_step(step)
 
+    # OUT/model.onnx is always the final model, the original when every step was dropped, so a
+    # script that runs `optimize -o OUT` can always take OUT/model.onnx
     final_path = out_dir / "model.onnx"
-    if current is not artifact:
-        _copy_model(current.path, final_path)
-        final = load_model(final_path)
-    else:
-        final = artifact
+    _write_model(current, final_path)
+    final = load_model(final_path)
     return OptimizeReport(
         target=str(target),
         steps=tuple(steps),
@@ -347,10 +353,56 @@ def _apply(
     return load_model(written), PASSES[name][2]
 
 
-def _copy_model(src: Path, dst: Path) -> None:
-    shutil.copyfile(src, dst)
-    for extra in src.parent.glob(src.name + ".*"):
-        shutil.copyfile(extra, dst.parent / (dst.name + extra.name[len(src.name) :]))
+def _write_model(model: ModelArtifact, dst: Path) -> None:
+    proto = model.load_proto()
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        # external data may live in any file the proto names: write it again beside dst
+        full = onnx.load(str(model.path), load_external_data=True)
+        onnx.save(full, str(dst), save_as_external_data=True, location=dst.name + ".data")
+        return
+    shutil.copyfile(model.path, dst)
+
+
+def _accuracy_lost(step: StepReport) -> bool:
+    return not step.parity_passed or (
+        step.accuracy_drop is not None and any("top-1 accuracy drops" in r for r in step.reasons)
+    )
+
+
+def _locate_divergence(
+    step: StepReport,
+    original: ModelArtifact,
+    target: Target,
+    fp32_options: SessionOptions,
+    run_options: SessionOptions,
+    feeds: Mapping[str, np.ndarray],
+    out_dir: Path,
+    index: int,
+    timeout_s: float,
+) -> StepReport:
+    """Where the quantized model first leaves the FP32 one on the target, tensor by tensor
+    (quantizers keep the float tensors' names), with a reproducer for a bug report."""
+    from crossinfer.check.bisect import first_divergence
+
+    try:
+        found = first_divergence(
+            original,
+            target,
+            step.artifact,
+            target,
+            feeds=feeds,
+            tolerance=default_tolerance(Precision.INT8),
+            options_a=fp32_options,
+            options_b=run_options,
+            repro_dir=out_dir / f"{index:02d}-{step.pass_name}-divergence",
+            timeout_s=timeout_s,
+        )
+    except CrossinferError as exc:
+        note = f"where it diverged is unknown: {exc}"
+        return dataclasses.replace(step, reasons=(*step.reasons, note))
+    return dataclasses.replace(
+        step, reasons=(*step.reasons, found.summary()), divergence=found.to_dict()
+    )
 
 
 def _parity_feeds(
@@ -371,16 +423,31 @@ def _parity_feeds(
 def _reference_outputs(
     artifact: ModelArtifact, feeds: Mapping[str, np.ndarray], timeout_s: float
 ) -> dict[str, np.ndarray]:
-    outcome = run_isolated(
-        _run_reference, dataclasses.replace(artifact, proto=None), dict(feeds), timeout_s=timeout_s
+    light = dataclasses.replace(artifact, proto=None)
+    outcome = run_isolated(_run_reference, light, dict(feeds), timeout_s=timeout_s)
+    if outcome.ok:
+        outputs: dict[str, np.ndarray] = outcome.value
+        return outputs
+    # as `check` does: ONNX Runtime's CPU provider is the next trusted reference
+    from crossinfer.check.runner import run_target_in_child
+
+    fallback = run_isolated(
+        run_target_in_child,
+        backend_entry("onnxruntime"),
+        light,
+        "cpu",
+        SessionOptions(),
+        dict(feeds),
+        timeout_s=timeout_s,
     )
-    if not outcome.ok:
-        raise InferenceError(
-            f"the reference evaluator could not run {artifact.source} ({outcome.status}): "
-            f"{outcome.message}"
-        )
-    outputs: dict[str, np.ndarray] = outcome.value
-    return outputs
+    if fallback.ok and fallback.value.outputs is not None:
+        fallback_outputs: dict[str, np.ndarray] = fallback.value.outputs
+        return fallback_outputs
+    why = fallback.message if not fallback.ok else (fallback.value.error or ("", "no outputs"))[1]
+    raise InferenceError(
+        f"no reference outputs for {artifact.source}: the reference evaluator failed "
+        f"({outcome.status}: {outcome.message}) and so did onnxruntime:cpu ({why})"
+    )
 
 
 def _run_reference(artifact: ModelArtifact, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

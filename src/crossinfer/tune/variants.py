@@ -246,12 +246,25 @@ def _variant_from_report(
         passes=names,
         accuracy=measured.accuracy if measured else None,
         accuracy_drop=last.accuracy_drop,
-        accuracy_method="top-1 on the labelled set, against the FP32 model on the same target"
-        if last.accuracy_drop is not None
-        else "not measured",
+        accuracy_method=_accuracy_method(last),
         notes=notes,
         before=_figures(baseline),
         after=_figures(measured),
+    )
+
+
+def _accuracy_method(step: Any) -> str:
+    """What optimize measured: top-1 when it had labels, else the outputs' parity it proved."""
+    if step.accuracy_drop is not None:
+        return "top-1 on the labelled set, against the FP32 model on the same target"
+    measured = [c for c in step.comparisons if c.total]
+    if not measured:
+        return "not measured"
+    cosine = min(c.cosine for c in measured)
+    return (
+        f"outputs within {step.precision.value} tolerance of the FP32 reference on "
+        f"{measured[0].shape[0] if measured[0].shape else 1} input(s) (lowest cosine "
+        f"{cosine:.4f}); top-1 not measured: no labelled set"
     )
 
 
