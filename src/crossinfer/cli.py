@@ -177,8 +177,14 @@ def check(
             feeds = load_inputs(inputs, artifact.inputs, model=artifact.source)
             source = str(inputs)
         else:
+            from crossinfer.check.inputs import check_dim_names, dim_choices
+
+            check_dim_names(artifact.inputs, dims)
             feeds = random_inputs(artifact.inputs, batch=batch, dims=dims, seed=seed)
             source = f"random, seed {seed}"
+            choices = dim_choices(artifact.inputs, batch=batch, dims=dims)
+            if choices and not as_json:
+                err_console.print(f"  symbolic dims: {', '.join(choices)}", highlight=False)
         tol = default_tolerance(prec)
         tol = replace(
             tol,
