@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from crossinfer.captured_output import capture_third_party_output
 from crossinfer.errors import CrossinferError, UsageError
 from crossinfer.option_parsing import parse_batch_sizes as _parse_batches
 from crossinfer.option_parsing import parse_dims as _parse_dims
@@ -588,8 +589,10 @@ def optimize(
         if recipe is not None and not as_json:
             err_console.print(recipe.headline(), highlight=False)
         status = contextlib.nullcontext() if as_json else err_console.status("optimizing ...")
+        # runtimes and quantizers log the same warning many times: kept in a file, said once
+        captured = capture_third_party_output(out / "third-party.log")
         # calibration tools (NNCF, ORT's calibrators) draw progress on stdout: keep it for results
-        with status, contextlib.redirect_stdout(sys.stderr):
+        with captured as chatter, status, contextlib.redirect_stdout(sys.stderr):
             report = run_optimize(
                 artifact,
                 target=tgt,
@@ -605,6 +608,7 @@ def optimize(
                 measure_seconds=seconds,
                 on_step=None if as_json else _print_step,
             )
+        _print_chatter(chatter.summary())
     except CrossinferError as exc:
         _fail(exc)
     report.write_json()
@@ -614,6 +618,11 @@ def optimize(
         render_optimize(report, console)
     if any((step.regression and step.kept) or step.error for step in report.steps):
         raise typer.Exit(1)
+
+
+def _print_chatter(summary: list[str]) -> None:
+    for line in summary:
+        err_console.print(line, highlight=False, markup=False, style="dim")
 
 
 def _print_step(step: StepReport) -> None:
@@ -763,9 +772,13 @@ def _run_tune(
             err_console.print(text, highlight=False, markup=False)
 
     try:
-        # calibration tools draw progress on stdout: keep it for results
-        with contextlib.redirect_stdout(sys.stderr):
-            return run_tune(artifact, config, out_dir=out_dir, store=store, on_event=say)
+        # calibration tools draw progress on stdout: keep it for results; runtimes' and
+        # quantizers' repeated warnings go to a file and are summarised once
+        captured = capture_third_party_output(out_dir / "third-party.log")
+        with captured as chatter, contextlib.redirect_stdout(sys.stderr):
+            result = run_tune(artifact, config, out_dir=out_dir, store=store, on_event=say)
+        _print_chatter(chatter.summary())
+        return result
     except KeyboardInterrupt:
         err_console.print(
             f"interrupted: what was measured is kept in {store.path}; run the same command "
