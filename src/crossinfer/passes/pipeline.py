@@ -46,6 +46,13 @@ from crossinfer.passes.base import (
     read_provenance,
 )
 from crossinfer.tensor_specs import batchable
+from crossinfer.turns import (
+    NOISE_PCT,
+    SpeedVerdict,
+    TurnsComparison,
+    load_average,
+    measure_in_turns,
+)
 
 # name -> (module, class, the precision its output runs at)
 PASSES: dict[str, tuple[str, str, Precision]] = {
@@ -67,7 +74,7 @@ PASSES: dict[str, tuple[str, str, Precision]] = {
     ),
 }
 
-NOISE_PCT = 5.0  # a speed change within this is not called a regression
+TURN_ROUNDS = 3  # rounds of baseline/candidate turns behind each step's speed verdict
 REPORT_FILE = "report.json"  # what `crossinfer optimize` writes beside the models
 
 
@@ -112,6 +119,7 @@ class Measurement:
     batch_size: int
     accuracy: float | None  # top-1 on the labelled set, when there is one
     session: Mapping[str, Any] = field(default_factory=dict)
+    load_avg: float | None = None  # the machine's 1-minute load average when it was measured
 
 
 @dataclass(frozen=True)
@@ -129,6 +137,11 @@ class StepReport:
     kept: bool = True
     error: str = ""
     divergence: Mapping[str, Any] | None = None  # where a dropped INT8 model first left FP32
+    speed: TurnsComparison | None = None  # against the baseline, measured in turns
+
+    @property
+    def speed_verdict(self) -> str:
+        return self.speed.verdict.value if self.speed is not None else ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -147,6 +160,7 @@ class StepReport:
             "kept": self.kept,
             "error": self.error,
             "divergence": self.divergence,
+            "speed": self.speed.to_dict() if self.speed else None,
         }
 
 
@@ -209,7 +223,7 @@ def optimize(
     feeds = _parity_feeds(artifact, dataset, calibration)
     reference = _reference_outputs(artifact, feeds, timeout_s)
 
-    baseline_m = _measure(
+    baseline_m, _, _ = _measure(
         entry,
         artifact,
         target.device,
@@ -220,7 +234,7 @@ def optimize(
         measure_seconds,
         timeout_s,
     )
-    baseline = StepReport("baseline", artifact, Precision.FP32, baseline_m[0])
+    baseline = StepReport("baseline", artifact, Precision.FP32, baseline_m)
     steps = [baseline]
     if on_step:
         on_step(baseline)
@@ -261,7 +275,7 @@ def optimize(
                     on_step(step)
                 continue
             precision = max(precision, runtime_precision, key=_looseness)
-        measured, outputs = _measure(
+        measured, outputs, speed = _measure(
             entry,
             produced,
             target.device,
@@ -271,6 +285,7 @@ def optimize(
             measure_batch,
             measure_seconds,
             timeout_s,
+            against=(artifact, options),
         )
         step = _judge(
             name,
@@ -282,6 +297,7 @@ def optimize(
             baseline,
             max_accuracy_drop,
             target,
+            speed,
         )
         if step.regression and precision is Precision.INT8 and _accuracy_lost(step):
             step = _locate_divergence(
@@ -466,7 +482,13 @@ def _measure(
     batch: int,
     seconds: float,
     timeout_s: float,
-) -> tuple[Measurement | None, dict[str, np.ndarray] | None]:
+    against: tuple[ModelArtifact, SessionOptions] | None = None,
+) -> tuple[Measurement, dict[str, np.ndarray], TurnsComparison | None]:
+    """Measure `artifact` in a child; with `against` (the baseline), its throughput is measured
+    in turns with the baseline's, in the same child, so that both see the same machine."""
+    light_against = None
+    if against is not None:
+        light_against = (dataclasses.replace(against[0], proto=None), against[1])
     outcome = run_isolated(
         measure_in_child,
         entry,
@@ -477,6 +499,7 @@ def _measure(
         dataset,
         batch,
         seconds,
+        light_against,
         timeout_s=timeout_s,
     )
     if not outcome.ok:
@@ -484,7 +507,7 @@ def _measure(
             f"measuring {artifact.path.name} on {entry.name}:{device} failed ({outcome.status}): "
             f"{outcome.message or outcome.error_type}"
         )
-    measured: tuple[Measurement, dict[str, np.ndarray]] = outcome.value
+    measured: tuple[Measurement, dict[str, np.ndarray], TurnsComparison | None] = outcome.value
     return measured
 
 
@@ -497,11 +520,15 @@ def measure_in_child(
     dataset: LabelledSet | None,
     batch: int,
     seconds: float,
-) -> tuple[Measurement, dict[str, np.ndarray]]:
-    """Runs in a child: parity outputs, accuracy, median batch-1 latency, batch throughput."""
+    against: tuple[ModelArtifact, SessionOptions] | None = None,
+) -> tuple[Measurement, dict[str, np.ndarray], TurnsComparison | None]:
+    """Runs in a child: parity outputs, accuracy, median batch-1 latency, batch throughput; with
+    `against`, the throughput in turns with that model's (A/B/B/A, several rounds)."""
     from crossinfer.check.inputs import random_inputs
 
-    session = load_backend(entry).prepare(artifact, device, options)
+    backend = load_backend(entry)
+    session = backend.prepare(artifact, device, options)
+    other = None
     try:
         outputs = session.run(feeds)
         accuracy = None
@@ -513,19 +540,42 @@ def measure_in_child(
         session.run(one)
         session.run(many)
         latencies = _timed(lambda: session.run(one), seconds / 2)
-        batch_times = _timed(lambda: session.run(many), seconds / 2)
+        speed = None
+        if against is None:
+            batch_times = _timed(lambda: session.run(many), seconds / 2)
+            throughput = size / statistics.median(batch_times)
+        else:
+            base_artifact, base_options = against
+            other = backend.prepare(base_artifact, device, base_options)
+            base_size = batch if batchable(base_artifact.inputs) else 1
+            base_many = random_inputs(base_artifact.inputs, batch=base_size, seed=2)
+            other.run(base_many)
+            baseline_session = other
+            speed = measure_in_turns(
+                lambda: baseline_session.run(base_many),
+                lambda: session.run(many),
+                samples_a=base_size,
+                samples_b=size,
+                seconds_per_turn=seconds / (2 * TURN_ROUNDS),
+                rounds=TURN_ROUNDS,
+            )
+            throughput = speed.b_throughput
         return (
             Measurement(
                 latency_ms=statistics.median(latencies) * 1e3,
-                throughput=size / statistics.median(batch_times),
+                throughput=throughput,
                 batch_size=size,
                 accuracy=accuracy,
                 session=session.describe(),
+                load_avg=load_average(),
             ),
             outputs,
+            speed,
         )
     finally:
         session.close()
+        if other is not None:
+            other.close()
 
 
 def _timed(fn: Callable[[], object], seconds: float) -> list[float]:
@@ -548,18 +598,28 @@ def _judge(
     baseline: StepReport,
     max_accuracy_drop: float,
     target: Target,
+    speed: TurnsComparison | None = None,
 ) -> StepReport:
     assert measured is not None and outputs is not None and baseline.measurement is not None
     comparisons = tuple(compare_outputs(outputs, reference, default_tolerance(precision)))
     parity = all(c.passed for c in comparisons)
-    speedup = measured.throughput / baseline.measurement.throughput
     drop = None
     if measured.accuracy is not None and baseline.measurement.accuracy is not None:
         drop = baseline.measurement.accuracy - measured.accuracy
     reasons: list[str] = []
-    if speedup < 1 - NOISE_PCT / 100:
+    if speed is not None:
+        # judged on rounds in turns: only "slower" in every round is a regression
+        speedup = speed.ratio
+        slower = speed.verdict is SpeedVerdict.SLOWER
+        spread = f" ({speed.spread()})"
+    else:
+        speedup = measured.throughput / baseline.measurement.throughput
+        slower = speedup < 1 - NOISE_PCT / 100
+        spread = ""
+    if slower:
         reasons.append(
-            f"{speedup:.2f}x the baseline's throughput on {target}: {_likely_cause(name, precision, artifact, target)}"
+            f"{speedup:.2f}x the baseline's throughput on {target}{spread}: "
+            f"{_likely_cause(name, precision, artifact, target)}"
         )
     if drop is not None and drop > max_accuracy_drop:
         reasons.append(
@@ -587,6 +647,7 @@ def _judge(
         accuracy_drop=drop,
         regression=bool(reasons),
         reasons=tuple(reasons),
+        speed=speed,
     )
 
 
