@@ -628,6 +628,8 @@ def _print_chatter(summary: list[str]) -> None:
 def _print_step(step: StepReport) -> None:
     m = step.measurement
     figures = f"{m.throughput:,.1f} samples/s" if m else "not measured"
+    if step.speed is not None:
+        figures += f", {step.speed.ratio:.2f}x the baseline: {step.speed_verdict}"
     state = "" if step.kept else " (dropped)"
     err_console.print(f"  {step.pass_name}: {figures}{state}", highlight=False)
 

@@ -52,6 +52,7 @@ from crossinfer.tune.variants import (
     with_priors,
     within_accuracy,
 )
+from crossinfer.turns import load_average
 
 NAIVE_DEFAULT = "onnxruntime:cpu/fp32/batch 1/default threads"
 RESULT_FILE = "tune.json"
@@ -481,6 +482,8 @@ def metrics_from(
         resumed=resumed,
         notes=tuple(result.notes),
         compile_s=compile_seconds(result),
+        # read as the measurement ends: the load it ran under, give or take a minute's decay
+        load_avg=None if resumed else load_average(),
     )
 
 
