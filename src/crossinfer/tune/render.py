@@ -52,8 +52,11 @@ def render_tune(result: TuneResult, console: Console) -> None:
             cells.append("" if m.compile_s is None else f"{m.compile_s:,.1f}")
         table.add_row(*cells, style="bold red" if r.status == PICK else None)
     console.print(table)
-    for r in shown[:SHOWN]:  # the reasons below the table: they would squeeze it unreadable
+    for r in shown_rows:  # the reasons below the table: they would squeeze it unreadable
         console.print(f"  {r.key}: {'; '.join(r.reasons)}", highlight=False, markup=False)
+        if r.metrics is not None and r.metrics.repeats_disagree:
+            flagged = [n for n in r.metrics.notes if n.startswith("repeats disagree")]
+            console.print(f"    {'; '.join(flagged)}", highlight=False, markup=False, style="red")
     if len(shown) > SHOWN:
         console.print(
             f"... and {len(shown) - SHOWN} more measured (all in the report)", highlight=False
