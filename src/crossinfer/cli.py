@@ -456,6 +456,12 @@ def _print_result(result: BenchResult) -> None:
         f"{result.throughput:,.1f} samples/s, p99 {result.latency.p99_ms:.2f} ms",
         highlight=False,
     )
+    summary = Path(result.loadgen_log_dir) / "mlperf_log_summary.txt"
+    if result.loadgen_result == "INVALID" and summary.exists():
+        from crossinfer.bench.summary import invalid_reason, parse_summary
+
+        why = invalid_reason(parse_summary(summary.read_text()))
+        err_console.print(f"    INVALID: {why or 'LoadGen gave no reason'}", highlight=False)
 
 
 def _print_bench_error(error: BenchFailure) -> None:
