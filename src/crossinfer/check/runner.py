@@ -225,6 +225,7 @@ def check_model(
         row, outputs = _run_row(artifact, target, feeds, options, timeout_s)
         if outputs is not None:
             row = _judge(row, outputs, ref_outputs, tolerance, ref_target, tried)
+            row = _name_precision_ran(row, precision)
             if row.verdict is Verdict.MISMATCH and (
                 precision is Precision.INT8 or is_quantized(artifact)
             ):
@@ -249,6 +250,21 @@ def is_quantized(artifact: ModelArtifact) -> bool:
     from crossinfer.passes.int8_static import QUANTIZED_OP_TYPES
 
     return any(op in QUANTIZED_OP_TYPES for op in artifact.op_histogram)
+
+
+def _name_precision_ran(row: CheckRow, precision: Precision) -> CheckRow:
+    """A row whose runtime silently ran another precision says which, from its read-back."""
+    from crossinfer.ran_precision import precision_that_ran
+
+    ran, why = precision_that_ran(precision, row.session)
+    if ran is precision:
+        return row
+    note = f"ran {ran.value}, not {precision.value}: {why}"
+    return replace(
+        row,
+        reason=f"{row.reason}; {note}" if row.reason else note,
+        session={**row.session, "ran_precision": ran.value},
+    )
 
 
 def _name_isa_drift(row: CheckRow, target: Target, artifact: ModelArtifact) -> CheckRow:

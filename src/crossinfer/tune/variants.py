@@ -28,6 +28,7 @@ from crossinfer.errors import CrossinferError
 from crossinfer.model import ModelArtifact, load_model
 from crossinfer.passes.base import CalibrationData, LabelledSet
 from crossinfer.passes.pipeline import OptimizeReport, backend_presets, optimize
+from crossinfer.ran_precision import precision_that_ran
 from crossinfer.tensor_specs import batchable
 from crossinfer.tune.config import TuneConfig
 from crossinfer.tune.constraints import Constraints
@@ -236,6 +237,16 @@ def _variant_from_report(
     last = steps[-1] if steps else report.steps[0]
     baseline = report.steps[0].measurement
     measured = last.measurement
+    ran, why = precision_that_ran(runtime, measured.session if measured else {})
+    if ran is not runtime:
+        # the runtime silently ran another precision: the variant is that precision's (the
+        # FP32 variant, measured on its own), never a spec that says bf16/fp16
+        return Pruned(
+            what,
+            "optimize",
+            f"ran {ran.value.upper()}, not {runtime.value.upper()}: {why}; the same as "
+            f"{target}/{ran.value}",
+        )
     notes = tuple(r for r in last.reasons if "throughput" in r)
     return Variant(
         target=target,
