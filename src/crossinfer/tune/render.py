@@ -11,6 +11,7 @@ from crossinfer.tune.recommend import FEASIBLE, PICK, REJECTED, CandidateResult
 from crossinfer.tune.runner import TuneResult
 
 SHOWN = 12
+PRUNED_SHOWN = 8
 # the table's status column, short enough for 80 columns; the reasons below say it in full
 _SHORT_STATUS = {PICK: "pick", FEASIBLE: "meets", REJECTED: "rejected"}
 
@@ -68,6 +69,13 @@ def render_tune(result: TuneResult, console: Console) -> None:
         + f"); {len(result.space.pruned)} parts pruned before measuring",
         highlight=False,
     )
+    for p in result.space.pruned[:PRUNED_SHOWN]:  # said here, not only in tune.json
+        console.print(f"  pruned {p.what} ({p.stage}): {p.reason}", highlight=False, markup=False)
+    if len(result.space.pruned) > PRUNED_SHOWN:
+        console.print(
+            f"  ... and {len(result.space.pruned) - PRUNED_SHOWN} more pruned (all in tune.json)",
+            highlight=False,
+        )
     if data["compile_s_total"]:
         console.print(
             f"compile s: session set-up before the first result (load, then each input shape's "
