@@ -229,6 +229,8 @@ def _variant_from_report(
     if failed:
         detail = next((c for c in failed[0].comparisons if not c.passed), None)
         why = f"{detail.name}: {detail.reason}" if detail else "outputs differ"
+        if failed[0].divergence:  # where the quantized model left FP32, as optimize found it
+            why += f"; {failed[0].divergence['summary']}"
         return Pruned(
             what,
             "optimize",
