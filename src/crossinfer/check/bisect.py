@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +90,8 @@ class Divergence:
             "node": self.node or None,
             "op_type": self.op_type or None,
             "node_index": self.node_index,
-            "outputs": [e.__dict__ for e in self.outputs],
-            "inputs": [e.__dict__ for e in self.inputs],
+            "outputs": [asdict(e) for e in self.outputs],
+            "inputs": [asdict(e) for e in self.inputs],
             "repro_dir": str(self.repro_dir) if self.repro_dir else None,
             "summary": self.summary(),
         }
