@@ -261,6 +261,7 @@ def _variant_from_report(
         accuracy_drop=last.accuracy_drop,
         accuracy_method=_accuracy_method(last),
         notes=notes,
+        speed_verdict=last.speed_verdict if steps else "",
         before=_figures(baseline),
         after=_figures(measured),
     )
@@ -349,6 +350,7 @@ def _cached_variant(
             accuracy_drop=raw["accuracy_drop"],
             accuracy_method=raw["accuracy_method"],
             notes=tuple(raw["notes"]),
+            speed_verdict=raw.get("speed_verdict", ""),
             before=raw["before"],
             after=raw["after"],
         )
