@@ -17,7 +17,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from crossinfer.backends.base import Precision, SessionOptions, Target, backend_entry
+from crossinfer.backends.base import (
+    BackendEntry,
+    Precision,
+    SessionOptions,
+    Target,
+    backend_entry,
+)
 from crossinfer.check.isolate import run_isolated
 from crossinfer.check.parity import OutputComparison, Tolerance, compare_outputs
 from crossinfer.errors import InferenceError
@@ -146,11 +152,11 @@ def first_divergence(
     """
     fp32 = SessionOptions(precision=Precision.FP32)
     with tempfile.TemporaryDirectory(prefix="crossinfer-bisect-") as tmp:
-        values_a = _run_marked(
-            _Side(a, target_a, options_a or fp32), feeds, Path(tmp) / "a.onnx", timeout_s
-        )
-        values_b = _run_marked(
-            _Side(b, target_b, options_b or fp32), feeds, Path(tmp) / "b.onnx", timeout_s
+        values_a, values_b = _run_marked(
+            [_Side(a, target_a, options_a or fp32), _Side(b, target_b, options_b or fp32)],
+            feeds,
+            Path(tmp),
+            timeout_s,
         )
     return locate(
         b.load_proto(),
@@ -263,34 +269,42 @@ def save_reproducer(
     return out_dir
 
 
-def _run_marked(
-    side: _Side, feeds: Mapping[str, np.ndarray], path: Path, timeout_s: float
-) -> dict[str, np.ndarray]:
-    from crossinfer.check.runner import run_target_in_child
+_Job = tuple[BackendEntry, ModelArtifact, str, SessionOptions]  # what one side runs
 
-    onnx.save(mark_all_outputs(side.artifact.load_proto()), path)
-    marked = replace(load_model(path), proto=None)
-    entry = backend_entry(side.target.backend)
-    outcome = run_isolated(
-        run_target_in_child,
-        entry,
-        marked,
-        side.target.device,
-        side.options,
-        dict(feeds),
-        timeout_s=timeout_s,
-    )
+
+def _run_marked(
+    sides: list[_Side], feeds: Mapping[str, np.ndarray], tmp: Path, timeout_s: float
+) -> list[dict[str, np.ndarray]]:
+    """Both sides in one child process (one start-up, not two), one after the other."""
+    jobs: list[_Job] = []
+    for i, side in enumerate(sides):
+        path = tmp / f"side-{i}.onnx"
+        onnx.save(mark_all_outputs(side.artifact.load_proto()), path)
+        marked = replace(load_model(path), proto=None)
+        jobs.append((backend_entry(side.target.backend), marked, side.target.device, side.options))
+    outcome = run_isolated(_run_sides_in_child, jobs, dict(feeds), timeout_s=timeout_s)
+    where = " and ".join(f"{s.artifact.source} on {s.target}" for s in sides)
     if not outcome.ok:
         raise InferenceError(
-            f"{side.artifact.source} with every tensor marked did not run on {side.target}: "
-            f"{outcome.status}: {outcome.message}"
+            f"{where} with every tensor marked did not run: {outcome.status}: {outcome.message}"
         )
-    result = outcome.value
-    if result.error is not None or result.outputs is None:
-        message = result.error[1] if result.error else "no outputs"
-        raise InferenceError(
-            f"{side.artifact.source} with every tensor marked did not run on {side.target}: "
-            f"{message}"
-        )
-    outputs: dict[str, np.ndarray] = result.outputs
-    return outputs
+    values: list[dict[str, np.ndarray]] = []
+    for side, result in zip(sides, outcome.value, strict=True):
+        if result.error is not None or result.outputs is None:
+            message = result.error[1] if result.error else "no outputs"
+            raise InferenceError(
+                f"{side.artifact.source} with every tensor marked did not run on "
+                f"{side.target}: {message}"
+            )
+        values.append(result.outputs)
+    return values
+
+
+def _run_sides_in_child(jobs: list[_Job], feeds: dict[str, np.ndarray]) -> list[Any]:
+    """Runs in the child: check's own per-target work for each side. Module-level for pickling."""
+    from crossinfer.check.runner import run_target_in_child
+
+    return [
+        run_target_in_child(entry, artifact, device, options, feeds)
+        for entry, artifact, device, options in jobs
+    ]
