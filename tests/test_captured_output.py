@@ -34,6 +34,22 @@ def test_repeats_are_counted_and_everything_is_kept_in_the_file(tmp_path: Path) 
     os.write(2, b"")  # fd 2 is usable again after the block
 
 
+def test_a_library_logger_that_does_not_propagate_is_caught_too(tmp_path: Path) -> None:
+    # as NNCF's: its own console handler, propagation off
+    chatty = logging.getLogger("chatty_library")
+    own = logging.StreamHandler()
+    chatty.addHandler(own)
+    chatty.propagate = False
+    try:
+        with capture_third_party_output(tmp_path / "log") as captured:
+            chatty.warning("No CUDA runtime is found")
+        assert captured.lines == ["chatty_library: No CUDA runtime is found"]
+        assert chatty.handlers == [own]  # put back after the block
+    finally:
+        chatty.removeHandler(own)
+        chatty.propagate = True
+
+
 def test_nothing_caught_says_nothing(tmp_path: Path) -> None:
     with capture_third_party_output(tmp_path / "log") as captured:
         pass

@@ -61,6 +61,31 @@ class _Records(logging.Handler):
             self._sink.append(f"{record.name}: {record.getMessage()}")
 
 
+def _swap_console_handlers(
+    handler: logging.Handler,
+) -> list[tuple[logging.Logger, list[logging.Handler]]]:
+    """Libraries that do not propagate to the root (NNCF) print through their own console
+    handlers: those are set aside for the block and `handler` takes their records."""
+    swapped = []
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if not isinstance(logger, logging.Logger) or logger.propagate:
+            continue
+        if name.startswith("crossinfer"):
+            continue
+        console: list[logging.Handler] = [
+            h
+            for h in logger.handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+        ]
+        if not console:
+            continue
+        for console_handler in console:
+            logger.removeHandler(console_handler)
+        logger.addHandler(handler)
+        swapped.append((logger, console))
+    return swapped
+
+
 def _writes_fd2(stream: typing.TextIO) -> bool:
     try:
         return stream.fileno() == 2
@@ -87,12 +112,17 @@ def capture_third_party_output(log_path: Path | None = None) -> Iterator[Capture
         handler = _Records(records)
         root = logging.getLogger()
         root.addHandler(handler)
+        swapped = _swap_console_handlers(handler)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("default")  # each distinct warning once per place, as usual
                 yield captured
         finally:
             root.removeHandler(handler)
+            for logger, console_handlers in swapped:
+                logger.removeHandler(handler)
+                for console_handler in console_handlers:
+                    logger.addHandler(console_handler)
             sys.stderr = original_stderr
             terminal.close()
             os.dup2(saved_fd, 2)
