@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from crossinfer.captured_output import capture_third_party_output
 from crossinfer.errors import CrossinferError, UsageError
 from crossinfer.option_parsing import parse_batch_sizes as _parse_batches
 from crossinfer.option_parsing import parse_dims as _parse_dims
@@ -143,6 +144,21 @@ def check(
     timeout: Annotated[
         float, typer.Option(min=1, help="Seconds each row may take before it is killed.")
     ] = 600.0,
+    bisect: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            metavar="A B",
+            help="Find the first node where target B's tensors leave target A's (every "
+            "intermediate marked as an output) and save it alone as a reproducer; exit 1 if found.",
+        ),
+    ] = None,
+    bisect_model: Annotated[
+        str | None,
+        typer.Option(help="With --bisect: B runs this model (e.g. the INT8 one) instead of MODEL."),
+    ] = None,
+    repro_dir: Annotated[
+        Path, typer.Option(help="With --bisect: folder for the divergent node's reproducer.")
+    ] = Path("crossinfer-bisect"),
     as_json: JsonOpt = False,
 ) -> None:
     """Run the model on every runtime x device in child processes: placement, parity, verdicts."""
@@ -162,8 +178,14 @@ def check(
             feeds = load_inputs(inputs, artifact.inputs, model=artifact.source)
             source = str(inputs)
         else:
+            from crossinfer.check.inputs import check_dim_names, dim_choices
+
+            check_dim_names(artifact.inputs, dims)
             feeds = random_inputs(artifact.inputs, batch=batch, dims=dims, seed=seed)
             source = f"random, seed {seed}"
+            choices = dim_choices(artifact.inputs, batch=batch, dims=dims)
+            if choices and not as_json:
+                err_console.print(f"  symbolic dims: {', '.join(choices)}", highlight=False)
         tol = default_tolerance(prec)
         tol = replace(
             tol,
@@ -171,6 +193,19 @@ def check(
             rtol=tol.rtol if rtol is None else rtol,
             min_cosine=tol.min_cosine if min_cosine is None else min_cosine,
         )
+        if bisect is not None:
+            _bisect(
+                artifact,
+                bisect,
+                load_model(bisect_model) if bisect_model else artifact,
+                feeds=feeds,
+                tolerance=tol,
+                options=SessionOptions(threads=threads, precision=prec),
+                repro_dir=repro_dir,
+                timeout_s=timeout,
+                as_json=as_json,
+            )
+            return
         report = check_model(
             artifact,
             targets=targets,
@@ -189,11 +224,57 @@ def check(
         _print_json(report.to_dict())
     else:
         render_check(report, console)
+    if not report.judged:
+        err_console.print(
+            f"[bold red]no row could be judged:[/bold red] {report.requested_reference} and the "
+            "trusted fallbacks produced no reference outputs (their rows say why); name one "
+            "that runs this model with --reference BACKEND:DEVICE",
+            highlight=False,
+        )
+        raise typer.Exit(1)
     failed = report.failed(require or [])
     if failed:
         err_console.print(
             f"[bold red]required target(s) did not pass:[/bold red] {', '.join(failed)}"
         )
+        raise typer.Exit(1)
+
+
+def _bisect(
+    artifact: ModelArtifact,
+    targets: tuple[str, str],
+    suspect: ModelArtifact,
+    *,
+    feeds: Any,
+    tolerance: Any,
+    options: Any,
+    repro_dir: Path,
+    timeout_s: float,
+    as_json: bool,
+) -> None:
+    from crossinfer.backends.base import Target
+    from crossinfer.check.bisect import first_divergence
+
+    a, b = (Target.parse(t) for t in targets)
+    if not as_json:
+        err_console.print(f"  bisect: every tensor of {a} against {b} ...", highlight=False)
+    found = first_divergence(
+        artifact,
+        a,
+        suspect,
+        b,
+        feeds=feeds,
+        tolerance=tolerance,
+        options_b=options,
+        repro_dir=repro_dir,
+        timeout_s=timeout_s,
+    )
+    if as_json:
+        _print_json(found.to_dict())
+    else:
+        console.print(f"{found.b} against {found.a}:", highlight=False)
+        console.print(found.summary(), highlight=False, markup=False)
+    if found.found:
         raise typer.Exit(1)
 
 
@@ -375,6 +456,12 @@ def _print_result(result: BenchResult) -> None:
         f"{result.throughput:,.1f} samples/s, p99 {result.latency.p99_ms:.2f} ms",
         highlight=False,
     )
+    summary = Path(result.loadgen_log_dir) / "mlperf_log_summary.txt"
+    if result.loadgen_result == "INVALID" and summary.exists():
+        from crossinfer.bench.summary import invalid_reason, parse_summary
+
+        why = invalid_reason(parse_summary(summary.read_text()))
+        err_console.print(f"    INVALID: {why or 'LoadGen gave no reason'}", highlight=False)
 
 
 def _print_bench_error(error: BenchFailure) -> None:
@@ -508,8 +595,10 @@ def optimize(
         if recipe is not None and not as_json:
             err_console.print(recipe.headline(), highlight=False)
         status = contextlib.nullcontext() if as_json else err_console.status("optimizing ...")
+        # runtimes and quantizers log the same warning many times: kept in a file, said once
+        captured = capture_third_party_output(out / "third-party.log")
         # calibration tools (NNCF, ORT's calibrators) draw progress on stdout: keep it for results
-        with status, contextlib.redirect_stdout(sys.stderr):
+        with captured as chatter, status, contextlib.redirect_stdout(sys.stderr):
             report = run_optimize(
                 artifact,
                 target=tgt,
@@ -525,6 +614,7 @@ def optimize(
                 measure_seconds=seconds,
                 on_step=None if as_json else _print_step,
             )
+        _print_chatter(chatter.summary())
     except CrossinferError as exc:
         _fail(exc)
     report.write_json()
@@ -536,9 +626,16 @@ def optimize(
         raise typer.Exit(1)
 
 
+def _print_chatter(summary: list[str]) -> None:
+    for line in summary:
+        err_console.print(line, highlight=False, markup=False, style="dim")
+
+
 def _print_step(step: StepReport) -> None:
     m = step.measurement
     figures = f"{m.throughput:,.1f} samples/s" if m else "not measured"
+    if step.speed is not None:
+        figures += f", {step.speed.ratio:.2f}x the baseline: {step.speed_verdict}"
     state = "" if step.kept else " (dropped)"
     err_console.print(f"  {step.pass_name}: {figures}{state}", highlight=False)
 
@@ -683,9 +780,13 @@ def _run_tune(
             err_console.print(text, highlight=False, markup=False)
 
     try:
-        # calibration tools draw progress on stdout: keep it for results
-        with contextlib.redirect_stdout(sys.stderr):
-            return run_tune(artifact, config, out_dir=out_dir, store=store, on_event=say)
+        # calibration tools draw progress on stdout: keep it for results; runtimes' and
+        # quantizers' repeated warnings go to a file and are summarised once
+        captured = capture_third_party_output(out_dir / "third-party.log")
+        with captured as chatter, contextlib.redirect_stdout(sys.stderr):
+            result = run_tune(artifact, config, out_dir=out_dir, store=store, on_event=say)
+        _print_chatter(chatter.summary())
+        return result
     except KeyboardInterrupt:
         err_console.print(
             f"interrupted: what was measured is kept in {store.path}; run the same command "

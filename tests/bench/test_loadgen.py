@@ -24,7 +24,7 @@ from crossinfer.bench.settings import (
     LoadGenSettings,
     quick_settings,
 )
-from crossinfer.bench.summary import parse_summary
+from crossinfer.bench.summary import invalid_reason, parse_summary
 from crossinfer.errors import InferenceError, UsageError
 from crossinfer.model import load_model
 
@@ -326,4 +326,9 @@ Additional Stats
     assert summary["Early Stopping Result"] == (
         "Run unsuccessful. Would need to run at least 359 more queries, with the run being "
         "successful if every additional query were under latency."
+    )
+    assert invalid_reason(summary) == (
+        "not satisfied: early stopping; early stopping result: Run unsuccessful. Would need to "
+        "run at least 359 more queries, with the run being successful if every additional query "
+        "were under latency."
     )

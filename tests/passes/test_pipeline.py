@@ -18,6 +18,7 @@ from crossinfer.model import load_model
 from crossinfer.passes import pipeline
 from crossinfer.passes.base import LabelledSet, read_provenance
 from crossinfer.passes.pipeline import optimize, preset
+from crossinfer.turns import TurnsComparison
 from crossinfer.zoo import zoo_dataset
 
 runner = CliRunner()
@@ -28,13 +29,20 @@ runner = CliRunner()
 FAKE_THROUGHPUT = 1000.0
 
 
+def _fake_throughput(artifact: Any) -> float:
+    nodes = load_model(str(artifact.path)).load_proto().graph.node
+    added = sum(1 for n in nodes if n.name.startswith("slow_mm_"))
+    return FAKE_THROUGHPUT / (1 + added)
+
+
 def _controlled_speed(real: Any) -> Any:
-    def measure(entry: Any, artifact: Any, *args: Any) -> tuple[Any, Any]:
-        measured, outputs = real(entry, artifact, *args)
-        nodes = load_model(str(artifact.path)).load_proto().graph.node
-        added = sum(1 for n in nodes if n.name.startswith("slow_mm_"))
-        throughput = FAKE_THROUGHPUT / (1 + added)
-        return dataclasses.replace(measured, throughput=throughput), outputs
+    def measure(entry: Any, artifact: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any, Any]:
+        measured, outputs, speed = real(entry, artifact, *args, **kwargs)
+        throughput = _fake_throughput(artifact)
+        if speed is not None:  # the rounds in turns, as the cost model says they went
+            base = _fake_throughput(kwargs["against"][0])
+            speed = TurnsComparison((base,) * 3, (throughput,) * 3, (1.0, 1.0, 1.0))
+        return dataclasses.replace(measured, throughput=throughput), outputs, speed
 
     return measure
 
@@ -74,8 +82,14 @@ def test_a_slower_pass_is_a_regression_and_is_dropped(tmp_path: Path, fake_passe
     assert slow.parity_passed  # same outputs: only the speed is worse
     assert slow.speedup == pytest.approx(1 / 25)  # 24 MatMuls added
     assert slow.regression and not slow.kept
-    assert slow.reasons[0].startswith("0.04x the baseline's throughput on onnxruntime:cpu: ")
+    assert slow.speed is not None and slow.speed_verdict == "slower"
+    assert slow.reasons[0].startswith(
+        "0.04x the baseline's throughput on onnxruntime:cpu (rounds 0.04x-0.04x, 3 in turns, "
+        "load 1.0): "
+    )
     assert report.final.sha256 == artifact.sha256  # nothing kept: the original stays
+    # ... and is still written as OUT/model.onnx, where a script looks for the final model
+    assert report.final.path == tmp_path / "model.onnx" and report.final.path.exists()
     provenance = read_provenance(tmp_path / "01-slowdown.onnx")
     assert provenance is not None and provenance["parent"]["sha256"] == artifact.sha256
 
@@ -102,6 +116,30 @@ def test_a_pass_that_breaks_accuracy_is_flagged_and_kept_only_on_request(
     assert noisy.speedup == 1.0 and not any("throughput" in r for r in noisy.reasons)
     assert noisy.kept and report.final.path == tmp_path / "model.onnx"
     assert report.final.sha256 == noisy.artifact.sha256
+
+
+def test_a_dropped_int8_model_says_where_it_diverged(
+    tmp_path: Path, fake_passes: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the noise pass labelled INT8: its parity fails at INT8 tolerance, so optimize bisects it
+    monkeypatch.setitem(pipeline.PASSES, "noise", ("fake_passes", "NoisePass", Precision.INT8))
+    artifact = load_model("zoo:digits")
+    report = optimize(
+        artifact,
+        target=Target("onnxruntime", "cpu"),
+        passes=[("noise", None)],
+        out_dir=tmp_path,
+        measure_seconds=0.2,
+    )
+    noisy = report.steps[1]
+    assert not noisy.kept and not noisy.parity_passed
+    assert noisy.divergence is not None
+    # the noise is in fc1's weights (Constant and Mul before it are exact): the first Gemm
+    assert noisy.divergence["node"] == "/fc1/Gemm" and noisy.divergence["op_type"] == "Gemm"
+    assert any(r.startswith("first divergent node: '/fc1/Gemm' (Gemm, #2)") for r in noisy.reasons)
+    repro = tmp_path / "01-noise-divergence"
+    assert (repro / "model.onnx").exists() and (repro / "test_data_set_0" / "input_0.pb").exists()
+    assert report.to_dict()["steps"][1]["divergence"]["repro_dir"] == str(repro)
 
 
 def test_presets_and_unknown_names() -> None:

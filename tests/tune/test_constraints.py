@@ -3,6 +3,7 @@ given for every other candidate, and the nearest candidates when nothing meets t
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -92,8 +93,11 @@ def test_objectives_and_cost() -> None:
         Objective.parse("speed")
 
 
-def _space_and_outcome(measured: dict[tuple[str, int], Metrics | None]):  # type: ignore[no-untyped-def]
-    variants = [variant("fp32"), variant("int8", notes=("0.8x: this CPU has no AVX512-VNNI",))]
+def _space_and_outcome(  # type: ignore[no-untyped-def]
+    measured: dict[tuple[str, int], Metrics | None], int8_speed: str = "slower"
+):
+    int8 = variant("int8", notes=("0.8x: this CPU has no AVX512-VNNI",))
+    variants = [variant("fp32"), dataclasses.replace(int8, speed_verdict=int8_speed)]
     space = build_space(variants, (1, 8), batchable=True, cores=1, knobs={"onnxruntime": [Knobs()]})
     outcome = SearchOutcome("exhaustive")
     for candidate in space.candidates:
@@ -173,3 +177,18 @@ def test_cost_without_a_price_rejects_with_the_reason() -> None:
     assert rec.pick is None
     only = rec.result("onnxruntime:cpu/fp32/batch 1/default threads")
     assert only.status == REJECTED and "no price per hour" in only.reasons[0]
+
+
+def test_no_cause_is_claimed_for_a_gap_that_turns_called_noise() -> None:
+    space, outcome = _space_and_outcome(
+        {("fp32", 1): metrics(50.0, 20.0), ("int8", 1): metrics(40.0, 25.0)},
+        int8_speed="within noise",
+    )
+    rec = recommend(space, outcome, Constraints(), Scorer(Objective.THROUGHPUT))
+    int8 = {r.key: r for r in rec.results}["onnxruntime:cpu/int8/batch 1/default threads"]
+    assert not any("slower here" in r for r in int8.reasons)
+    assert any(
+        r == "INT8 measured 0.80x the FP32 throughput at the same setting, but within noise when "
+        "optimize measured the two in turns: the difference is likely the machine's load"
+        for r in int8.reasons
+    )

@@ -283,3 +283,13 @@ def test_render_shows_compile_seconds(modal: Path, tmp_path: Path) -> None:
     compiled = result.outcome.measured["modal:cpu/fp32/batch 1/mode=compile, default threads"]
     assert compiled is not None and compiled.compile_s is not None
     assert f"{compiled.compile_s:,.1f}" in text
+    # at 80 columns nothing is cut: the candidate whole, the settings wrapped in their column
+    narrow = Console(record=True, width=80)
+    render_tune(result, narrow)
+    lines = narrow.export_text().splitlines()
+    table = lines[: lines.index(next(line for line in lines if line.startswith("  modal:")))]
+    assert all(len(line) <= 80 for line in table)
+    assert not any("…" in line for line in table), "\n".join(table)
+    assert sum(line.startswith(" modal:cpu/fp32/batch 1 ") for line in table) == len(
+        [r for r in result.recommendation.results if r.metrics is not None]
+    )

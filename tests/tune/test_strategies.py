@@ -202,11 +202,29 @@ def test_confirmation_measures_the_best_again_and_keeps_the_mean() -> None:
 def test_merge_takes_means_and_the_larger_memory() -> None:
     from crossinfer.tune.constraints import merge_metrics
 
-    first = _surface(_space().candidates[0])
-    second = dataclasses_replace(first, throughput=first.throughput * 3, peak_rss_mb=300.0)
+    first = _surface(_space().candidates[0])  # p99 twice p50: runs may be 2x apart
+    second = dataclasses_replace(first, throughput=first.throughput * 1.5, peak_rss_mb=300.0)
     merged = merge_metrics(first, second)
-    assert merged.throughput == pytest.approx(first.throughput * 2)
+    assert merged.throughput == pytest.approx(first.throughput * 1.25)
     assert merged.peak_rss_mb == 300.0 and merged.runs == 2
+    assert not merged.repeats_disagree
+    assert "(1.50x apart, within the 2.00x the runs' own spread allows)" in merged.notes[-1]
+
+
+def test_repeats_that_disagree_beyond_their_spread_are_flagged_not_averaged() -> None:
+    from crossinfer.tune.constraints import merge_metrics
+
+    base = _surface(_space().candidates[0])
+    tight = dataclasses_replace(base, p50_ms=10.0, p99_ms=11.0)  # its own spread: 1.10x
+    first = dataclasses_replace(tight, throughput=61.7, load_avg=1.2)
+    second = dataclasses_replace(tight, throughput=6.7, p50_ms=90.0, p99_ms=99.0, load_avg=7.9)
+    merged = merge_metrics(first, second)
+    assert merged.repeats_disagree and not merged.stable and merged.runs == 2
+    assert merged.throughput == 6.7 and merged.p99_ms == 99.0  # the slower run stands
+    assert merged.notes[-1].startswith(
+        "repeats disagree: 61.7 and 6.7 samples/s (load 1.2 and 7.9) are 9.21x apart, beyond "
+        "the 1.10x the runs' own spread allows"
+    )
 
 
 def dataclasses_replace(metrics: Metrics, **changes: float) -> Metrics:

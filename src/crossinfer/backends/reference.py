@@ -61,15 +61,23 @@ class ReferenceSession:
         try:
             self._evaluator = ReferenceEvaluator(self._proto)
         except Exception as exc:  # the evaluator raises NotImplementedError, TypeError, ...
+            ops = _unknown_ops(exc)
             raise CompileError(
-                f"onnx's reference evaluator cannot run {artifact.source}: {exc}",
-                unsupported_ops=_unknown_ops(exc),
+                f"onnx's reference evaluator cannot run {artifact.source}"
+                f"{_first_node_of(self._proto, ops)}: {exc}",
+                unsupported_ops=ops,
             ) from exc
+        for node in self._evaluator.rt_nodes_:
+            _name_failures(node)
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = validate_feeds(self.inputs, feeds, model=self._model)
         try:
             values = self._evaluator.run(None, arrays)
+        except _NodeFailure as failure:
+            raise InferenceError(
+                f"reference evaluator failed at {failure.where}: {failure.cause}"
+            ) from failure.cause
         except Exception as exc:
             raise InferenceError(f"reference evaluator failed: {exc}") from exc
         names = [o.name for o in self._proto.graph.output]
@@ -91,6 +99,47 @@ class ReferenceSession:
 
     def close(self) -> None:
         del self._evaluator
+
+
+class _NodeFailure(Exception):
+    """An op's own error, wrapped on its way out so that the node that raised it can be named."""
+
+    def __init__(self, where: str, cause: BaseException) -> None:
+        super().__init__(f"{where}: {cause}")
+        self.where = where
+        self.cause = cause
+
+
+def describe_node(node: onnx.NodeProto, index: int | None = None) -> str:
+    """ "node 'name' (Domain:OpType)", the words `check` uses to point at one node of a graph."""
+    op = f"{node.domain}:{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+    name = node.name or (f"#{index}" if index is not None else "(unnamed)")
+    return f"node '{name}' ({op})"
+
+
+def _name_failures(rt_node: Any) -> None:
+    # ReferenceEvaluator.run loops over its nodes without saying which one raised; wrapping each
+    # node's run (an instance attribute shadows the method) names it in the error instead
+    original = rt_node.run
+    where = describe_node(rt_node.onnx_node)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return original(*args, **kwargs)
+        except _NodeFailure:
+            raise
+        except Exception as exc:
+            raise _NodeFailure(where, exc) from exc
+
+    rt_node.run = run
+
+
+def _first_node_of(proto: onnx.ModelProto, ops: tuple[str, ...]) -> str:
+    for i, node in enumerate(proto.graph.node):
+        op = f"{node.domain}:{node.op_type}" if node.domain else node.op_type
+        if op in ops:
+            return f" ({describe_node(node, i)} is the first it does not know)"
+    return ""
 
 
 _UNKNOWN_NODE = re.compile(r"Node type '(\w+)' from domain '([\w.]*)' is unknown")

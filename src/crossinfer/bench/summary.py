@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["detail_errors", "metric_key", "number", "parse_summary"]
+__all__ = ["detail_errors", "invalid_reason", "metric_key", "number", "parse_summary"]
 
 _SUMMARY_LINE = re.compile(r"^\s*([^:*=][^:]*?)\s*:\s*(.*?)\s*$")
 _METRIC_KEYS = {
@@ -92,3 +92,18 @@ def detail_errors(path: Path) -> tuple[str, ...]:
                 continue
             errors.append(str(record.get("value", "")))
     return tuple(errors)
+
+
+def invalid_reason(summary: Mapping[str, str]) -> str:
+    """Why LoadGen called a run INVALID, in its own words: each "... satisfied : NO" check, then
+    its early-stopping verdict and recommendations; empty when nothing says why."""
+    failed = [
+        key.removesuffix(" satisfied").lower()
+        for key, value in summary.items()
+        if key.endswith("satisfied") and value.strip().upper() == "NO"
+    ]
+    parts = [f"not satisfied: {', '.join(failed)}"] if failed else []
+    for section in ("Early Stopping Result", "Recommendations"):
+        if summary.get(section):
+            parts.append(f"{section.lower()}: {summary[section]}")
+    return "; ".join(parts)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from crossinfer.backends.base import validate_feeds
-from crossinfer.errors import InputError
+from crossinfer.errors import InputError, UsageError
 from crossinfer.model import Dim, TensorSpec
 
 DEFAULT_DIM = 16  # for symbolic dimensions other than the batch (sequence lengths, image sizes)
@@ -27,6 +28,47 @@ def concrete_shape(
     for i, dim in enumerate(spec.shape):
         out.append(_resolve(dim, i, batch, dims))
     return tuple(out)
+
+
+def symbolic_dims(inputs: Sequence[TensorSpec]) -> dict[str, bool]:
+    """The model's named symbolic dims, in input order: name -> whether it leads some input."""
+    names: dict[str, bool] = {}
+    for spec in inputs:
+        for i, dim in enumerate(spec.shape or ()):
+            if isinstance(dim, str) and dim:
+                names[dim] = names.get(dim, False) or i == 0
+    return names
+
+
+def check_dim_names(inputs: Sequence[TensorSpec], dims: Mapping[str, int]) -> None:
+    """Refuse a --dim NAME the model does not have: a misspelt name would be ignored silently."""
+    known = symbolic_dims(inputs)
+    for name in dims:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.4)
+        if not known:
+            have = "it has none (every dim is fixed)"
+        else:
+            have = f"its symbolic dims are {', '.join(known)}"
+        hint = f"; did you mean --dim {close[0]}={dims[name]}?" if close else ""
+        raise UsageError(f"--dim {name}: the model has no symbolic dim '{name}': {have}{hint}")
+
+
+def dim_choices(
+    inputs: Sequence[TensorSpec], *, batch: int = 1, dims: Mapping[str, int] | None = None
+) -> list[str]:
+    """What each symbolic dim is set to and why, e.g. "seq=16 (default; --dim seq=N)"."""
+    dims = dims or {}
+    out = []
+    for name, leads in symbolic_dims(inputs).items():
+        if name in dims:
+            out.append(f"{name}={dims[name]} (--dim)")
+        elif leads:
+            out.append(f"{name}={batch} (--batch)")
+        else:
+            out.append(f"{name}={DEFAULT_DIM} (default; --dim {name}=N)")
+    return out
 
 
 def _resolve(dim: Dim, index: int, batch: int, dims: Mapping[str, int]) -> int:

@@ -29,13 +29,21 @@ def render_check(report: CheckReport, console: Console) -> None:
         f"precision {report.precision.value}  tolerance atol={tol.atol:g} rtol={tol.rtol:g} "
         f"cosine>={tol.min_cosine:g}"
     )
-    console.print(f"inputs ({report.input_source}): {shapes}; reference: {report.reference}")
+    if not report.judged:
+        served = f"none ({report.requested_reference} and the fallbacks failed: rows not judged)"
+    elif report.requested_reference and report.reference != report.requested_reference:
+        served = f"{report.reference} (fallback: {report.requested_reference} failed)"
+    else:
+        served = report.reference
+    console.print(f"inputs ({report.input_source}): {shapes}; reference: {served}")
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1))
+    # 80 columns: the target and the verdict are never cut ("unsuppor…" said nothing); the
+    # placement folds onto more lines instead
     table.add_column("target", no_wrap=True)
-    table.add_column("verdict", min_width=7)
+    table.add_column("verdict", no_wrap=True, min_width=len(Verdict.MISMATCH.value))
     for column in ("load s", "run ms"):
         table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("placement", min_width=9)
+    table.add_column("placement", min_width=9, overflow="fold")
     for column in ("abs err", "cosine"):
         table.add_column(column, justify="right", no_wrap=True)
     for row in report.rows:
@@ -46,7 +54,8 @@ def render_check(report: CheckReport, console: Console) -> None:
         style="dim",
     )
     for row in report.rows:
-        if row.reason and not (row.passed and row.is_reference):
+        fell_back = row.is_reference and report.reference != report.requested_reference
+        if row.reason and (fell_back or not (row.passed and row.is_reference)):
             console.print(
                 f"[{_STYLES[row.verdict]}]{row.target}[/]: {escape(row.reason)}", highlight=False
             )
@@ -64,7 +73,7 @@ def render_check(report: CheckReport, console: Console) -> None:
         if row.stderr_tail and row.verdict in (Verdict.CRASHED, Verdict.TIMEOUT):
             console.print(f"  last stderr: {escape(row.stderr_tail[-400:])}", highlight=False)
         ignored = row.session.get("ignored_options")
-        if ignored and not row.is_reference:
+        if ignored and not row.target.startswith("reference:"):
             console.print(f"  {row.target} ignored: {escape(', '.join(ignored))}", highlight=False)
         precisions = row.session.get("runtime_precisions")
         if isinstance(precisions, dict) and precisions:

@@ -96,6 +96,12 @@ class CheckReport:
     inputs: dict[str, tuple[list[int], str]]  # name -> (shape, dtype) of what was fed
     input_source: str
     rows: tuple[CheckRow, ...]
+    requested_reference: str = ""  # what --reference asked for; `reference` is what served
+
+    @property
+    def judged(self) -> bool:
+        """Whether a reference served, so the other rows' verdicts mean something."""
+        return bool(self.reference)
 
     def row(self, target: str) -> CheckRow:
         for row in self.rows:
@@ -120,7 +126,8 @@ class CheckReport:
                 "sha256": self.model.sha256,
                 "path": str(self.model.path),
             },
-            "reference": self.reference,
+            "reference": self.reference or None,
+            "requested_reference": self.requested_reference,
             "precision": self.precision.value,
             "tolerance": self.tolerance.to_dict(),
             "inputs": {k: {"shape": s, "dtype": d} for k, (s, d) in self.inputs.items()},
@@ -146,6 +153,12 @@ def default_targets() -> tuple[list[Target], list[CheckRow]]:
     return targets, missing
 
 
+# When the asked-for reference cannot run the model, the next of these that can is the truth:
+# onnx's evaluator first (independent of every optimizing runtime), then ONNX Runtime's CPU
+# provider (the most widely used kernels, FP32, no graph rewrites that change numerics).
+TRUSTED_REFERENCES: tuple[str, ...] = ("reference:cpu", "onnxruntime:cpu")
+
+
 def check_model(
     artifact: ModelArtifact,
     *,
@@ -159,43 +172,71 @@ def check_model(
     timeout_s: float = 600.0,
     on_row: Callable[[CheckRow], None] | None = None,
 ) -> CheckReport:
-    """Run the reference first, then every target, each in its own child process."""
+    """Run the reference first (falling back along TRUSTED_REFERENCES), then every target."""
     tolerance = tolerance or default_tolerance(precision)
     options = replace(options or SessionOptions(), precision=precision)
-    ref_target = Target.parse(reference)
+    asked = Target.parse(reference)
     extra_rows: list[CheckRow] = []
     if targets is None:
         targets, extra_rows = default_targets()
-    order = [ref_target] + [t for t in targets if t != ref_target]
+    rows: list[CheckRow] = []
+
+    def emit(row: CheckRow) -> None:
+        rows.append(row)
+        if on_row:
+            on_row(row)
 
     # The reference runs at FP32 whatever precision the candidates are checked at.
     ref_options = replace(options, precision=Precision.FP32)
-    ref_row, ref_outputs = _run_row(artifact, ref_target, feeds, ref_options, timeout_s)
-    if ref_outputs is not None:
-        ref_row = _judge_reference(ref_row, artifact, ref_outputs)
-    rows = [ref_row]
-    if on_row:
-        on_row(ref_row)
-    for target in order[1:]:
+    chain = [asked] + [t for t in map(Target.parse, TRUSTED_REFERENCES) if t != asked]
+    ref_target: Target | None = None
+    ref_outputs: dict[str, np.ndarray] | None = None
+    tried: list[Target] = []
+    for i, candidate in enumerate(chain):
+        row, outputs = _run_row(artifact, candidate, feeds, ref_options, timeout_s)
+        tried.append(candidate)
+        if outputs is not None:
+            row = _judge_reference(row, artifact, outputs)
+        if row.passed and outputs is not None:
+            ref_target, ref_outputs = candidate, outputs
+            if candidate != asked:
+                row = replace(
+                    row,
+                    reason=f"{row.reason}; the reference instead of {asked}, which failed",
+                )
+            emit(replace(row, is_reference=True))
+            break
+        following = chain[i + 1] if i + 1 < len(chain) else None
+        fallback = (
+            f"; falling back to {following} as the reference"
+            if following is not None
+            else "; no trusted runtime is left to be the reference: the other rows are not "
+            "judged (pass --reference BACKEND:DEVICE to name one)"
+        )
+        emit(
+            replace(row, is_reference=False, reason=f"{row.reason or row.verdict.value}{fallback}")
+        )
+
+    for target in targets:
+        # a target that ran as a reference at FP32 already has its row; at another precision
+        # it is also a candidate, checked against the reference like any other
+        if target in tried and (precision is Precision.FP32 or target != ref_target):
+            continue
         row, outputs = _run_row(artifact, target, feeds, options, timeout_s)
         if outputs is not None:
-            row = _judge(
-                row, outputs, ref_outputs if ref_row.passed else None, tolerance, ref_target
-            )
+            row = _judge(row, outputs, ref_outputs, tolerance, ref_target, tried)
+            row = _name_precision_ran(row, precision)
             if row.verdict is Verdict.MISMATCH and (
                 precision is Precision.INT8 or is_quantized(artifact)
             ):
                 row = _name_isa_drift(row, target, artifact)
-        rows.append(row)
-        if on_row:
-            on_row(row)
+        emit(row)
     for row in extra_rows:
-        rows.append(row)
-        if on_row:
-            on_row(row)
+        emit(row)
     return CheckReport(
         model=artifact,
-        reference=str(ref_target),
+        reference=str(ref_target) if ref_target is not None else "",
+        requested_reference=str(asked),
         precision=precision,
         tolerance=tolerance,
         inputs={k: (list(v.shape), v.dtype.name) for k, v in feeds.items()},
@@ -209,6 +250,21 @@ def is_quantized(artifact: ModelArtifact) -> bool:
     from crossinfer.passes.int8_static import QUANTIZED_OP_TYPES
 
     return any(op in QUANTIZED_OP_TYPES for op in artifact.op_histogram)
+
+
+def _name_precision_ran(row: CheckRow, precision: Precision) -> CheckRow:
+    """A row whose runtime silently ran another precision says which, from its read-back."""
+    from crossinfer.ran_precision import precision_that_ran
+
+    ran, why = precision_that_ran(precision, row.session)
+    if ran is precision:
+        return row
+    note = f"ran {ran.value}, not {precision.value}: {why}"
+    return replace(
+        row,
+        reason=f"{row.reason}; {note}" if row.reason else note,
+        session={**row.session, "ran_precision": ran.value},
+    )
 
 
 def _name_isa_drift(row: CheckRow, target: Target, artifact: ModelArtifact) -> CheckRow:
@@ -236,11 +292,11 @@ def _run_row(
     outcome = run_isolated(
         run_target_in_child, entry, light, target.device, options, dict(feeds), timeout_s=timeout_s
     )
-    return _row_from_outcome(name, entry, outcome)
+    return _row_from_outcome(name, outcome)
 
 
 def _row_from_outcome(
-    name: str, entry: BackendEntry, outcome: ChildOutcome
+    name: str, outcome: ChildOutcome
 ) -> tuple[CheckRow, dict[str, np.ndarray] | None]:
     if outcome.status == "timeout":
         return CheckRow(
@@ -270,7 +326,6 @@ def _row_from_outcome(
                 name,
                 verdict,
                 message,
-                is_reference=entry.is_reference,
                 load_s=result.load_s,
                 placement=result.placement,
                 session=result.session,
@@ -281,7 +336,6 @@ def _row_from_outcome(
     row = CheckRow(
         name,
         Verdict.NO_REFERENCE,
-        is_reference=entry.is_reference,
         load_s=result.load_s,
         first_run_s=result.first_run_s,
         run_s=result.run_s,
@@ -349,11 +403,14 @@ def _judge(
     outputs: dict[str, np.ndarray],
     reference: dict[str, np.ndarray] | None,
     tolerance: Tolerance,
-    ref_target: Target,
+    ref_target: Target | None,
+    tried: Sequence[Target],
 ) -> CheckRow:
-    if reference is None:
+    if reference is None or ref_target is None:
         return replace(
-            row, verdict=Verdict.NO_REFERENCE, reason=f"{ref_target} did not produce outputs"
+            row,
+            verdict=Verdict.NO_REFERENCE,
+            reason=f"not judged: {' nor '.join(map(str, tried))} produced reference outputs",
         )
     comparisons = tuple(compare_outputs(outputs, reference, tolerance))
     failed = [c for c in comparisons if not c.passed]

@@ -166,9 +166,14 @@ def pre_process(artifact: ModelArtifact, tmp: Path) -> tuple[Path, str]:
     """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    out = tmp / "preprocessed.onnx"
+    out = tmp.resolve() / "preprocessed.onnx"
+    source = artifact.path.resolve()  # before the chdir below
     try:
-        quant_pre_process(str(artifact.path), str(out))
+        # when its symbolic shape inference is incomplete ORT saves the model it got as far as
+        # to the working directory (sym_shape_infer_temp.onnx and a <uuid>.data as large as the
+        # weights): run it from the scratch folder so that nothing lands in the user's
+        with contextlib.chdir(tmp):
+            quant_pre_process(str(source), str(out))
     except Exception as exc:  # symbolic shape inference raises anything from asserts to KeyError
         message = " ".join(str(exc).split())[:300] or type(exc).__name__
         return artifact.path, f"skipped: quant_pre_process failed ({message})"

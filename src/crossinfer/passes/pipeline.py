@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
 from crossinfer.accuracy import first_output, top1
 from crossinfer.backends.base import (
@@ -45,6 +46,13 @@ from crossinfer.passes.base import (
     read_provenance,
 )
 from crossinfer.tensor_specs import batchable
+from crossinfer.turns import (
+    NOISE_PCT,
+    SpeedVerdict,
+    TurnsComparison,
+    load_average,
+    measure_in_turns,
+)
 
 # name -> (module, class, the precision its output runs at)
 PASSES: dict[str, tuple[str, str, Precision]] = {
@@ -66,7 +74,7 @@ PASSES: dict[str, tuple[str, str, Precision]] = {
     ),
 }
 
-NOISE_PCT = 5.0  # a speed change within this is not called a regression
+TURN_ROUNDS = 3  # rounds of baseline/candidate turns behind each step's speed verdict
 REPORT_FILE = "report.json"  # what `crossinfer optimize` writes beside the models
 
 
@@ -111,6 +119,7 @@ class Measurement:
     batch_size: int
     accuracy: float | None  # top-1 on the labelled set, when there is one
     session: Mapping[str, Any] = field(default_factory=dict)
+    load_avg: float | None = None  # the machine's 1-minute load average when it was measured
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,12 @@ class StepReport:
     reasons: tuple[str, ...] = ()
     kept: bool = True
     error: str = ""
+    divergence: Mapping[str, Any] | None = None  # where a dropped INT8 model first left FP32
+    speed: TurnsComparison | None = None  # against the baseline, measured in turns
+
+    @property
+    def speed_verdict(self) -> str:
+        return self.speed.verdict.value if self.speed is not None else ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -144,6 +159,8 @@ class StepReport:
             "reasons": list(self.reasons),
             "kept": self.kept,
             "error": self.error,
+            "divergence": self.divergence,
+            "speed": self.speed.to_dict() if self.speed else None,
         }
 
 
@@ -206,7 +223,7 @@ def optimize(
     feeds = _parity_feeds(artifact, dataset, calibration)
     reference = _reference_outputs(artifact, feeds, timeout_s)
 
-    baseline_m = _measure(
+    baseline_m, _, _ = _measure(
         entry,
         artifact,
         target.device,
@@ -217,7 +234,7 @@ def optimize(
         measure_seconds,
         timeout_s,
     )
-    baseline = StepReport("baseline", artifact, Precision.FP32, baseline_m[0])
+    baseline = StepReport("baseline", artifact, Precision.FP32, baseline_m)
     steps = [baseline]
     if on_step:
         on_step(baseline)
@@ -258,7 +275,7 @@ def optimize(
                     on_step(step)
                 continue
             precision = max(precision, runtime_precision, key=_looseness)
-        measured, outputs = _measure(
+        measured, outputs, speed = _measure(
             entry,
             produced,
             target.device,
@@ -268,6 +285,7 @@ def optimize(
             measure_batch,
             measure_seconds,
             timeout_s,
+            against=(artifact, options),
         )
         step = _judge(
             name,
@@ -279,7 +297,12 @@ def optimize(
             baseline,
             max_accuracy_drop,
             target,
+            speed,
         )
+        if step.regression and precision is Precision.INT8 and _accuracy_lost(step):
+            step = _locate_divergence(
+                step, artifact, target, options, run_options, feeds, out_dir, index, timeout_s
+            )
         if step.regression and not keep_regressions:
             step = dataclasses.replace(step, kept=False)
         else:
@@ -288,12 +311,11 @@ def optimize(
         if on_step:
             on_step(step)
 
+    # OUT/model.onnx is always the final model, the original when every step was dropped, so a
+    # script that runs `optimize -o OUT` can always take OUT/model.onnx
     final_path = out_dir / "model.onnx"
-    if current is not artifact:
-        _copy_model(current.path, final_path)
-        final = load_model(final_path)
-    else:
-        final = artifact
+    _write_model(current, final_path)
+    final = load_model(final_path)
     return OptimizeReport(
         target=str(target),
         steps=tuple(steps),
@@ -347,10 +369,56 @@ def _apply(
     return load_model(written), PASSES[name][2]
 
 
-def _copy_model(src: Path, dst: Path) -> None:
-    shutil.copyfile(src, dst)
-    for extra in src.parent.glob(src.name + ".*"):
-        shutil.copyfile(extra, dst.parent / (dst.name + extra.name[len(src.name) :]))
+def _write_model(model: ModelArtifact, dst: Path) -> None:
+    proto = model.load_proto()
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
+        # external data may live in any file the proto names: write it again beside dst
+        full = onnx.load(str(model.path), load_external_data=True)
+        onnx.save(full, str(dst), save_as_external_data=True, location=dst.name + ".data")
+        return
+    shutil.copyfile(model.path, dst)
+
+
+def _accuracy_lost(step: StepReport) -> bool:
+    return not step.parity_passed or (
+        step.accuracy_drop is not None and any("top-1 accuracy drops" in r for r in step.reasons)
+    )
+
+
+def _locate_divergence(
+    step: StepReport,
+    original: ModelArtifact,
+    target: Target,
+    fp32_options: SessionOptions,
+    run_options: SessionOptions,
+    feeds: Mapping[str, np.ndarray],
+    out_dir: Path,
+    index: int,
+    timeout_s: float,
+) -> StepReport:
+    """Where the quantized model first leaves the FP32 one on the target, tensor by tensor
+    (quantizers keep the float tensors' names), with a reproducer for a bug report."""
+    from crossinfer.check.bisect import first_divergence
+
+    try:
+        found = first_divergence(
+            original,
+            target,
+            step.artifact,
+            target,
+            feeds=feeds,
+            tolerance=default_tolerance(Precision.INT8),
+            options_a=fp32_options,
+            options_b=run_options,
+            repro_dir=out_dir / f"{index:02d}-{step.pass_name}-divergence",
+            timeout_s=timeout_s,
+        )
+    except CrossinferError as exc:
+        note = f"where it diverged is unknown: {exc}"
+        return dataclasses.replace(step, reasons=(*step.reasons, note))
+    return dataclasses.replace(
+        step, reasons=(*step.reasons, found.summary()), divergence=found.to_dict()
+    )
 
 
 def _parity_feeds(
@@ -371,16 +439,31 @@ def _parity_feeds(
 def _reference_outputs(
     artifact: ModelArtifact, feeds: Mapping[str, np.ndarray], timeout_s: float
 ) -> dict[str, np.ndarray]:
-    outcome = run_isolated(
-        _run_reference, dataclasses.replace(artifact, proto=None), dict(feeds), timeout_s=timeout_s
+    light = dataclasses.replace(artifact, proto=None)
+    outcome = run_isolated(_run_reference, light, dict(feeds), timeout_s=timeout_s)
+    if outcome.ok:
+        outputs: dict[str, np.ndarray] = outcome.value
+        return outputs
+    # as `check` does: ONNX Runtime's CPU provider is the next trusted reference
+    from crossinfer.check.runner import run_target_in_child
+
+    fallback = run_isolated(
+        run_target_in_child,
+        backend_entry("onnxruntime"),
+        light,
+        "cpu",
+        SessionOptions(),
+        dict(feeds),
+        timeout_s=timeout_s,
     )
-    if not outcome.ok:
-        raise InferenceError(
-            f"the reference evaluator could not run {artifact.source} ({outcome.status}): "
-            f"{outcome.message}"
-        )
-    outputs: dict[str, np.ndarray] = outcome.value
-    return outputs
+    if fallback.ok and fallback.value.outputs is not None:
+        fallback_outputs: dict[str, np.ndarray] = fallback.value.outputs
+        return fallback_outputs
+    why = fallback.message if not fallback.ok else (fallback.value.error or ("", "no outputs"))[1]
+    raise InferenceError(
+        f"no reference outputs for {artifact.source}: the reference evaluator failed "
+        f"({outcome.status}: {outcome.message}) and so did onnxruntime:cpu ({why})"
+    )
 
 
 def _run_reference(artifact: ModelArtifact, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -399,7 +482,13 @@ def _measure(
     batch: int,
     seconds: float,
     timeout_s: float,
-) -> tuple[Measurement | None, dict[str, np.ndarray] | None]:
+    against: tuple[ModelArtifact, SessionOptions] | None = None,
+) -> tuple[Measurement, dict[str, np.ndarray], TurnsComparison | None]:
+    """Measure `artifact` in a child; with `against` (the baseline), its throughput is measured
+    in turns with the baseline's, in the same child, so that both see the same machine."""
+    light_against = None
+    if against is not None:
+        light_against = (dataclasses.replace(against[0], proto=None), against[1])
     outcome = run_isolated(
         measure_in_child,
         entry,
@@ -410,6 +499,7 @@ def _measure(
         dataset,
         batch,
         seconds,
+        light_against,
         timeout_s=timeout_s,
     )
     if not outcome.ok:
@@ -417,7 +507,7 @@ def _measure(
             f"measuring {artifact.path.name} on {entry.name}:{device} failed ({outcome.status}): "
             f"{outcome.message or outcome.error_type}"
         )
-    measured: tuple[Measurement, dict[str, np.ndarray]] = outcome.value
+    measured: tuple[Measurement, dict[str, np.ndarray], TurnsComparison | None] = outcome.value
     return measured
 
 
@@ -430,11 +520,15 @@ def measure_in_child(
     dataset: LabelledSet | None,
     batch: int,
     seconds: float,
-) -> tuple[Measurement, dict[str, np.ndarray]]:
-    """Runs in a child: parity outputs, accuracy, median batch-1 latency, batch throughput."""
+    against: tuple[ModelArtifact, SessionOptions] | None = None,
+) -> tuple[Measurement, dict[str, np.ndarray], TurnsComparison | None]:
+    """Runs in a child: parity outputs, accuracy, median batch-1 latency, batch throughput; with
+    `against`, the throughput in turns with that model's (A/B/B/A, several rounds)."""
     from crossinfer.check.inputs import random_inputs
 
-    session = load_backend(entry).prepare(artifact, device, options)
+    backend = load_backend(entry)
+    session = backend.prepare(artifact, device, options)
+    other = None
     try:
         outputs = session.run(feeds)
         accuracy = None
@@ -446,19 +540,42 @@ def measure_in_child(
         session.run(one)
         session.run(many)
         latencies = _timed(lambda: session.run(one), seconds / 2)
-        batch_times = _timed(lambda: session.run(many), seconds / 2)
+        speed = None
+        if against is None:
+            batch_times = _timed(lambda: session.run(many), seconds / 2)
+            throughput = size / statistics.median(batch_times)
+        else:
+            base_artifact, base_options = against
+            other = backend.prepare(base_artifact, device, base_options)
+            base_size = batch if batchable(base_artifact.inputs) else 1
+            base_many = random_inputs(base_artifact.inputs, batch=base_size, seed=2)
+            other.run(base_many)
+            baseline_session = other
+            speed = measure_in_turns(
+                lambda: baseline_session.run(base_many),
+                lambda: session.run(many),
+                samples_a=base_size,
+                samples_b=size,
+                seconds_per_turn=seconds / (2 * TURN_ROUNDS),
+                rounds=TURN_ROUNDS,
+            )
+            throughput = speed.b_throughput
         return (
             Measurement(
                 latency_ms=statistics.median(latencies) * 1e3,
-                throughput=size / statistics.median(batch_times),
+                throughput=throughput,
                 batch_size=size,
                 accuracy=accuracy,
                 session=session.describe(),
+                load_avg=load_average(),
             ),
             outputs,
+            speed,
         )
     finally:
         session.close()
+        if other is not None:
+            other.close()
 
 
 def _timed(fn: Callable[[], object], seconds: float) -> list[float]:
@@ -481,18 +598,28 @@ def _judge(
     baseline: StepReport,
     max_accuracy_drop: float,
     target: Target,
+    speed: TurnsComparison | None = None,
 ) -> StepReport:
     assert measured is not None and outputs is not None and baseline.measurement is not None
     comparisons = tuple(compare_outputs(outputs, reference, default_tolerance(precision)))
     parity = all(c.passed for c in comparisons)
-    speedup = measured.throughput / baseline.measurement.throughput
     drop = None
     if measured.accuracy is not None and baseline.measurement.accuracy is not None:
         drop = baseline.measurement.accuracy - measured.accuracy
     reasons: list[str] = []
-    if speedup < 1 - NOISE_PCT / 100:
+    if speed is not None:
+        # judged on rounds in turns: only "slower" in every round is a regression
+        speedup = speed.ratio
+        slower = speed.verdict is SpeedVerdict.SLOWER
+        spread = f" ({speed.spread()})"
+    else:
+        speedup = measured.throughput / baseline.measurement.throughput
+        slower = speedup < 1 - NOISE_PCT / 100
+        spread = ""
+    if slower:
         reasons.append(
-            f"{speedup:.2f}x the baseline's throughput on {target}: {_likely_cause(name, precision, artifact, target)}"
+            f"{speedup:.2f}x the baseline's throughput on {target}{spread}: "
+            f"{_likely_cause(name, precision, artifact, target)}"
         )
     if drop is not None and drop > max_accuracy_drop:
         reasons.append(
@@ -520,6 +647,7 @@ def _judge(
         accuracy_drop=drop,
         regression=bool(reasons),
         reasons=tuple(reasons),
+        speed=speed,
     )
 
 

@@ -27,7 +27,14 @@ def render_optimize(report: OptimizeReport, console: Console) -> None:
         ("speedup", "right"),
         ("kept", "left"),
     ):
-        table.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        # the step's name folds at 80 columns; the figures never wrap or get cut
+        table.add_column(
+            column,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=column != "step",
+            overflow="fold",
+            min_width=len(column),
+        )
     for step in report.steps:
         table.add_row(*_cells(step))
     console.print(table)
@@ -39,6 +46,10 @@ def render_optimize(report: OptimizeReport, console: Console) -> None:
                 f"max abs err {worst.max_abs_error:.2e}, cosine {min(c.cosine for c in step.comparisons):.5f} "
                 f"at {step.precision.value} tolerance",
                 highlight=False,
+            )
+        if step.speed is not None:
+            console.print(
+                f"{step.pass_name}: speed {escape(step.speed.describe())}", highlight=False
             )
         for reason in step.reasons:
             style = "red" if not step.kept else "yellow"
@@ -66,6 +77,13 @@ def _cells(step: StepReport) -> list[str]:
         "-" if m.accuracy is None else f"{m.accuracy * 100:.2f}",
         f"{m.latency_ms:.2f}",
         f"{m.throughput:,.0f}" if m.throughput >= 100 else f"{m.throughput:.1f}",
-        "-" if step.speedup is None else f"{step.speedup:.2f}x",
+        _speedup(step),
         "yes" if step.kept else "no",
     ]
+
+
+def _speedup(step: StepReport) -> str:
+    if step.speedup is None:
+        return "-"
+    # "~": within noise, the rounds in turns do not agree on a direction
+    return f"{step.speedup:.2f}x" + ("~" if step.speed_verdict == "within noise" else "")

@@ -13,6 +13,7 @@ from typing import Any
 
 from crossinfer.errors import UsageError
 from crossinfer.hardware.catalog import Price
+from crossinfer.turns import NOISE_PCT
 
 
 class Objective(enum.StrEnum):
@@ -63,6 +64,8 @@ class Metrics:
     resumed: bool = False  # read back from the results store, not measured in this run
     notes: tuple[str, ...] = ()
     runs: int = 1  # measurements averaged into these figures
+    load_avg: float | None = None  # the machine's 1-minute load average after the measurement
+    repeats_disagree: bool = False  # two runs further apart than either run's own spread
     # session set-up before the first result: load or convert, then each input shape's first
     # call (compile or CUDA graph capture); None: not known
     compile_s: float | None = None
@@ -83,13 +86,51 @@ class Metrics:
             "store_id": self.store_id,
             "resumed": self.resumed,
             "runs": self.runs,
+            "load_avg": self.load_avg,
+            "repeats_disagree": self.repeats_disagree,
             "compile_s": self.compile_s,
             "notes": list(self.notes),
         }
 
 
+def repeat_spread(first: Metrics, second: Metrics) -> float:
+    """How far apart two runs may be and still be one figure: the larger of the noise floor
+    and either run's own spread (p99 over p50: a run whose batches vary by 30% cannot promise
+    its mean to better than that)."""
+    own = [m.p99_ms / m.p50_ms for m in (first, second) if m.p50_ms > 0]
+    return max([1 + NOISE_PCT / 100, *own])
+
+
 def merge_metrics(first: Metrics, second: Metrics) -> Metrics:
-    """Two measurements of one candidate as one: the mean of each figure, the larger memory."""
+    """Two measurements of one candidate as one: the mean of each figure, the larger memory.
+
+    When their throughputs are further apart than `repeat_spread` allows, the mean would be a
+    figure neither run saw: the slower run's figures stand (what a deployment must survive),
+    flagged, with both figures and the load average at each in the notes.
+    """
+    fast, slow = sorted((first, second), key=lambda m: m.throughput, reverse=True)
+    apart = fast.throughput / slow.throughput if slow.throughput > 0 else float("inf")
+    allowed = repeat_spread(first, second)
+    runs = first.runs + second.runs
+    if apart > allowed:
+        loads = [m.load_avg for m in (first, second)]
+        at_load = f" (load {loads[0]:.1f} and {loads[1]:.1f})" if None not in loads else ""
+        return dataclasses.replace(
+            slow,
+            peak_rss_mb=max(first.peak_rss_mb, second.peak_rss_mb),
+            compile_s=_larger(first.compile_s, second.compile_s),
+            stable=False,
+            resumed=first.resumed and second.resumed,
+            runs=runs,
+            repeats_disagree=True,
+            notes=(
+                *second.notes,
+                f"repeats disagree: {first.throughput:,.1f} and {second.throughput:,.1f} "
+                f"samples/s{at_load} are {apart:.2f}x apart, beyond the {allowed:.2f}x the runs' "
+                "own spread allows: the slower run's figures are kept; measure again on a quiet "
+                "machine",
+            ),
+        )
 
     def mean(a: float | None, b: float | None) -> float | None:
         return None if a is None or b is None else (a + b) / 2
@@ -110,11 +151,13 @@ def merge_metrics(first: Metrics, second: Metrics) -> Metrics:
         energy_j_per_inference=mean(first.energy_j_per_inference, second.energy_j_per_inference),
         stable=first.stable and second.stable,
         resumed=first.resumed and second.resumed,
-        runs=first.runs + second.runs,
+        runs=runs,
+        load_avg=_larger(first.load_avg, second.load_avg),
         notes=(
             *second.notes,
-            f"mean of {first.runs + second.runs} runs: {first.throughput:,.1f} and "
-            f"{second.throughput:,.1f} samples/s",
+            f"mean of {runs} runs: {first.throughput:,.1f} and "
+            f"{second.throughput:,.1f} samples/s ({apart:.2f}x apart, within the {allowed:.2f}x "
+            "the runs' own spread allows)",
         ),
     )
 

@@ -52,6 +52,7 @@ from crossinfer.tune.variants import (
     with_priors,
     within_accuracy,
 )
+from crossinfer.turns import load_average
 
 NAIVE_DEFAULT = "onnxruntime:cpu/fp32/batch 1/default threads"
 RESULT_FILE = "tune.json"
@@ -328,11 +329,14 @@ def _passing_targets(report: CheckReport, config: TuneConfig) -> tuple[list[Targ
     targets: list[Target] = []
     pruned: list[Pruned] = []
     for row in report.rows:
-        if row.is_reference or row.target.endswith(":*"):
-            if row.target.endswith(":*"):
-                pruned.append(Pruned(row.target, "check", f"{row.verdict.value}: {row.reason}"))
+        if row.target.endswith(":*"):
+            pruned.append(Pruned(row.target, "check", f"{row.verdict.value}: {row.reason}"))
             continue
         target = Target.parse(row.target)
+        # onnx's evaluator is only ever the truth; a runtime that stood in for it (check's
+        # fallback) is still a candidate
+        if target.backend == "reference":
+            continue
         if not wanted(target, config):
             continue
         if row.passed:
@@ -498,6 +502,8 @@ def metrics_from(
         resumed=resumed,
         notes=tuple(result.notes),
         compile_s=compile_seconds(result),
+        # read as the measurement ends: the load it ran under, give or take a minute's decay
+        load_avg=None if resumed else load_average(),
     )
 
 

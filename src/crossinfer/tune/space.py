@@ -100,6 +100,9 @@ class Variant:
     accuracy_drop: float | None = None  # against the FP32 model on the same set
     accuracy_method: str = "not measured"
     notes: tuple[str, ...] = ()  # what optimize said: slower here, and its likely cause
+    # optimize's verdict on this variant against FP32, measured in turns: "faster", "slower",
+    # "within noise", or "" (not measured in turns: the FP32 variant, an old cache)
+    speed_verdict: str = ""
     before: Mapping[str, float] = field(default_factory=dict)  # optimize's FP32 baseline
     after: Mapping[str, float] = field(default_factory=dict)  # the same figures for this one
     # batch-1 latency seen before the search (optimize's check, or check's warm run): what the
@@ -124,6 +127,7 @@ class Variant:
             "accuracy_drop": self.accuracy_drop,
             "accuracy_method": self.accuracy_method,
             "notes": list(self.notes),
+            "speed_verdict": self.speed_verdict,
             "before": dict(self.before),
             "after": dict(self.after),
             "prior_latency_ms": self.prior_latency_ms,

@@ -28,6 +28,7 @@ from crossinfer.errors import CrossinferError
 from crossinfer.model import ModelArtifact, load_model
 from crossinfer.passes.base import CalibrationData, LabelledSet
 from crossinfer.passes.pipeline import OptimizeReport, backend_presets, optimize
+from crossinfer.ran_precision import precision_that_ran
 from crossinfer.tensor_specs import batchable
 from crossinfer.tune.config import TuneConfig
 from crossinfer.tune.constraints import Constraints
@@ -228,6 +229,8 @@ def _variant_from_report(
     if failed:
         detail = next((c for c in failed[0].comparisons if not c.passed), None)
         why = f"{detail.name}: {detail.reason}" if detail else "outputs differ"
+        if failed[0].divergence:  # where the quantized model left FP32, as optimize found it
+            why += f"; {failed[0].divergence['summary']}"
         return Pruned(
             what,
             "optimize",
@@ -236,6 +239,16 @@ def _variant_from_report(
     last = steps[-1] if steps else report.steps[0]
     baseline = report.steps[0].measurement
     measured = last.measurement
+    ran, why = precision_that_ran(runtime, measured.session if measured else {})
+    if ran is not runtime:
+        # the runtime silently ran another precision: the variant is that precision's (the
+        # FP32 variant, measured on its own), never a spec that says bf16/fp16
+        return Pruned(
+            what,
+            "optimize",
+            f"ran {ran.value.upper()}, not {runtime.value.upper()}: {why}; the same as "
+            f"{target}/{ran.value}",
+        )
     notes = tuple(r for r in last.reasons if "throughput" in r)
     return Variant(
         target=target,
@@ -246,12 +259,26 @@ def _variant_from_report(
         passes=names,
         accuracy=measured.accuracy if measured else None,
         accuracy_drop=last.accuracy_drop,
-        accuracy_method="top-1 on the labelled set, against the FP32 model on the same target"
-        if last.accuracy_drop is not None
-        else "not measured",
+        accuracy_method=_accuracy_method(last),
         notes=notes,
+        speed_verdict=last.speed_verdict if steps else "",
         before=_figures(baseline),
         after=_figures(measured),
+    )
+
+
+def _accuracy_method(step: Any) -> str:
+    """What optimize measured: top-1 when it had labels, else the outputs' parity it proved."""
+    if step.accuracy_drop is not None:
+        return "top-1 on the labelled set, against the FP32 model on the same target"
+    measured = [c for c in step.comparisons if c.total]
+    if not measured:
+        return "not measured"
+    cosine = min(c.cosine for c in measured)
+    return (
+        f"outputs within {step.precision.value} tolerance of the FP32 reference on "
+        f"{measured[0].shape[0] if measured[0].shape else 1} input(s) (lowest cosine "
+        f"{cosine:.4f}); top-1 not measured: no labelled set"
     )
 
 
@@ -323,6 +350,7 @@ def _cached_variant(
             accuracy_drop=raw["accuracy_drop"],
             accuracy_method=raw["accuracy_method"],
             notes=tuple(raw["notes"]),
+            speed_verdict=raw.get("speed_verdict", ""),
             before=raw["before"],
             after=raw["after"],
         )
