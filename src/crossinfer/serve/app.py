@@ -7,6 +7,7 @@ No web framework: routing is a split of the path, and the hot path (infer) is pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -72,6 +73,20 @@ class HttpApp:
         self.max_body_bytes = max_body_bytes
         self.shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
         self.ready = False
+        # the tasks answering requests now: a drain that times out cancels them with a reason
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._abort_reason: str | None = None
+
+    def abort_in_flight(self, reason: str) -> int:
+        """Answer every request still running 503 ``{"error": reason}`` now (drain timed out).
+
+        Returns how many there were.
+        """
+        self._abort_reason = reason
+        tasks = [t for t in self._in_flight if not t.done()]
+        for task in tasks:
+            task.cancel(reason)
+        return len(tasks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -81,17 +96,28 @@ class HttpApp:
             return  # websockets: not part of the protocol
         method: str = scope["method"]
         parts = scope["path"].strip("/").split("/")
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
         try:
             if parts[0] != "v2":
                 raise ProtocolError(404, f"no route for {scope['path']}: the API lives under /v2")
             await self._route(method, parts[1:], scope, receive, send)
         except ProtocolError as exc:
-            await _send_error(send, exc.status, exc.message, scope)
+            await _send_error(send, exc.status, exc.message, scope, exc)
         except _Disconnected:
             pass
+        except asyncio.CancelledError:
+            if self._abort_reason is None:
+                raise  # the server is going away without a drain deadline: nothing to answer
+            task.uncancel()  # answered below, not propagated
+            with contextlib.suppress(RuntimeError):  # a response already begun cannot be redone
+                await _send_error(send, 503, self._abort_reason, scope)
         except Exception as exc:  # a bug must answer 500 and leave the server serving
             log_event("http_internal_error", logging.ERROR, path=scope["path"], error=repr(exc))
             await _send_error(send, 500, f"internal error: {type(exc).__name__}: {exc}", scope)
+        finally:
+            self._in_flight.discard(task)
 
     async def _route(
         self, method: str, parts: list[str], scope: Scope, receive: Receive, send: Send
@@ -374,9 +400,17 @@ def _total_bytes(outputs: dict[str, Any]) -> int:
     return sum(int(a.nbytes) for a in outputs.values())
 
 
+class _MethodNotAllowed(ProtocolError):
+    """405, with the method the route takes (the answer's ``Allow`` header, RFC 9110)."""
+
+    def __init__(self, message: str, allowed: str) -> None:
+        super().__init__(405, message)
+        self.allowed = allowed
+
+
 def _expect(method: str, allowed: str, scope: Scope) -> None:
     if method != allowed:
-        raise ProtocolError(405, f"{scope['path']} takes {allowed}, not {method}")
+        raise _MethodNotAllowed(f"{scope['path']} takes {allowed}, not {method}", allowed)
 
 
 def _compress(payload: bytes, accept: bytes) -> tuple[bytes, bytes]:
@@ -404,10 +438,15 @@ async def _send_empty(send: Send, status: int) -> None:
     await _send(send, status, [], b"")
 
 
-async def _send_error(send: Send, status: int, message: str, scope: Scope) -> None:
+async def _send_error(
+    send: Send, status: int, message: str, scope: Scope, exc: ProtocolError | None = None
+) -> None:
     level = logging.WARNING if status >= 500 else logging.DEBUG
     log_event("http_error", level, path=scope["path"], status=status, error=message)
-    await _send(send, status, _JSON, error_body(message))
+    headers = _JSON
+    if isinstance(exc, _MethodNotAllowed):
+        headers = [*_JSON, (b"allow", exc.allowed.encode())]
+    await _send(send, status, headers, error_body(message))
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

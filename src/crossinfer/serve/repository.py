@@ -592,10 +592,11 @@ class ModelRepository:
             with contextlib.suppress(ProtocolError):
                 await self.load(name)
 
-    async def stop(self) -> None:
-        """Unload every model, finishing (draining) each one's accepted requests."""
+    async def stop(self, *, drain: bool = True) -> None:
+        """Unload every model, finishing (draining) each one's accepted requests, or with
+        ``drain=False`` failing the queued ones (a shutdown whose drain timed out)."""
         self._stopping = True
-        await asyncio.gather(*(self.unload(name) for name in list(self._entries)))
+        await asyncio.gather(*(self.unload(name, drain=drain) for name in list(self._entries)))
 
     async def load(self, name: str) -> ServedModel:
         """(Re)load `name` from its source; ProtocolError 404 if unknown, 400 if it fails.
@@ -632,7 +633,7 @@ class ModelRepository:
             await old.stop(drain=True)
         return model
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, *, drain: bool = True) -> None:
         """Stop serving `name` after finishing its accepted requests; 404 if unknown."""
         entry = self._entries.get(name)
         if entry is None:
@@ -644,7 +645,7 @@ class ModelRepository:
             if model is None:
                 return
             entry.state, entry.reason = UNLOADING, "unloading: finishing accepted requests"
-            await model.stop(drain=True)
+            await model.stop(drain=drain)
             entry.state, entry.reason, entry.model = UNAVAILABLE, "unloaded", None
             log_event("model_unloaded", model=name)
 
