@@ -56,7 +56,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServe
     (root / "broken").mkdir()
     (root / "broken" / "model.onnx").write_bytes(b"\x08\x07garbage")
     config = ServerConfig(http_port=0, grpc_port=None, metrics_port=0, max_body_bytes=MAX_BODY)
-    with BackgroundServer(ModelRepository(root), config) as background:
+    # explicit: test_repository_index_load_unload loads and unloads as a client
+    repository = ModelRepository(root, control_mode="explicit")
+    with BackgroundServer(repository, config) as background:
         yield background
 
 

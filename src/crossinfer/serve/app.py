@@ -41,6 +41,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _JSON = [(b"content-type", b"application/json")]
+_VARY = (b"vary", b"Accept-Encoding")
 _SHM_ROUTES = {"systemsharedmemory": SYSTEM, "cudasharedmemory": CUDA}
 _HEADER_LENGTH = HEADER_LENGTH.lower().encode()
 _COMPRESS_MIN_BYTES = 1024  # smaller responses are not worth compressing
@@ -200,6 +201,7 @@ class HttpApp:
             return
         if len(parts) != 3 or parts[0] != "models" or parts[2] not in ("load", "unload"):
             raise ProtocolError(404, f"no route for {scope['path']}")
+        self.repository.check_client_control(parts[2], parts[1])
         params = body.get("parameters") or {}
         if not isinstance(params, dict):
             raise ProtocolError(400, "'parameters' must be an object")
@@ -381,6 +383,7 @@ def _encode_response(
         shared_memory=written,
     )
     raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    raw_headers.append(_VARY)  # the answer depends on Accept-Encoding: caches must key on it
     if accept and len(payload) >= _COMPRESS_MIN_BYTES:
         payload, coding = _compress(payload, accept)
         if coding:
@@ -413,12 +416,38 @@ def _expect(method: str, allowed: str, scope: Scope) -> None:
         raise _MethodNotAllowed(f"{scope['path']} takes {allowed}, not {method}", allowed)
 
 
+def _coding(accept: bytes) -> bytes:
+    """The content coding `Accept-Encoding` prefers among gzip and deflate; b"" for none.
+
+    RFC 9110: ``q=0`` means "not acceptable"; ``*`` stands for every coding not named.
+    """
+    q: dict[bytes, float] = {}
+    for item in accept.lower().split(b","):
+        name, _, params = item.partition(b";")
+        weight = 1.0
+        for param in params.split(b";"):
+            key, _, value = param.strip().partition(b"=")
+            if key == b"q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0  # a weight we cannot read is no consent to compress
+        q[name.strip()] = weight
+    star = q.get(b"*", 0.0)
+    best, best_q = b"", 0.0
+    for coding in (b"gzip", b"deflate"):  # gzip first: it wins ties
+        weight = q.get(coding, star)
+        if weight > best_q:
+            best, best_q = coding, weight
+    return best
+
+
 def _compress(payload: bytes, accept: bytes) -> tuple[bytes, bytes]:
-    codings = {c.split(b";")[0].strip() for c in accept.lower().split(b",")}
-    if b"gzip" in codings:
+    coding = _coding(accept)
+    if coding == b"gzip":
         compressor = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
         return compressor.compress(payload) + compressor.flush(), b"gzip"
-    if b"deflate" in codings:
+    if coding == b"deflate":
         return zlib.compress(payload), b"deflate"
     return payload, b""
 

@@ -494,6 +494,7 @@ class _Service:
         )
 
     async def RepositoryModelLoad(self, request: Any) -> message.Message:
+        self._repository.check_client_control("load", request.model_name)
         if request.parameters:
             raise ProtocolError(
                 400,
@@ -504,6 +505,7 @@ class _Service:
         return pb.new("RepositoryModelLoadResponse")
 
     async def RepositoryModelUnload(self, request: Any) -> message.Message:
+        self._repository.check_client_control("unload", request.model_name)
         await self._repository.unload(request.model_name)
         return pb.new("RepositoryModelUnloadResponse")
 

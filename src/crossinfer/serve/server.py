@@ -18,7 +18,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import uvicorn
@@ -26,6 +26,7 @@ import uvloop
 
 from crossinfer.serve.app import DEFAULT_MAX_BODY_BYTES, HttpApp
 from crossinfer.serve.events import LOGGER_NAME, JsonFormatter, log_event
+from crossinfer.serve.http_protocol import HttpLimits, guarded_protocol
 from crossinfer.serve.metrics import CONTENT_TYPE, ServerMetrics
 from crossinfer.serve.repository import READY, ModelRepository
 from crossinfer.serve.shm import SharedMemoryRegistry
@@ -62,6 +63,9 @@ class ServerConfig:
     drain_timeout_s: float = 30.0  # Triton's --exit-timeout-secs default
     stats_log_interval_s: float = 10.0  # batch-size summaries in the log while traffic flows
     backlog: int = 2048
+    http_limits: HttpLimits = field(
+        default_factory=HttpLimits
+    )  # header/body timeouts and the header size limit
 
 
 class _Uvicorn(uvicorn.Server):
@@ -122,6 +126,10 @@ class InferenceServer:
             self._metrics_http = await self._start_uvicorn(app, config.metrics_port, "metrics")
             self._metrics_task = self._tasks[-1]
         self._tasks.append(asyncio.get_running_loop().create_task(self._log_batches()))
+        if self.repository.control_mode == "poll":
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(self.repository.poll_forever())
+            )
         self.app.ready = True
         log_event(
             "server_ready",
@@ -136,7 +144,8 @@ class InferenceServer:
         server = _Uvicorn(
             uvicorn.Config(
                 app,
-                http="httptools",
+                http=guarded_protocol(self.config.http_limits),
+                ws="none",  # not part of the protocol
                 lifespan="off",
                 access_log=False,
                 proxy_headers=False,  # no proxy in front by default: skip the middleware
