@@ -310,7 +310,7 @@ class InferenceServer:
             for model in self.repository.ready_models():
                 stats = model.batcher.stats()
                 key = f"{model.name}/{id(model)}"
-                if stats.execution_count != seen.get(key):
+                if stats.execution_count != seen.get(key, 0):  # only once traffic flowed
                     seen[key] = stats.execution_count
                     log_event(
                         "batch_stats",
