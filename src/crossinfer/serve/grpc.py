@@ -7,7 +7,6 @@ protocols refuse bad input with the same messages; answers always carry `raw_out
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -25,7 +24,7 @@ from crossinfer.serve.protocol import (
     InferRequest,
     datatype_of,
     encode_bytes_tensor,
-    parse_infer_request,
+    parse_infer_document,
     server_metadata,
     write_shared_memory_outputs,
 )
@@ -248,15 +247,14 @@ def decode_infer_request(
         header["outputs"] = [
             {"name": out.name, "parameters": _parameters(out.parameters)} for out in request.outputs
         ]
-    head = json.dumps(header, separators=(",", ":")).encode()
-    body = b"".join([head, *blobs])
-    return parse_infer_request(
-        body,
-        header_length=len(head),
-        content_encoding=None,
+    # the header goes to the shared parser as the dict it is (no JSON round trip); one copy
+    # of the raw bytes, which the arrays then borrow
+    binary = memoryview(blobs[0] if len(blobs) == 1 else b"".join(blobs))
+    return parse_infer_document(
+        header,
+        binary,
         inputs=model.inputs,
         outputs=model.outputs,
-        max_body_bytes=len(body),  # gRPC's max message size bounded it already
         shared_memory=shared_memory,
     )
 

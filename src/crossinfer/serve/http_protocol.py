@@ -167,6 +167,9 @@ class _GuardedProtocol(HttpToolsProtocol):
             self._refuse_large_head()
             return
         super().on_headers_complete()
+        if self.cycle is not None and not self._refused:
+            # duck-typed: the cycle calls write, close, is_closing and nothing else of it
+            self.cycle.transport = _CoalescingTransport(self.transport, self.loop)  # type: ignore[assignment]
         seconds = self.limits.body_timeout_s
         self._arm(
             seconds,
@@ -185,6 +188,47 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._disarm()
         self._in_head = True
         super().on_message_complete()
+
+
+class _CoalescingTransport:
+    """The connection's transport as one response sees it: the status line and headers go out
+    in the same write (one send syscall, one TCP segment) as the body that follows them.
+
+    uvicorn writes the head when the app sends ``http.response.start`` and the body on
+    ``http.response.body``; on loopback each write is a syscall that also wakes the client, and
+    the pair cost about as much as the rest of a small request. A head with no body write in
+    the same loop turn is flushed on its own by the next turn.
+    """
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._held is None:
+            self._held = bytes(data)
+            self._loop.call_soon(self._flush)
+            return
+        held, self._held = self._held, None
+        self._transport.write(held + data if len(data) < 65536 else held)
+        if len(data) >= 65536:  # a large body is not copied to join it
+            self._transport.write(data)
+
+    def _flush(self) -> None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            if not self._transport.is_closing():
+                self._transport.write(held)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def guarded_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:

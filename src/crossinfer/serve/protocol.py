@@ -159,7 +159,21 @@ def parse_infer_request(
         raise ProtocolError(
             400, f"inference request must be a JSON object, got {type(doc).__name__}"
         )
+    return parse_infer_document(
+        doc, binary, inputs=inputs, outputs=outputs, shared_memory=shared_memory
+    )
 
+
+def parse_infer_document(
+    doc: dict[str, Any],
+    binary: memoryview,
+    *,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec] | None = None,
+    shared_memory: SharedMemoryRegistry | None = None,
+) -> InferRequest:
+    """`parse_infer_request` after the JSON: the request header as a dict, then the binary
+    tensors in order (gRPC builds the dict from protobuf fields, skipping a JSON round trip)."""
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError(400, f"request 'id' must be a string, got {_json_type(request_id)}")
