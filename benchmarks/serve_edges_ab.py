@@ -19,6 +19,7 @@ import os
 import statistics
 import sys
 import tempfile
+import urllib.request
 from collections import defaultdict
 from contextlib import ExitStack
 from pathlib import Path
@@ -55,7 +56,7 @@ def main() -> None:
     args = parser.parse_args()
     perf = locate_perf_analyzer()
     body = v2_json_body({"features": np.full((1, 784), 0.5, np.float32)})
-    samples: dict[str, list[float]] = defaultdict(list)
+    samples: dict[str, dict[int, float]] = defaultdict(dict)  # figure -> round -> value
     loads: list[float] = []
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         servers = {}
@@ -77,6 +78,7 @@ def main() -> None:
             for label, serve in order:
                 for connections in (1, 16):
                     loads.append(os.getloadavg()[0])
+                    before = _served(serve)
                     result = wrk(
                         f"http://{serve.http}/v2/models/mlp/infer",
                         body,
@@ -84,11 +86,15 @@ def main() -> None:
                         connections=connections,
                         workdir=Path(tmp),
                     )
-                    samples[f"{label} wrk c{connections} req/s"].append(result.rps)
+                    samples[f"{label} wrk c{connections} req/s"][rnd] = result.rps
+                    samples[f"{label} wrk c{connections} server cpu us/req"][rnd] = _cost(
+                        serve, before
+                    )
                     print(rnd, label, f"wrk c{connections}", f"{result.rps:.0f} req/s", flush=True)
                 for protocol in ("http", "grpc"):
                     loads.append(os.getloadavg()[0])
                     url = serve.http if protocol == "http" else serve.grpc
+                    before = _served(serve)
                     try:
                         rows, _ = perf.run("mlp", url, protocol, PERF_ARGS, timeout_s=240)
                     except PerfAnalyzerError as exc:
@@ -96,7 +102,10 @@ def main() -> None:
                         continue
                     for row in rows:
                         key = f"{label} perf {protocol} c{row.concurrency} req/s"
-                        samples[key].append(row.throughput)
+                        samples[key][rnd] = row.throughput
+                    samples[f"{label} perf {protocol} server cpu us/req"][rnd] = _cost(
+                        serve, before
+                    )
                     print(
                         rnd,
                         label,
@@ -109,33 +118,50 @@ def main() -> None:
         "load_average_1min": {"min": min(loads), "max": max(loads)},
         "rounds": args.rounds,
         "figures": {
-            key: {"median": statistics.median(v), "min": min(v), "max": max(v), "all": v}
-            for key, v in sorted(samples.items())
+            key: {**_spread(list(v.values())), "by_round": v} for key, v in sorted(samples.items())
         },
     }
     ratios: dict[str, Any] = {}
     for key in sorted(samples):
         if key.startswith("new ") and f"base {key[4:]}" in samples:
-            pairs = list(zip(samples[key], samples[f"base {key[4:]}"], strict=False))
-            values = [n / b for n, b in pairs]
-            ratios[f"new/base {key[4:]}"] = _spread(values)
+            ratios[f"new/base {key[4:]}"] = _ratio(samples[key], samples[f"base {key[4:]}"])
         if " perf grpc " in key:
             http = key.replace(" perf grpc ", " perf http ")
             if http in samples:
-                values = [g / h for g, h in zip(samples[key], samples[http], strict=False)]
-                ratios[key.replace(" req/s", "").replace("perf grpc", "grpc/http")] = _spread(
-                    values
-                )
+                ratios[key.replace("perf grpc", "grpc/http")] = _ratio(samples[key], samples[http])
     report["ratios"] = ratios
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    for key, value in ratios.items():
-        print(f"{key}: {value['median']:.2f} ({value['min']:.2f}-{value['max']:.2f})")
+    for key, value in [*ratios.items(), *report["figures"].items()]:
+        if key in ratios or "cpu" in key:
+            print(f"{key}: {value['median']:.2f} ({value['min']:.2f}-{value['max']:.2f})")
     print(f"load average {min(loads):.1f}-{max(loads):.1f}; written {args.out}")
 
 
 def _spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def _ratio(top: dict[int, float], bottom: dict[int, float]) -> dict[str, float]:
+    """top / bottom of the same round (rounds where either failed are left out)."""
+    values = [top[r] / bottom[r] for r in top if bottom.get(r)]
+    return _spread(values) if values else {"median": float("nan"), "min": 0.0, "max": 0.0}
+
+
+def _served(serve: Any) -> tuple[float, int]:
+    """The server process's CPU seconds so far and the requests it has answered."""
+    with urllib.request.urlopen(f"http://{serve.http}/v2/models/mlp/stats", timeout=30) as r:
+        stats = json.loads(r.read())["model_stats"][0]["inference_stats"]
+    answered = int(stats["success"]["count"]) + int(stats["fail"]["count"])
+    fields = Path(f"/proc/{serve.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu, answered
+
+
+def _cost(serve: Any, before: tuple[float, int]) -> float:
+    """Server CPU microseconds per request since `before` (less sensitive to load than req/s)."""
+    cpu, answered = _served(serve)
+    return 1e6 * (cpu - before[0]) / max(answered - before[1], 1)
 
 
 if __name__ == "__main__":
