@@ -45,7 +45,11 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        # one lazy timer per connection: a phase sets a deadline (a float, no timer churn per
+        # request); the timer, when it fires, refuses if the deadline passed or re-arms for it
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        self._phase = "head"  # what the deadline is for: "head" or "body"
         self._in_head = True  # receiving a request line and headers (or waiting for them)
         self._head_bytes = 0  # raw bytes received while in the head (a header never ending)
         self._head_size = 0  # the parsed request line and headers
@@ -53,32 +57,48 @@ class _GuardedProtocol(HttpToolsProtocol):
 
     # --- timers -------------------------------------------------------------------------------
 
-    def _arm(self, seconds: float, status: int, message: str) -> None:
-        self._disarm()
-        self._timer = self.loop.call_later(seconds, self._refuse, status, message)
+    def _arm(self, phase: str) -> None:
+        self._phase = phase
+        seconds = self.limits.header_timeout_s if phase == "head" else self.limits.body_timeout_s
+        self._deadline = self.loop.time() + seconds
+        if self._timer is None:
+            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._deadline = None
 
-    def _arm_head(self) -> None:
-        seconds = self.limits.header_timeout_s
-        self._arm(
-            seconds,
-            408,
-            f"the request line and headers did not arrive within {seconds:g} s "
-            "(crossinfer serve --header-timeout)",
-        )
+    def _check_deadline(self) -> None:
+        self._timer = None
+        if self._deadline is None or self._refused or self.transport.is_closing():
+            return
+        if self.loop.time() < self._deadline:  # a later phase moved it: wait for that one
+            self._timer = self.loop.call_at(self._deadline, self._check_deadline)
+            return
+        if self._phase == "head":
+            seconds = self.limits.header_timeout_s
+            message = (
+                f"the request line and headers did not arrive within {seconds:g} s "
+                "(crossinfer serve --header-timeout)"
+            )
+        else:
+            seconds = self.limits.body_timeout_s
+            message = (
+                f"the request body did not arrive within {seconds:g} s of its headers "
+                "(crossinfer serve --body-timeout)"
+            )
+        self._refuse(408, message)
 
     # --- connection ---------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head()  # a client that connects and sends nothing is a slow head too
+        self._arm("head")  # a client that connects and sends nothing is a slow head too
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -150,7 +170,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._head_size = 0
-        self._arm_head()
+        self._arm("head")
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -170,13 +190,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         if self.cycle is not None and not self._refused:
             # duck-typed: the cycle calls write, close, is_closing and nothing else of it
             self.cycle.transport = _CoalescingTransport(self.transport, self.loop)  # type: ignore[assignment]
-        seconds = self.limits.body_timeout_s
-        self._arm(
-            seconds,
-            408,
-            f"the request body did not arrive within {seconds:g} s of its headers "
-            "(crossinfer serve --body-timeout)",
-        )
+        self._arm("body")
 
     def on_body(self, body: bytes) -> None:
         if not self._refused:
