@@ -189,7 +189,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         super().on_headers_complete()
         if self.cycle is not None and not self._refused:
             # duck-typed: the cycle calls write, close, is_closing and nothing else of it
-            self.cycle.transport = _CoalescingTransport(self.transport, self.loop)  # type: ignore[assignment]
+            self.cycle.transport = _CoalescingTransport(self.transport)  # type: ignore[assignment]
         self._arm("body")
 
     def on_body(self, body: bytes) -> None:
@@ -210,26 +210,31 @@ class _CoalescingTransport:
 
     uvicorn writes the head when the app sends ``http.response.start`` and the body on
     ``http.response.body``; on loopback each write is a syscall that also wakes the client, and
-    the pair cost about as much as the rest of a small request. A head with no body write in
-    the same loop turn is flushed on its own by the next turn.
+    the pair cost about as much as the rest of a small request. uvicorn always follows a head
+    with a body write (empty for a bodiless answer), or closes, which flushes.
     """
 
-    __slots__ = ("_held", "_loop", "_transport")
+    __slots__ = ("_headed", "_held", "_transport")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._loop = loop
         self._held: bytes | None = None
+        self._headed = False
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._held is None:
+        if self._held is not None:
+            held, self._held = self._held, None
+            if len(data) < 65536:
+                self._transport.write(held + data)
+                return
+            self._transport.write(held)  # a large body is not copied to join it
+        elif not self._headed and data[:12] != b"HTTP/1.1 100":
+            # this response's head (a cycle's first write but an interim "100 Continue", which
+            # must go out at once: the client waits for it before sending the body)
+            self._headed = True
             self._held = bytes(data)
-            self._loop.call_soon(self._flush)
             return
-        held, self._held = self._held, None
-        self._transport.write(held + data if len(data) < 65536 else held)
-        if len(data) >= 65536:  # a large body is not copied to join it
-            self._transport.write(data)
+        self._transport.write(data)
 
     def _flush(self) -> None:
         if self._held is not None:
