@@ -1032,8 +1032,39 @@ def serve(
         int, typer.Option(min=1, help="Largest request body accepted (413 beyond it).")
     ] = 64 * 1024 * 1024,
     drain_timeout: Annotated[
-        float, typer.Option(min=0, help="Seconds a shutdown waits for accepted requests.")
+        float,
+        typer.Option(
+            min=0,
+            help="Seconds a shutdown waits for accepted requests; then they get 503/UNAVAILABLE "
+            "and the process exits 3.",
+        ),
     ] = 30.0,
+    model_control_mode: Annotated[
+        str,
+        typer.Option(
+            help="none (models fixed at start), explicit (clients load/unload), poll (rescan "
+            "the repository folder), as Triton's."
+        ),
+    ] = "none",
+    repository_poll_secs: Annotated[
+        float, typer.Option(min=0.1, help="Rescan interval with --model-control-mode poll.")
+    ] = 15.0,
+    allow_outside_model_paths: Annotated[
+        bool,
+        typer.Option(
+            help='Let a config.toml\'s model = "..." name a file outside the repository folder.'
+        ),
+    ] = False,
+    header_timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds a client may take to send a request's headers.")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float,
+        typer.Option(min=0.1, help="Seconds a client may take to send a body after its headers."),
+    ] = 30.0,
+    max_header_bytes: Annotated[
+        int, typer.Option(min=1024, help="Largest request line and headers accepted (431 beyond).")
+    ] = 64 * 1024,
     log_level: Annotated[
         str,
         typer.Option(
@@ -1061,7 +1092,13 @@ def serve(
     ] = None,
 ) -> None:
     """Serve models over KServe v2 / Triton HTTP and gRPC with dynamic batching, until SIGTERM."""
-    from crossinfer.serve.repository import READY, open_repository, serving_overrides
+    from crossinfer.serve.http_protocol import HttpLimits
+    from crossinfer.serve.repository import (
+        MODEL_CONTROL_MODES,
+        READY,
+        open_repository,
+        serving_overrides,
+    )
     from crossinfer.serve.server import InferenceServer, ServerConfig, configure_logging, run_server
 
     nothing_ready = False
@@ -1103,7 +1140,19 @@ def serve(
         )
         if log_level.lower() not in ("debug", "info", "warning", "error"):
             raise UsageError(f"--log-level {log_level!r} is not one of debug, info, warning, error")
-        repository = open_repository(source, overrides=overrides, name=name)
+        if model_control_mode.lower() not in MODEL_CONTROL_MODES:
+            raise UsageError(
+                f"--model-control-mode {model_control_mode!r} is not one of "
+                f"{', '.join(MODEL_CONTROL_MODES)}"
+            )
+        repository = open_repository(
+            source,
+            overrides=overrides,
+            name=name,
+            control_mode=model_control_mode.lower(),
+            poll_interval_s=repository_poll_secs,
+            confine_model_paths=not allow_outside_model_paths,
+        )
         if ray is not None:
             configure_logging(log_level)
             _serve_on_ray(
@@ -1125,6 +1174,11 @@ def serve(
             metrics_port=None if metrics_port < 0 else metrics_port,
             max_body_bytes=max_body_bytes,
             drain_timeout_s=drain_timeout,
+            http_limits=HttpLimits(
+                header_timeout_s=header_timeout,
+                body_timeout_s=body_timeout,
+                max_header_bytes=max_header_bytes,
+            ),
         )
         configure_logging(log_level)
         run_server(repository, config, on_ready=on_ready)

@@ -106,7 +106,8 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def server(model_dir: Path) -> Iterator[ServerThread]:
     zoo = {name: ModelSource(f"zoo:{name}") for name in ("mlp", "digits")}
-    repo = ModelRepository(model_dir, models=zoo)  # and double16.onnx, echo.onnx from the dir
+    # explicit: test_repository_index_unload_load loads and unloads as a client
+    repo = ModelRepository(model_dir, models=zoo, control_mode="explicit")
     thread = ServerThread(repo)
     yield thread
     thread.close()

@@ -35,9 +35,20 @@ def env() -> dict[str, str]:
 class ServeProcess:
     """`crossinfer serve ARGS` on free loopback ports, its JSON log lines collected."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, grpc: bool = False) -> None:
+        grpc_port = "0" if grpc else "-1"
         self.proc = subprocess.Popen(
-            [CLI, "serve", *args, "--http-port", "0", "--grpc-port", "-1", "--metrics-port", "0"],
+            [
+                CLI,
+                "serve",
+                *args,
+                "--http-port",
+                "0",
+                "--grpc-port",
+                grpc_port,
+                "--metrics-port",
+                "0",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -285,3 +296,68 @@ def test_a_held_batcher_does_not_stall_shutdown(monkeypatch: pytest.MonkeyPatch)
     client.join(timeout=30)
     assert result == [200]
     assert server.finish() == 0
+
+
+def test_a_drain_that_times_out_answers_closes_every_port_and_exits_non_zero() -> None:
+    """--drain-timeout is a hard end: what is still running gets a protocol error with the
+    reason (HTTP 503 JSON, gRPC UNAVAILABLE), then every port closes and the process exits 3."""
+    import grpc
+    from tritonclient.grpc import service_pb2
+
+    server = ServeProcess("zoo:mlp", "--drain-timeout", "1", grpc=True)
+    ports = dict(server.ports)
+    assert set(ports) == {"http", "grpc", "metrics"}
+    # an HTTP request whose body never completes: it is in flight until the deadline
+    stalled = socket.create_connection(("127.0.0.1", ports["http"]), timeout=30)
+    stalled.sendall(
+        b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"
+    )
+    # a gRPC stream that stays open without a frame
+    hang_up = threading.Event()
+
+    def frames() -> Any:
+        hang_up.wait(60)
+        return
+        yield  # a generator that sends nothing
+
+    channel = grpc.insecure_channel(f"127.0.0.1:{ports['grpc']}")
+    call = channel.stream_stream(
+        "/inference.GRPCInferenceService/ModelStreamInfer",
+        request_serializer=service_pb2.ModelInferRequest.SerializeToString,
+        response_deserializer=service_pb2.ModelStreamInferResponse.FromString,
+    )
+    grpc_error: list[grpc.RpcError] = []
+
+    def read_stream() -> None:
+        try:
+            list(call(frames(), timeout=60))
+        except grpc.RpcError as exc:
+            grpc_error.append(exc)
+
+    reader = threading.Thread(target=read_stream, daemon=True)
+    reader.start()
+    time.sleep(0.5)  # both requests are in flight
+    server.proc.send_signal(signal.SIGTERM)
+    try:
+        answer = b""
+        while chunk := stalled.recv(65536):
+            answer += chunk
+        reader.join(timeout=30)
+        code = server.finish(limit_s=30)  # bounded: a hang fails here
+    finally:
+        hang_up.set()
+        stalled.close()
+        channel.close()
+        if server.proc.poll() is None:
+            server.proc.kill()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503"), answer[:300]
+    assert b"application/json" in head
+    assert "--drain-timeout" in json.loads(body)["error"]
+    assert grpc_error and grpc_error[0].code() == grpc.StatusCode.UNAVAILABLE
+    assert "--drain-timeout" in grpc_error[0].details()
+    assert code == 3, "".join(server.lines)[-3000:]
+    assert any('"event":"drain_timeout"' in line for line in server.lines)
+    for port in ports.values():  # nothing listens any more
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()

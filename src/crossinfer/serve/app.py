@@ -7,6 +7,7 @@ No web framework: routing is a split of the path, and the hot path (infer) is pa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -40,6 +41,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _JSON = [(b"content-type", b"application/json")]
+_VARY = (b"vary", b"Accept-Encoding")
 _SHM_ROUTES = {"systemsharedmemory": SYSTEM, "cudasharedmemory": CUDA}
 _HEADER_LENGTH = HEADER_LENGTH.lower().encode()
 _COMPRESS_MIN_BYTES = 1024  # smaller responses are not worth compressing
@@ -72,6 +74,20 @@ class HttpApp:
         self.max_body_bytes = max_body_bytes
         self.shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
         self.ready = False
+        # the tasks answering requests now: a drain that times out cancels them with a reason
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._abort_reason: str | None = None
+
+    def abort_in_flight(self, reason: str) -> int:
+        """Answer every request still running 503 ``{"error": reason}`` now (drain timed out).
+
+        Returns how many there were.
+        """
+        self._abort_reason = reason
+        tasks = [t for t in self._in_flight if not t.done()]
+        for task in tasks:
+            task.cancel(reason)
+        return len(tasks)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -81,17 +97,28 @@ class HttpApp:
             return  # websockets: not part of the protocol
         method: str = scope["method"]
         parts = scope["path"].strip("/").split("/")
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
         try:
             if parts[0] != "v2":
                 raise ProtocolError(404, f"no route for {scope['path']}: the API lives under /v2")
             await self._route(method, parts[1:], scope, receive, send)
         except ProtocolError as exc:
-            await _send_error(send, exc.status, exc.message, scope)
+            await _send_error(send, exc.status, exc.message, scope, exc)
         except _Disconnected:
             pass
+        except asyncio.CancelledError:
+            if self._abort_reason is None:
+                raise  # the server is going away without a drain deadline: nothing to answer
+            task.uncancel()  # answered below, not propagated
+            with contextlib.suppress(RuntimeError):  # a response already begun cannot be redone
+                await _send_error(send, 503, self._abort_reason, scope)
         except Exception as exc:  # a bug must answer 500 and leave the server serving
             log_event("http_internal_error", logging.ERROR, path=scope["path"], error=repr(exc))
             await _send_error(send, 500, f"internal error: {type(exc).__name__}: {exc}", scope)
+        finally:
+            self._in_flight.discard(task)
 
     async def _route(
         self, method: str, parts: list[str], scope: Scope, receive: Receive, send: Send
@@ -174,6 +201,7 @@ class HttpApp:
             return
         if len(parts) != 3 or parts[0] != "models" or parts[2] not in ("load", "unload"):
             raise ProtocolError(404, f"no route for {scope['path']}")
+        self.repository.check_client_control(parts[2], parts[1])
         params = body.get("parameters") or {}
         if not isinstance(params, dict):
             raise ProtocolError(400, "'parameters' must be an object")
@@ -355,6 +383,7 @@ def _encode_response(
         shared_memory=written,
     )
     raw_headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    raw_headers.append(_VARY)  # the answer depends on Accept-Encoding: caches must key on it
     if accept and len(payload) >= _COMPRESS_MIN_BYTES:
         payload, coding = _compress(payload, accept)
         if coding:
@@ -374,17 +403,51 @@ def _total_bytes(outputs: dict[str, Any]) -> int:
     return sum(int(a.nbytes) for a in outputs.values())
 
 
+class _MethodNotAllowed(ProtocolError):
+    """405, with the method the route takes (the answer's ``Allow`` header, RFC 9110)."""
+
+    def __init__(self, message: str, allowed: str) -> None:
+        super().__init__(405, message)
+        self.allowed = allowed
+
+
 def _expect(method: str, allowed: str, scope: Scope) -> None:
     if method != allowed:
-        raise ProtocolError(405, f"{scope['path']} takes {allowed}, not {method}")
+        raise _MethodNotAllowed(f"{scope['path']} takes {allowed}, not {method}", allowed)
+
+
+def _coding(accept: bytes) -> bytes:
+    """The content coding `Accept-Encoding` prefers among gzip and deflate; b"" for none.
+
+    RFC 9110: ``q=0`` means "not acceptable"; ``*`` stands for every coding not named.
+    """
+    q: dict[bytes, float] = {}
+    for item in accept.lower().split(b","):
+        name, _, params = item.partition(b";")
+        weight = 1.0
+        for param in params.split(b";"):
+            key, _, value = param.strip().partition(b"=")
+            if key == b"q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0  # a weight we cannot read is no consent to compress
+        q[name.strip()] = weight
+    star = q.get(b"*", 0.0)
+    best, best_q = b"", 0.0
+    for coding in (b"gzip", b"deflate"):  # gzip first: it wins ties
+        weight = q.get(coding, star)
+        if weight > best_q:
+            best, best_q = coding, weight
+    return best
 
 
 def _compress(payload: bytes, accept: bytes) -> tuple[bytes, bytes]:
-    codings = {c.split(b";")[0].strip() for c in accept.lower().split(b",")}
-    if b"gzip" in codings:
+    coding = _coding(accept)
+    if coding == b"gzip":
         compressor = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
         return compressor.compress(payload) + compressor.flush(), b"gzip"
-    if b"deflate" in codings:
+    if coding == b"deflate":
         return zlib.compress(payload), b"deflate"
     return payload, b""
 
@@ -404,10 +467,15 @@ async def _send_empty(send: Send, status: int) -> None:
     await _send(send, status, [], b"")
 
 
-async def _send_error(send: Send, status: int, message: str, scope: Scope) -> None:
+async def _send_error(
+    send: Send, status: int, message: str, scope: Scope, exc: ProtocolError | None = None
+) -> None:
     level = logging.WARNING if status >= 500 else logging.DEBUG
     log_event("http_error", level, path=scope["path"], status=status, error=message)
-    await _send(send, status, _JSON, error_body(message))
+    headers = _JSON
+    if isinstance(exc, _MethodNotAllowed):
+        headers = [*_JSON, (b"allow", exc.allowed.encode())]
+    await _send(send, status, headers, error_body(message))
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -7,7 +7,6 @@ protocols refuse bad input with the same messages; answers always carry `raw_out
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -25,7 +24,7 @@ from crossinfer.serve.protocol import (
     InferRequest,
     datatype_of,
     encode_bytes_tensor,
-    parse_infer_request,
+    parse_infer_document,
     server_metadata,
     write_shared_memory_outputs,
 )
@@ -36,6 +35,9 @@ from crossinfer.tensor_specs import shape_fits
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "GRPC_CODES",
+    "MAX_DETAILS_CHARS",
+    "GrpcServer",
+    "bounded",
     "grpc_code",
     "start_grpc_server",
 ]
@@ -245,15 +247,14 @@ def decode_infer_request(
         header["outputs"] = [
             {"name": out.name, "parameters": _parameters(out.parameters)} for out in request.outputs
         ]
-    head = json.dumps(header, separators=(",", ":")).encode()
-    body = b"".join([head, *blobs])
-    return parse_infer_request(
-        body,
-        header_length=len(head),
-        content_encoding=None,
+    # the header goes to the shared parser as the dict it is (no JSON round trip); one copy
+    # of the raw bytes, which the arrays then borrow
+    binary = memoryview(blobs[0] if len(blobs) == 1 else b"".join(blobs))
+    return parse_infer_document(
+        header,
+        binary,
         inputs=model.inputs,
         outputs=model.outputs,
-        max_body_bytes=len(body),  # gRPC's max message size bounded it already
         shared_memory=shared_memory,
     )
 
@@ -295,15 +296,58 @@ def encode_infer_response(
 # --------------------------------------------------------------------------- the service
 
 
+MAX_DETAILS_CHARS = 2048
+"""Longest error text a gRPC answer carries: it travels in the trailers, and a client refuses
+metadata over its limit (8-16 KiB) with RESOURCE_EXHAUSTED, hiding the real error."""
+
+
+def bounded(text: str, limit: int = MAX_DETAILS_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how much was left out (echoed input can be huge)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 40]}... ({len(text) - limit + 40} more characters)"
+
+
 def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
     """The gRPC status for an error raised while answering, as the HTTP front end maps it."""
     if isinstance(exc, ProtocolError):
-        return grpc_code(exc.status), exc.message
+        return grpc_code(exc.status), bounded(exc.message)
     if isinstance(exc, ServingError):
-        return grpc.StatusCode.UNAVAILABLE, str(exc)
+        return grpc.StatusCode.UNAVAILABLE, bounded(str(exc))
     if isinstance(exc, InputError):
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
-    return grpc.StatusCode.INTERNAL, str(exc)
+        return grpc.StatusCode.INVALID_ARGUMENT, bounded(str(exc))
+    return grpc.StatusCode.INTERNAL, bounded(str(exc))
+
+
+class _Unparseable:
+    """A request frame that is not the RPC's protobuf message: answered, never raised.
+
+    grpc.aio turns a deserializer's exception into UNKNOWN on a unary call and ends a stream
+    (losing the answers still owed on it); as a value it becomes an error answer like any other.
+    """
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+
+def _decoder(type_name: str) -> Callable[[bytes], Any]:
+    from_string = pb.message_class(type_name).FromString
+
+    def decode(data: bytes) -> Any:
+        try:
+            return from_string(data)
+        except Exception as exc:  # DecodeError, or a RuntimeWarning-turned-error from upb
+            return _Unparseable(
+                bounded(
+                    f"the {len(data)}-byte request is not a valid {type_name} message "
+                    f"({type(exc).__name__}: {exc}): send a message of Triton's "
+                    "grpc_service.proto"
+                )
+            )
+
+    return decode
 
 
 _Handler = Callable[[Any], Awaitable[message.Message]]
@@ -321,11 +365,34 @@ class _Service:
         self._repository = repository
         self._server_ready = server_ready
         self._shm = shared_memory
+        # the tasks answering calls now: a drain that times out cancels them with a reason
+        self._in_flight: set[asyncio.Task[Any]] = set()
+        self._abort_reason: str | None = None
+
+    def abort_in_flight(self, reason: str) -> int:
+        """Answer every running call UNAVAILABLE with `reason` now (the drain timed out).
+
+        Returns how many calls were running.
+        """
+        self._abort_reason = reason
+        tasks = [t for t in self._in_flight if not t.done()]
+        for task in tasks:
+            task.cancel(reason)
+        return len(tasks)
+
+    def _aborting(self) -> str | None:
+        """The drain's reason when this task was cancelled by `abort_in_flight`, else None."""
+        if self._abort_reason is None:
+            return None
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # the cancellation is answered, not propagated
+        return self._abort_reason
 
     def handlers(self) -> dict[str, grpc.RpcMethodHandler]:
         out: dict[str, grpc.RpcMethodHandler] = {}
         for rpc in pb.RPCS:
-            decode = pb.message_class(rpc.request).FromString
+            decode = _decoder(rpc.request)
             if rpc.streaming:
                 out[rpc.name] = grpc.stream_stream_rpc_method_handler(
                     self.ModelStreamInfer,
@@ -340,20 +407,36 @@ class _Service:
                 )
         return out
 
-    @staticmethod
     def _guarded(
+        self,
         handler: _Handler,
     ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[message.Message]]:
+        in_flight = self._in_flight
+
         async def answer(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if isinstance(request, _Unparseable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
+            task = asyncio.current_task()
+            assert task is not None
+            in_flight.add(task)
             try:
                 return await handler(request)
             except (CrossinferError, ValueError) as exc:
                 code, text = _status_of(exc)
                 await context.abort(code, text)
+            except asyncio.CancelledError:
+                reason = self._aborting()
+                if reason is None:
+                    raise  # the client cancelled: nothing to answer
+                await context.abort(grpc.StatusCode.UNAVAILABLE, reason)
             except Exception as exc:
                 # a bug, not bad input: the client gets INTERNAL with the reason, the log the trace
                 log.exception("gRPC %s failed", handler.__name__)
-                await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+                await context.abort(
+                    grpc.StatusCode.INTERNAL, bounded(f"{type(exc).__name__}: {exc}")
+                )
+            finally:
+                in_flight.discard(task)
 
         return answer
 
@@ -409,6 +492,7 @@ class _Service:
         )
 
     async def RepositoryModelLoad(self, request: Any) -> message.Message:
+        self._repository.check_client_control("load", request.model_name)
         if request.parameters:
             raise ProtocolError(
                 400,
@@ -419,6 +503,7 @@ class _Service:
         return pb.new("RepositoryModelLoadResponse")
 
     async def RepositoryModelUnload(self, request: Any) -> message.Message:
+        self._repository.check_client_control("unload", request.model_name)
         await self._repository.unload(request.model_name)
         return pb.new("RepositoryModelUnloadResponse")
 
@@ -462,18 +547,27 @@ class _Service:
     async def ModelStreamInfer(
         self, requests: AsyncIterator[Any], context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[message.Message]:
-        """Each request answered as it completes; errors travel in-stream as Triton's do."""
+        """Each frame answered as it completes, bad ones included: an error travels in-stream
+        (``error_message``, as Triton's do) and the stream stays open for the next frame."""
         answers: asyncio.Queue[message.Message | None] = asyncio.Queue()
         running: set[asyncio.Task[None]] = set()
 
+        def error_reply(text: str) -> message.Message:
+            return pb.new("ModelStreamInferResponse", error_message=text)
+
         async def one(request: Any) -> None:
-            try:
-                reply = pb.new(
-                    "ModelStreamInferResponse", infer_response=await self.ModelInfer(request)
-                )
-            except (CrossinferError, ValueError) as exc:
-                reply = pb.new("ModelStreamInferResponse", error_message=_status_of(exc)[1])
-            await answers.put(reply)
+            if isinstance(request, _Unparseable):
+                reply = error_reply(request.error)
+            else:
+                try:
+                    result = await self.ModelInfer(request)
+                    reply = pb.new("ModelStreamInferResponse", infer_response=result)
+                except (CrossinferError, ValueError) as exc:
+                    reply = error_reply(_status_of(exc)[1])
+                except Exception as exc:  # a bug: this frame's answer says so, the others go on
+                    log.exception("gRPC ModelStreamInfer failed on a frame")
+                    reply = error_reply(bounded(f"internal error: {type(exc).__name__}: {exc}"))
+            answers.put_nowait(reply)
 
         async def read() -> None:
             try:
@@ -481,19 +575,29 @@ class _Service:
                     task = asyncio.create_task(one(request))
                     running.add(task)
                     task.add_done_callback(running.discard)
-                while running:
-                    await asyncio.gather(*running)
             finally:
-                await answers.put(None)
+                # the client half-closed, or its side broke: every frame read is still answered
+                while running:
+                    await asyncio.gather(*running, return_exceptions=True)
+                answers.put_nowait(None)
 
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
         reader = asyncio.create_task(read())
         try:
             while (reply := await answers.get()) is not None:
                 yield reply
+        except asyncio.CancelledError:
+            reason = self._aborting()
+            if reason is None:
+                raise
+            await context.abort(grpc.StatusCode.UNAVAILABLE, reason)
         finally:
+            self._in_flight.discard(task)
             reader.cancel()
-            for task in running:
-                task.cancel()
+            for running_task in running:
+                running_task.cancel()
 
 
 def _serialize(msg: message.Message) -> bytes:
@@ -516,6 +620,23 @@ def _all_models_ready(repository: ModelRepository) -> Callable[[], bool]:
     return ready
 
 
+class GrpcServer:
+    """A started gRPC front end: `stop(grace_s)` and, for a drain that ran out of time,
+    `abort_in_flight(reason)`."""
+
+    def __init__(self, server: grpc.aio.Server, service: _Service) -> None:
+        self.server = server
+        self._service = service
+
+    async def stop(self, grace_s: float | None) -> None:
+        """Refuse new calls; let running ones finish within `grace_s`, then cancel them."""
+        await self.server.stop(grace_s)
+
+    def abort_in_flight(self, reason: str) -> int:
+        """Answer every running call UNAVAILABLE with `reason`; how many there were."""
+        return self._service.abort_in_flight(reason)
+
+
 async def start_grpc_server(
     repository: ModelRepository,
     host: str,
@@ -524,7 +645,7 @@ async def start_grpc_server(
     server_ready: Callable[[], bool] | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     shared_memory: SharedMemoryRegistry | None = None,
-) -> grpc.aio.Server:
+) -> GrpcServer:
     """Serve GRPCInferenceService on ``host:port`` from the running event loop, started.
 
     ``server_ready`` answers ServerReady (the HTTP front end's readiness, so both agree); by
@@ -559,4 +680,4 @@ async def start_grpc_server(
     except RuntimeError as exc:
         raise OSError(f"cannot listen for gRPC on {address}: {exc}") from exc
     await server.start()
-    return server
+    return GrpcServer(server, service)

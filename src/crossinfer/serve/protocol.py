@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 import zlib
 from collections.abc import Collection, Mapping, Sequence
@@ -151,12 +152,28 @@ def parse_infer_request(
             )
         view = memoryview(body)
         header, binary = bytes(view[:header_length]), view[header_length:]
+    if len(header) > _PRECHECK_BYTES:
+        _check_value_count(header)
     doc = _load_json(header)
     if not isinstance(doc, dict):
         raise ProtocolError(
             400, f"inference request must be a JSON object, got {type(doc).__name__}"
         )
+    return parse_infer_document(
+        doc, binary, inputs=inputs, outputs=outputs, shared_memory=shared_memory
+    )
 
+
+def parse_infer_document(
+    doc: dict[str, Any],
+    binary: memoryview,
+    *,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec] | None = None,
+    shared_memory: SharedMemoryRegistry | None = None,
+) -> InferRequest:
+    """`parse_infer_request` after the JSON: the request header as a dict, then the binary
+    tensors in order (gRPC builds the dict from protobuf fields, skipping a JSON round trip)."""
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError(400, f"request 'id' must be a string, got {_json_type(request_id)}")
@@ -215,6 +232,40 @@ def _decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     if not inflater.eof:
         raise ProtocolError(400, f"request body is truncated {coding} data")
     return out
+
+
+_PRECHECK_BYTES = 1024 * 1024
+_SHAPE = re.compile(rb'"shape"\s*:\s*\[([0-9\s,]*)\]')
+
+
+def _check_value_count(text: bytes) -> None:
+    """Refuse a large JSON body whose values far outnumber what its shapes declare, before
+    decoding it: decoding 60 MiB of JSON takes seconds and hundreds of MB to say the same.
+
+    A cheap bound, not a parse: every value but the last in an array is followed by a comma,
+    and nesting adds at most one comma per value, so more than ``2 x declared`` commas (plus
+    room for the object's own) cannot be a valid request. BYTES may hold commas: not checked.
+    """
+    if b'"BYTES"' in text:
+        return
+    declared = 0
+    shapes = 0
+    for match in _SHAPE.finditer(text):
+        dims = match.group(1).split(b",")
+        try:
+            declared += math.prod(int(d) for d in dims) if match.group(1).strip() else 1
+        except ValueError:
+            return  # an odd shape: the full parse names it
+        shapes += 1
+    if not shapes:
+        return
+    commas = text.count(b",")
+    if commas > 2 * declared + 64 * shapes + 4096:
+        raise ProtocolError(
+            400,
+            f"the request JSON has {commas} commas, far more than the {declared} values its "
+            "inputs' shapes declare in all: make each input's 'data' match its 'shape'",
+        )
 
 
 def _load_json(text: bytes) -> Any:

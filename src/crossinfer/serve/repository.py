@@ -72,6 +72,7 @@ __all__ = [
     "DEFAULT_MAX_BATCH_SIZE",
     "DELAY_SCHEDULER_ENV",
     "LOADING",
+    "MODEL_CONTROL_MODES",
     "READY",
     "UNAVAILABLE",
     "UNLOADING",
@@ -84,6 +85,16 @@ __all__ = [
     "open_repository",
     "serving_overrides",
 ]
+
+MODEL_CONTROL_MODES = ("none", "explicit", "poll")
+"""Triton's --model-control-mode: who may change the loaded models while the server runs.
+
+none: nobody (every model is loaded at start); explicit: clients, through the repository
+load/unload calls; poll: the server itself, rescanning the repository folder every
+``poll_interval_s``. Clients may load and unload in explicit mode only, as in Triton."""
+
+_CONTROL_REFUSED = "explicit model load / unload is not allowed if polling is enabled"
+"""Triton's own words (answered UNAVAILABLE in every mode but explicit), so clients match them."""
 
 DEFAULT_MAX_BATCH_SIZE = 8
 """max_batch_size for a model whose config does not say, when every tensor has a variable dim 0."""
@@ -167,6 +178,7 @@ class ModelSource:
 
     location: str
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    root: Path | None = None  # a config.toml's model file must lie in it (None: anywhere)
 
     def resolve(self) -> tuple[str, ServingConfig]:
         """The model to load (path or zoo source) and its settings; raises CrossinferError."""
@@ -175,7 +187,7 @@ class ModelSource:
             return self.location, apply_config(ServingConfig(), self.overrides, where)
         path = Path(self.location).expanduser()
         if path.is_dir():
-            model, config = _read_model_dir(path)
+            model, config = _read_model_dir(path, self.root)
         elif path.suffix == ".toml" and path.is_file():
             model, config = _read_spec(path)
         elif path.is_file():
@@ -190,7 +202,7 @@ class ModelSource:
         return model, apply_config(config, self.overrides, f"{where} (command line)")
 
 
-def _read_model_dir(path: Path) -> tuple[str, ServingConfig]:
+def _read_model_dir(path: Path, root: Path | None) -> tuple[str, ServingConfig]:
     config_path = path / "config.toml"
     raw: dict[str, Any] = {}
     if config_path.is_file():
@@ -201,6 +213,14 @@ def _read_model_dir(path: Path) -> tuple[str, ServingConfig]:
     config = apply_config(ServingConfig(), raw, str(config_path))
     if "model" in raw:  # apply_config checked it is a file name
         model = path / raw["model"]
+        if root is not None and not model.resolve().is_relative_to(root.resolve()):
+            # an absolute path, "../..", or a link out: any file the server can read would
+            # become loadable by name from a folder dropped into the repository
+            raise UsageError(
+                f"{config_path}: model {raw['model']!r} lies outside the repository {root}: "
+                "put the file in the model's folder, or start crossinfer serve with "
+                "--allow-outside-model-paths"
+            )
         if not model.is_file():
             raise ModelNotFoundError(f"{config_path}: model {raw['model']!r} is not in {path}")
         return str(model), config
@@ -500,14 +520,27 @@ class ModelRepository:
         *,
         models: Mapping[str, ModelSource] | None = None,
         overrides: Mapping[str, Any] | None = None,
+        control_mode: str = "none",
+        poll_interval_s: float = 15.0,
+        confine_model_paths: bool = True,
     ) -> None:
         if path is not None and not path.is_dir():
             raise ModelNotFoundError(f"model repository {path} is not a directory")
+        if control_mode not in MODEL_CONTROL_MODES:
+            raise UsageError(
+                f"model control mode {control_mode!r} is not one of {', '.join(MODEL_CONTROL_MODES)}"
+            )
+        if not poll_interval_s > 0:
+            raise UsageError(f"the repository poll interval must be > 0 s, got {poll_interval_s}")
         self.path = path
+        self.control_mode = control_mode
+        self.poll_interval_s = poll_interval_s
+        self._root = path if confine_model_paths else None
         self._given = dict(models or {})
         self._overrides = dict(overrides or {})
         self._entries: dict[str, _Entry] = {}
         self._stopping = False
+        self._fingerprints: dict[str, tuple[Any, ...]] = {}  # poll mode: what was loaded
 
     # --- what exists ------------------------------------------------------------------------
 
@@ -541,7 +574,7 @@ class ModelRepository:
                         f"({_location(found[name])} and {entry}): keep one"
                     )
                 else:
-                    found[name] = ModelSource(str(entry), self._overrides)
+                    found[name] = ModelSource(str(entry), self._overrides, self._root)
         found.update(self._given)
         return found
 
@@ -584,6 +617,47 @@ class ModelRepository:
     def ready_models(self) -> list[ServedModel]:
         return [e.model for _, e in sorted(self._entries.items()) if e.model and e.state == READY]
 
+    # --- who may change what is loaded ----------------------------------------------------------
+
+    def check_client_control(self, action: str, name: str) -> None:
+        """Raise ProtocolError 503 (Triton's UNAVAILABLE, in its words) unless clients may
+        load and unload models: ``--model-control-mode explicit``."""
+        if self.control_mode != "explicit":
+            raise ProtocolError(
+                503,
+                f"{_CONTROL_REFUSED} (cannot {action} model '{name[:200]}': crossinfer serve "
+                f"runs with --model-control-mode {self.control_mode}; start it with "
+                "--model-control-mode explicit to let clients load and unload models)",
+            )
+
+    async def poll_forever(self) -> None:
+        """Poll mode: every `poll_interval_s`, load new models, reload changed ones, unload
+        the removed ones (Triton's --model-control-mode poll). Runs until cancelled."""
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            await self.poll_once()
+
+    async def poll_once(self) -> None:
+        """One rescan of the repository folder (poll mode's step; a failed load is logged)."""
+        if self._stopping:
+            return
+        sources = await asyncio.to_thread(self.sources)
+        prints = await asyncio.to_thread(_fingerprints, sources)
+        for name in sorted(set(self._entries) - set(sources)):
+            log_event("model_removed", model=name)
+            with contextlib.suppress(ProtocolError):
+                await self.unload(name)
+            self._entries.pop(name, None)
+            self._fingerprints.pop(name, None)
+        for name, print_ in sorted(prints.items()):
+            entry = self._entries.get(name)
+            if entry is not None and self._fingerprints.get(name) == print_:
+                continue
+            if entry is not None and entry.state in (LOADING, UNLOADING):
+                continue  # a load or unload is under way: the next round looks again
+            with contextlib.suppress(ProtocolError):  # recorded in the index and the log
+                await self.load(name)
+
     # --- lifecycle --------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -593,10 +667,11 @@ class ModelRepository:
             with contextlib.suppress(ProtocolError):
                 await self.load(name)
 
-    async def stop(self) -> None:
-        """Unload every model, finishing (draining) each one's accepted requests."""
+    async def stop(self, *, drain: bool = True) -> None:
+        """Unload every model, finishing (draining) each one's accepted requests, or with
+        ``drain=False`` failing the queued ones (a shutdown whose drain timed out)."""
         self._stopping = True
-        await asyncio.gather(*(self.unload(name) for name in list(self._entries)))
+        await asyncio.gather(*(self.unload(name, drain=drain) for name in list(self._entries)))
 
     async def load(self, name: str) -> ServedModel:
         """(Re)load `name` from its source; ProtocolError 404 if unknown, 400 if it fails.
@@ -609,7 +684,9 @@ class ModelRepository:
         source = self.sources().get(name)
         if source is None:
             known = ", ".join(repr(n) for n in sorted(self.sources())) or "none"
-            raise ProtocolError(404, f"no model '{name}' in the repository: it has {known}")
+            raise ProtocolError(404, f"no model '{name[:200]}' in the repository: it has {known}")
+        if self.control_mode == "poll":
+            self._fingerprints[name] = _fingerprints({name: source}).get(name, ())
         entry = self._entries.setdefault(name, _Entry())
         async with entry.lock:
             old = entry.model if entry.state == READY else None
@@ -633,7 +710,7 @@ class ModelRepository:
             await old.stop(drain=True)
         return model
 
-    async def unload(self, name: str) -> None:
+    async def unload(self, name: str, *, drain: bool = True) -> None:
         """Stop serving `name` after finishing its accepted requests; 404 if unknown."""
         entry = self._entries.get(name)
         if entry is None:
@@ -645,7 +722,7 @@ class ModelRepository:
             if model is None:
                 return
             entry.state, entry.reason = UNLOADING, "unloading: finishing accepted requests"
-            await model.stop(drain=True)
+            await model.stop(drain=drain)
             entry.state, entry.reason, entry.model = UNAVAILABLE, "unloaded", None
             log_event("model_unloaded", model=name)
 
@@ -661,6 +738,25 @@ async def _build(name: str, source: ModelSource) -> ServedModel:
         return ServedModel(name, artifact, config)
 
     return await asyncio.to_thread(build)
+
+
+def _fingerprints(sources: Mapping[str, ModelSource | str]) -> dict[str, tuple[Any, ...]]:
+    """Each source's files' (path, size, mtime): a change means a reload in poll mode."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for name, source in sources.items():
+        location = _location(source)
+        path = Path(location)
+        if location.startswith("zoo:") or isinstance(source, str):
+            out[name] = (location,)
+            continue
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        stats = []
+        for file in files[:1000]:  # bounded: a model folder is a few files
+            with contextlib.suppress(OSError):
+                st = file.stat()
+                stats.append((str(file), st.st_size, st.st_mtime_ns))
+        out[name] = tuple(stats)
+    return out
 
 
 def _spec_artefacts(folder: Path) -> set[Path]:
@@ -732,17 +828,27 @@ def open_repository(
     *,
     overrides: Mapping[str, Any] | None = None,
     name: str | None = None,
+    control_mode: str = "none",
+    poll_interval_s: float = 15.0,
+    confine_model_paths: bool = True,
 ) -> ModelRepository:
     """The repository for what the command line names: a directory, a spec, an .onnx or zoo:NAME.
 
     `name` renames a single model (not allowed for a directory, whose entries name themselves).
+    `control_mode`, `poll_interval_s`, `confine_model_paths`: as `ModelRepository` takes them
+    (a single model's folder confines its own config.toml's model path).
     """
     overrides = dict(overrides or {})
     path = Path(target).expanduser()
+    control: dict[str, Any] = {
+        "control_mode": control_mode,
+        "poll_interval_s": poll_interval_s,
+        "confine_model_paths": confine_model_paths,
+    }
     if not target.startswith("zoo:") and path.is_dir() and not _is_model_dir(path):
         if name is not None:
             raise UsageError(f"--name names one model; {path} is a repository of models")
-        return ModelRepository(path, overrides=overrides)
+        return ModelRepository(path, overrides=overrides, **control)
     if not target.startswith("zoo:") and not path.exists():
         raise ModelNotFoundError(
             f"{target} does not exist: give an .onnx model, zoo:NAME, a deployment spec (.toml) "
@@ -754,7 +860,10 @@ def open_repository(
             f"model name {served_name!r} must be letters, digits, '_', '.' or '-' (it is part "
             "of the URL): choose one with --name"
         )
-    return ModelRepository(None, models={served_name: ModelSource(target, overrides)})
+    root = path if confine_model_paths and path.is_dir() else None
+    return ModelRepository(
+        None, models={served_name: ModelSource(target, overrides, root)}, **control
+    )
 
 
 def _is_model_dir(path: Path) -> bool:

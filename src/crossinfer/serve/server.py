@@ -18,7 +18,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import uvicorn
@@ -26,13 +26,29 @@ import uvloop
 
 from crossinfer.serve.app import DEFAULT_MAX_BODY_BYTES, HttpApp
 from crossinfer.serve.events import LOGGER_NAME, JsonFormatter, log_event
+from crossinfer.serve.http_protocol import HttpLimits, guarded_protocol
 from crossinfer.serve.metrics import CONTENT_TYPE, ServerMetrics
 from crossinfer.serve.repository import READY, ModelRepository
 from crossinfer.serve.shm import SharedMemoryRegistry
 
-__all__ = ["BackgroundServer", "InferenceServer", "ServerConfig", "configure_logging", "run_server"]
+__all__ = [
+    "ABORT_GRACE_S",
+    "DRAIN_TIMEOUT_EXIT_CODE",
+    "BackgroundServer",
+    "InferenceServer",
+    "ServerConfig",
+    "configure_logging",
+    "run_server",
+]
 
 T = TypeVar("T")
+
+ABORT_GRACE_S = 2.0
+"""After the drain timeout: how long the front ends get to send their 503 / UNAVAILABLE answers
+(and then, separately, to close) before the server closes them without a goodbye."""
+
+DRAIN_TIMEOUT_EXIT_CODE = 3
+"""`crossinfer serve`'s exit status when requests were cut off by --drain-timeout."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,9 @@ class ServerConfig:
     drain_timeout_s: float = 30.0  # Triton's --exit-timeout-secs default
     stats_log_interval_s: float = 10.0  # batch-size summaries in the log while traffic flows
     backlog: int = 2048
+    http_limits: HttpLimits = field(
+        default_factory=HttpLimits
+    )  # header/body timeouts and the header size limit
 
 
 class _Uvicorn(uvicorn.Server):
@@ -80,6 +99,7 @@ class InferenceServer:
         self._grpc: Any = None
         self._stopped = asyncio.Event()
         self._stop_requested: asyncio.Event | None = None
+        self.drain_timed_out = False  # set when stop() had to cut requests off
 
     # --- start ------------------------------------------------------------------------------
 
@@ -106,6 +126,10 @@ class InferenceServer:
             self._metrics_http = await self._start_uvicorn(app, config.metrics_port, "metrics")
             self._metrics_task = self._tasks[-1]
         self._tasks.append(asyncio.get_running_loop().create_task(self._log_batches()))
+        if self.repository.control_mode == "poll":
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(self.repository.poll_forever())
+            )
         self.app.ready = True
         log_event(
             "server_ready",
@@ -120,7 +144,8 @@ class InferenceServer:
         server = _Uvicorn(
             uvicorn.Config(
                 app,
-                http="httptools",
+                http=guarded_protocol(self.config.http_limits),
+                ws="none",  # not part of the protocol
                 lifespan="off",
                 access_log=False,
                 proxy_headers=False,  # no proxy in front by default: skip the middleware
@@ -128,7 +153,11 @@ class InferenceServer:
                 date_header=False,
                 log_config=None,
                 log_level="warning",
-                timeout_graceful_shutdown=math.ceil(self.config.drain_timeout_s),
+                # outlasts our own deadline, so that stop() answers the requests still running
+                # (uvicorn would cancel them into a plain-text 500)
+                timeout_graceful_shutdown=math.ceil(
+                    self.config.drain_timeout_s + 3 * ABORT_GRACE_S
+                ),
                 backlog=self.config.backlog,
             )
         )
@@ -180,7 +209,10 @@ class InferenceServer:
         """Stop accepting, finish every accepted request, drain the batchers, close everything.
 
         Order matters: the front ends finish their in-flight requests while the batchers still
-        run them; only then are the models unloaded.
+        run them; only then are the models unloaded. The drain has a hard end: requests still
+        running after ``drain_timeout_s`` are answered 503 / UNAVAILABLE with the reason,
+        every port closes within `ABORT_GRACE_S` more, and `drain_timed_out` is set (the
+        command line then exits non-zero without waiting for a compute it cannot interrupt).
         """
         if self._stopped.is_set():
             return
@@ -188,13 +220,24 @@ class InferenceServer:
         self.app.ready = False  # load balancers see not-ready first
         for model in self.repository.ready_models():
             model.batcher.release()  # a held batcher (test hook) would keep its requests forever
-        closing = []
+        closing: list[asyncio.Future[Any]] = []
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
             closing.append(self._http_task)
         if self._grpc is not None:
-            closing.append(asyncio.ensure_future(self._grpc.stop(self.config.drain_timeout_s)))
-        await asyncio.gather(*closing, return_exceptions=True)
+            # its own grace outlasts ours: the calls still running at our deadline are answered
+            # with the reason below, not grpc's bare "Cancelling all calls"
+            grace = self.config.drain_timeout_s + 2 * ABORT_GRACE_S
+            closing.append(asyncio.ensure_future(self._grpc.stop(grace)))
+        if closing:
+            _, pending = await asyncio.wait(closing, timeout=self.config.drain_timeout_s)
+            if pending:
+                self._abort_in_flight()
+                _, pending = await asyncio.wait(closing, timeout=ABORT_GRACE_S)
+            if pending:  # a front end still not closed: close it without a goodbye
+                self.drain_timed_out = True
+                await self._force_close()
+                await asyncio.wait(closing, timeout=ABORT_GRACE_S)
         totals = {
             m.name: {
                 "success": s.success.count,
@@ -205,18 +248,57 @@ class InferenceServer:
             for m in self.repository.ready_models()
             for s in [m.batcher.stats()]
         }
-        await self.repository.stop()
+        if self.drain_timed_out:
+            # a batch still computing cannot be interrupted; the process exits without it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.repository.stop(drain=False), ABORT_GRACE_S)
+        else:
+            await self.repository.stop()
         self.shared_memory.close()  # unmaps the clients' regions; never unlinks them
         if self._metrics_http is not None:
             self._metrics_http.should_exit = True
         for task in self._tasks:
             if task is not self._metrics_task:
                 task.cancel()  # the batch-size logger; done tasks ignore it
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # (none when a listener failed to start)
+            _, pending_tasks = await asyncio.wait(self._tasks, timeout=ABORT_GRACE_S)
+            if pending_tasks:
+                await self._force_close()
+                await asyncio.wait(self._tasks, timeout=ABORT_GRACE_S)
         if self.metrics is not None:
             self.metrics.close()
         self._stopped.set()
-        log_event("server_stopped", models=totals)
+        log_event("server_stopped", models=totals, drain_timed_out=self.drain_timed_out)
+
+    def _abort_in_flight(self) -> None:
+        """The drain ran out of time: answer what is still running, with the reason."""
+        self.drain_timed_out = True
+        reason = (
+            f"the server is shutting down and its drain timeout ({self.config.drain_timeout_s:g} "
+            "s, crossinfer serve --drain-timeout) expired before this request finished: retry "
+            "on another replica"
+        )
+        http = self.app.abort_in_flight(reason)
+        grpc = self._grpc.abort_in_flight(reason) if self._grpc is not None else 0
+        log_event(
+            "drain_timeout",
+            logging.WARNING,
+            drain_timeout_s=self.config.drain_timeout_s,
+            http_requests=http,
+            grpc_calls=grpc,
+        )
+
+    async def _force_close(self) -> None:
+        """Close every listener and connection now, without waiting for their requests."""
+        for server in (self._http, self._metrics_http):
+            if server is not None:
+                server.should_exit = server.force_exit = True
+        if self._grpc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._grpc.stop(0), ABORT_GRACE_S)
+        for task in (self._http_task, self._metrics_task):
+            if task is not None and not task.done():
+                task.cancel()
 
     # --- logs -------------------------------------------------------------------------------
 
@@ -228,7 +310,7 @@ class InferenceServer:
             for model in self.repository.ready_models():
                 stats = model.batcher.stats()
                 key = f"{model.name}/{id(model)}"
-                if stats.execution_count != seen.get(key):
+                if stats.execution_count != seen.get(key, 0):  # only once traffic flowed
                     seen[key] = stats.execution_count
                     log_event(
                         "batch_stats",
@@ -328,6 +410,18 @@ def run_server(
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+    if server.drain_timed_out:
+        # every port is closed; what remains is a compute thread that cannot be interrupted,
+        # which the interpreter would wait for at exit: the drain's end is a hard end
+        log_event(
+            "exit",
+            logging.WARNING,
+            code=DRAIN_TIMEOUT_EXIT_CODE,
+            reason="requests were cut off by --drain-timeout",
+        )
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(DRAIN_TIMEOUT_EXIT_CODE)
     return server
 
 
