@@ -30,6 +30,7 @@ from crossinfer.serve.grpc import start_grpc_server
 from crossinfer.serve.repository import ModelRepository, ModelSource
 
 LIMIT_S = 30.0
+START_LIMIT_S = 180.0  # the start builds zoo:digits (sklearn training): 44 s at load 12 here
 
 
 def free_port() -> int:
@@ -50,14 +51,14 @@ class ServerThread:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         kwargs = {} if max_message_bytes is None else {"max_message_bytes": max_message_bytes}
-        self.server = self.call(self._start(kwargs))
+        self.server = self.call(self._start(kwargs), START_LIMIT_S)
 
     async def _start(self, kwargs: dict[str, Any]) -> Any:
         await self.repository.start()
         return await start_grpc_server(self.repository, "127.0.0.1", self.port, **kwargs)
 
-    def call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(LIMIT_S)
+    def call(self, coro: Any, limit_s: float = LIMIT_S) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(limit_s)
 
     def close(self) -> None:
         self.call(self.server.stop(1.0))
