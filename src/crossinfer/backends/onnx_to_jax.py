@@ -27,6 +27,9 @@ from jaxonnxruntime.core.onnx_node import OnnxNode
 from onnx import helper, numpy_helper
 
 from crossinfer.backends.batchnorm_folding import fold_batch_norms
+from crossinfer.backends.normalize import normalize
+from crossinfer.backends.onnx_to_jax_ops import EXTRA_LOWERINGS
+from crossinfer.errors import UnsupportedNodeError
 from crossinfer.onnx_graph import all_nodes
 
 # Static arguments (Reshape's shape, Pad's pads) come from values we fold to numpy while
@@ -45,12 +48,11 @@ _FP32_OPS = frozenset({"Softmax", "LogSoftmax"})
 _HANDLER_LOCK = threading.RLock()
 
 
-class LoweringError(Exception):
-    """A node could not be lowered to JAX; names the node and its op."""
+class LoweringError(UnsupportedNodeError):
+    """A node could not be lowered to JAX; names the node, its op and its domain."""
 
-    def __init__(self, node: str, op: str, message: str) -> None:
-        super().__init__(f"node '{node}' ({op}): {message}")
-        self.node = node
+    def __init__(self, node: str, op: str, message: str, *, domain: str = "") -> None:
+        super().__init__(node=node, op_type=op, domain=domain, reason=message)
         self.op = op
 
 
@@ -137,6 +139,7 @@ OWN_LOWERINGS: dict[str, Lowering] = {
     "LayerNormalization": _layer_norm,
     "Shape": _shape,
     "Size": _size,
+    **EXTRA_LOWERINGS,
 }
 
 
@@ -212,6 +215,8 @@ def build_program(model: onnx.ModelProto, compute_dtype: np.dtype[Any]) -> JaxPr
         )
     names = tuple(n.name or f"<{n.op_type}#{i}>" for i, n in enumerate(model.graph.node))
     original = model
+    # constants as initializers (static or params by size), Identity aliases bypassed
+    model, _ = normalize(model)
     # the program casts params to its compute precision itself: fold into FP32 weights
     model, folded = fold_batch_norms(model, weight_dtype=np.float32)
     graph = model.graph
@@ -312,10 +317,11 @@ def _lower_node(
             node.op_type,
             "needs an input known at compile time, but it depends on the "
             f"model's inputs (data-dependent shapes cannot be jitted): {_first_line(exc)}",
+            domain=node.domain,
         ) from exc
     except Exception as exc:  # handlers raise NotImplementedError, TypeError, ValueError, ...
         raise LoweringError(
-            name, node.op_type, f"{type(exc).__name__}: {_first_line(exc)}"
+            name, node.op_type, f"{type(exc).__name__}: {_first_line(exc)}", domain=node.domain
         ) from exc
 
 
@@ -335,11 +341,19 @@ def _call(
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     own = OWN_LOWERINGS.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else None
     if own is not None:
-        return own(attrs, values, compute_dtype)
-    wrapped = OnnxNode(node, None)
-    jax_fn = handlers[node.op_type].handle(wrapped, values)
-    result = jax_fn(*values, **wrapped.attrs_dict)
-    return list(result) if isinstance(result, list | tuple) else [result]
+        outputs = own(attrs, values, compute_dtype)
+    else:
+        wrapped = OnnxNode(node, None)
+        jax_fn = handlers[node.op_type].handle(wrapped, values)
+        result = jax_fn(*values, **wrapped.attrs_dict)
+        outputs = list(result) if isinstance(result, list | tuple) else [result]
+    wanted = [i for i, name in enumerate(node.output) if name]
+    if wanted and wanted[-1] >= len(outputs):
+        # e.g. MaxPool's Indices: a later node would otherwise find no value under that name
+        raise NotImplementedError(
+            f"output {wanted[-1]} ('{node.output[wanted[-1]]}') is not produced by this lowering"
+        )
+    return outputs
 
 
 def _first_line(exc: BaseException) -> str:

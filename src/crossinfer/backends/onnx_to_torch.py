@@ -27,6 +27,8 @@ from onnx2torch.utils.common import (
 from torch import fx, nn
 
 from crossinfer.backends.batchnorm_folding import fold_batch_norms
+from crossinfer.backends.normalize import normalize
+from crossinfer.errors import UnsupportedNodeError
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -163,6 +165,14 @@ CUSTOM_CONVERTERS: dict[tuple[str, int], _Converter] = {
 }
 
 
+# (op type, since-version) -> the since-version of onnx2torch's converter that handles it as is:
+# the newer schema only admits more element types (bfloat16 in opset 16), same semantics
+SAME_SEMANTICS: dict[tuple[str, int], int] = {
+    ("GreaterOrEqual", 16): 12,
+    ("LessOrEqual", 16): 12,
+}
+
+
 def _register_custom_converters() -> tuple[tuple[str, int], ...]:
     """Add ours where onnx2torch has none; a later onnx2torch that has one keeps its own."""
     added = []
@@ -170,6 +180,13 @@ def _register_custom_converters() -> tuple[tuple[str, int], ...]:
         if _has_converter(op, version, ""):
             continue
         add_converter(operation_type=op, version=version)(converter)
+        added.append((op, version))
+    for (op, version), older in SAME_SEMANTICS.items():
+        if _has_converter(op, version, "") or not _has_converter(op, older, ""):
+            continue
+        add_converter(operation_type=op, version=version)(
+            get_converter(operation_type=op, version=older)
+        )
         added.append((op, version))
     return tuple(added)
 
@@ -298,7 +315,9 @@ class Gather(nn.Module):
         flat = indices.reshape(-1).to(torch.int64)
         flat = torch.where(flat < 0, flat + size, flat)
         picked = torch.index_select(x, axis, flat)
-        return picked.reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :])
+        # one tuple, not unpacked arguments: a 0-d result (Gather(Shape(x), scalar), in every
+        # exported transformer) has an empty shape, and reshape() with no arguments is an error
+        return picked.reshape((*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :]))
 
 
 def gathers_without_host_reads(module: fx.GraphModule) -> int:
@@ -442,11 +461,29 @@ def convert(
     fold_batchnorm: bool = True,
     fuse_conv_relu: bool = False,
 ) -> Conversion:
-    """The whole path: rewrites, then onnx2torch, as an eval-mode ``fx.GraphModule`` on the CPU."""
+    """The whole path: rewrites, then onnx2torch, as an eval-mode ``fx.GraphModule`` on the CPU.
+
+    A node onnx2torch cannot convert raises `UnsupportedNodeError` naming it.
+    """
     folded = casts = fused = 0
+    # weights behind Identity aliases and in Constant nodes become initializers: onnx2torch's
+    # Conv, Gemm and norm converters read their weights from initializers only
+    model, _ = normalize(model)
     if fold_batchnorm:
         model, folded = fold_batch_norms(model)
-    module = _onnx2torch_convert(model)
+    try:
+        module = _onnx2torch_convert(model)
+    except Exception as exc:  # converters raise KeyError, NotImplementedError, ValueError, ...
+        node = _node_being_converted(exc)
+        if node is None:
+            raise
+        raise UnsupportedNodeError(
+            node=node.name,
+            op_type=node.operation_type,
+            domain=node.domain,
+            converter="onnx2torch",
+            reason=_reason(exc),
+        ) from exc
     check_outputs(module, model)
     reshapes = static_reshapes(module) + gathers_without_host_reads(module)
     if dtype is not None and dtype != torch.float32:
@@ -454,6 +491,32 @@ def convert(
     if fuse_conv_relu:
         fused = fuse_conv_relu_chains(module)
     return Conversion(module.eval(), folded, casts, fused, reshapes, custom_ops_used(model))
+
+
+def _node_being_converted(exc: BaseException) -> OnnxNode | None:
+    """The node onnx2torch's convert loop was on when `exc` was raised, read from the traceback.
+
+    onnx2torch's converters raise bare KeyErrors ("'onnx::Conv_403'") that name no node; its
+    convert loop holds the node in a local variable, which the traceback keeps.
+    """
+    node: OnnxNode | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_globals.get("__name__") == "onnx2torch.converter":
+            found = frame.f_locals.get("onnx_node")
+            if isinstance(found, OnnxNode):
+                node = found
+        tb = tb.tb_next
+    return node
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        # a KeyError's text is the bare key: say what it was looking for
+        return f"{exc.args[0]!r} is not an initializer or constant it can read (KeyError)"
+    text = " ".join(str(exc).split())
+    return f"{text[:300] or type(exc).__name__} ({type(exc).__name__})"
 
 
 def check_outputs(module: fx.GraphModule, model: onnx.ModelProto) -> None:
