@@ -30,7 +30,7 @@ from crossinfer.backends.batchnorm_folding import fold_batch_norms
 from crossinfer.backends.normalize import normalize
 from crossinfer.backends.onnx_to_jax_ops import EXTRA_LOWERINGS
 from crossinfer.errors import UnsupportedNodeError
-from crossinfer.onnx_graph import all_nodes
+from crossinfer.onnx_graph import all_nodes, same_signature
 
 # Static arguments (Reshape's shape, Pad's pads) come from values we fold to numpy while
 # tracing, not only from initializers: the folded values are exact for the shapes traced.
@@ -48,12 +48,12 @@ _FP32_OPS = frozenset({"Softmax", "LogSoftmax"})
 _HANDLER_LOCK = threading.RLock()
 
 
-class LoweringError(UnsupportedNodeError):
-    """A node could not be lowered to JAX; names the node, its op and its domain."""
+# A node that cannot be lowered: errors.UnsupportedNodeError names the node, its op and domain.
+LoweringError = UnsupportedNodeError
 
-    def __init__(self, node: str, op: str, message: str, *, domain: str = "") -> None:
-        super().__init__(node=node, op_type=op, domain=domain, reason=message)
-        self.op = op
+
+def _lowering_error(node: str, op: str, message: str, domain: str = "") -> UnsupportedNodeError:
+    return UnsupportedNodeError(node=node, op_type=op, domain=domain, reason=message)
 
 
 # --- lowerings of our own ------------------------------------------------------------------
@@ -210,7 +210,7 @@ def build_program(model: onnx.ModelProto, compute_dtype: np.dtype[Any]) -> JaxPr
     """Split initializers into traced params and static constants; raise on unsupported ops."""
     missing = unsupported_ops(model)
     if missing:
-        raise LoweringError(
+        raise _lowering_error(
             "<model>", ", ".join(missing), "no JAX lowering (neither jaxonnxruntime nor ours)"
         )
     names = tuple(n.name or f"<{n.op_type}#{i}>" for i, n in enumerate(model.graph.node))
@@ -312,16 +312,16 @@ def _lower_node(
     except LoweringError:
         raise
     except jax.errors.ConcretizationTypeError as exc:
-        raise LoweringError(
+        raise _lowering_error(
             name,
             node.op_type,
             "needs an input known at compile time, but it depends on the "
             f"model's inputs (data-dependent shapes cannot be jitted): {_first_line(exc)}",
-            domain=node.domain,
+            node.domain,
         ) from exc
     except Exception as exc:  # handlers raise NotImplementedError, TypeError, ValueError, ...
-        raise LoweringError(
-            name, node.op_type, f"{type(exc).__name__}: {_first_line(exc)}", domain=node.domain
+        raise _lowering_error(
+            name, node.op_type, f"{type(exc).__name__}: {_first_line(exc)}", node.domain
         ) from exc
 
 
@@ -344,7 +344,7 @@ def _call(
         outputs = own(attrs, values, compute_dtype)
     else:
         wrapped = OnnxNode(node, None)
-        jax_fn = handlers[node.op_type].handle(wrapped, values)
+        jax_fn = _handler_method(handlers[node.op_type], node.op_type)(wrapped, values)
         result = jax_fn(*values, **wrapped.attrs_dict)
         outputs = list(result) if isinstance(result, list | tuple) else [result]
     wanted = [i for i, name in enumerate(node.output) if name]
@@ -354,6 +354,27 @@ def _call(
             f"output {wanted[-1]} ('{node.output[wanted[-1]]}') is not produced by this lowering"
         )
     return outputs
+
+
+def _handler_method(handler: Any, op_type: str) -> Any:
+    """jaxonnxruntime's method for the model's version of the op, or for an older version with
+    the same signature (jaxonnxruntime 0.3 stops at the opsets of 2023: Flatten 21-25, ...)."""
+    since = int(handler.SINCE_VERSION)
+    method = getattr(handler, f"version_{since}", None)
+    if method is not None:
+        return method
+    older = sorted(
+        (
+            int(name.removeprefix("version_"))
+            for name in dir(handler)
+            if name.startswith("version_")
+        ),
+        reverse=True,
+    )
+    for version in older:
+        if version < since and same_signature(op_type, since, version):
+            return getattr(handler, f"version_{version}")
+    return handler.handle  # raises jaxonnxruntime's own "version N is not implemented"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -34,6 +34,51 @@ def _binary(fn: str) -> Lowering:
     return lower
 
 
+def _unary(fn: str) -> Lowering:
+    def lower(attrs: Mapping[str, Any], inputs: list[Value], dtype: np.dtype[Any]) -> list[Value]:
+        return [getattr(_xp(inputs[0]), fn)(inputs[0])]
+
+    return lower
+
+
+def _is_inf(attrs: Mapping[str, Any], inputs: list[Value], dtype: np.dtype[Any]) -> list[Value]:
+    x = inputs[0]
+    xp = _xp(x)
+    positive = int(attrs.get("detect_positive", 1))
+    negative = int(attrs.get("detect_negative", 1))
+    return [
+        xp.logical_or(
+            xp.logical_and(xp.isposinf(x), positive == 1),
+            xp.logical_and(xp.isneginf(x), negative == 1),
+        )
+    ]
+
+
+def _mod(attrs: Mapping[str, Any], inputs: list[Value], dtype: np.dtype[Any]) -> list[Value]:
+    xp = _xp(*inputs)
+    # fmod=1: the sign of the dividend (C's fmod); fmod=0, integers only: the divisor's (Python's %)
+    fn = xp.fmod if int(attrs.get("fmod", 0)) else xp.mod
+    return [fn(inputs[0], inputs[1])]
+
+
+def _cumsum(attrs: Mapping[str, Any], inputs: list[Value], dtype: np.dtype[Any]) -> list[Value]:
+    x, axis_value = inputs[0], inputs[1]
+    xp = _xp(x)
+    if not isinstance(axis_value, np.ndarray | np.generic):
+        raise NotImplementedError(
+            "CumSum's axis is computed from the model's inputs; jit needs it at compile time "
+            "(make it an initializer or a Constant)"
+        )
+    axis = int(np.asarray(axis_value).reshape(()))
+    y = xp.flip(x, axis=axis) if int(attrs.get("reverse", 0)) else x
+    out = xp.cumsum(y, axis=axis, dtype=y.dtype)
+    if int(attrs.get("exclusive", 0)):
+        out = out - y
+    if int(attrs.get("reverse", 0)):
+        out = xp.flip(out, axis=axis)
+    return [out]
+
+
 def _hard_sigmoid(
     attrs: Mapping[str, Any], inputs: list[Value], dtype: np.dtype[Any]
 ) -> list[Value]:
@@ -142,10 +187,18 @@ def _average_pool(
 
 EXTRA_LOWERINGS: dict[str, Lowering] = {
     "AveragePool": _average_pool,
+    "CumSum": _cumsum,
+    "Floor": _unary("floor"),
+    "IsInf": _is_inf,
+    "IsNaN": _unary("isnan"),
+    "Mod": _mod,
+    "Round": _unary("round"),  # half to even, as ONNX's Round
+    "Sign": _unary("sign"),
     "Greater": _binary("greater"),
     "GreaterOrEqual": _binary("greater_equal"),
     "HardSigmoid": _hard_sigmoid,
     "HardSwish": _hard_swish,
+    "Xor": _binary("logical_xor"),
     "LessOrEqual": _binary("less_equal"),
     "MaxPool": _max_pool,
 }

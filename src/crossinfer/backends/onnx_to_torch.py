@@ -29,6 +29,7 @@ from torch import fx, nn
 from crossinfer.backends.batchnorm_folding import fold_batch_norms
 from crossinfer.backends.normalize import normalize
 from crossinfer.errors import UnsupportedNodeError
+from crossinfer.onnx_graph import same_signature
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -94,6 +95,46 @@ class _CastLike(nn.Module):
         return x.to(like.dtype)
 
 
+class _Flatten(nn.Module):
+    """ONNX Flatten: always 2-D, (prod(dims[:axis]), prod(dims[axis:])). onnx2torch 1.5's
+    flattens twice and fails when axis equals the rank (DistilBERT's mask, axis 2 of a 2-D)."""
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axis = self.axis + x.dim() if self.axis < 0 else self.axis
+        lead = 1
+        for size in x.shape[:axis]:
+            lead *= size
+        rest = 1
+        for size in x.shape[axis:]:
+            rest *= size
+        return x.reshape(lead, rest)
+
+
+class _CumSum(nn.Module):
+    """ONNX CumSum. onnx2torch 1.5's reverses by default (ONNX's default is reverse=0), and
+    torch.cumsum widens int32 to int64; the axis is read when converting where it is constant."""
+
+    def __init__(self, *, axis: int | None, exclusive: bool, reverse: bool) -> None:
+        super().__init__()
+        self.axis = axis
+        self.exclusive = exclusive
+        self.reverse = reverse
+
+    def forward(self, x: torch.Tensor, axis: torch.Tensor | None = None) -> torch.Tensor:
+        dim = self.axis if self.axis is not None else int(axis)  # type: ignore[arg-type]
+        y = torch.flip(x, dims=(dim,)) if self.reverse else x
+        out = torch.cumsum(y, dim=dim)
+        if self.exclusive:
+            out = out - y
+        if self.reverse:
+            out = torch.flip(out, dims=(dim,))
+        return out.to(x.dtype)
+
+
 class _GlobalMaxPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.amax(x, dim=tuple(range(2, x.dim())), keepdim=True)
@@ -137,6 +178,30 @@ def _convert_cast_like(node: OnnxNode, graph: OnnxGraph) -> OperationConverterRe
     return _result(_CastLike(), node)
 
 
+def _convert_flatten(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    return _result(_Flatten(int(node.attributes.get("axis", 1))), node)
+
+
+def _convert_cumsum(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    try:
+        axis: int | None = int(torch.as_tensor(get_const_value(node.input_values[1], graph)))
+    except KeyError:  # a computed axis: read when running
+        axis = None
+    module = _CumSum(
+        axis=axis,
+        exclusive=bool(node.attributes.get("exclusive", 0)),
+        reverse=bool(node.attributes.get("reverse", 0)),
+    )
+    return _result(module, node, inputs=1 if axis is not None else None)
+
+
+def _convert_average_pool_19(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    # AveragePool 19 added dilations (22 only types): without them it is version 11's op
+    if any(int(d) != 1 for d in node.attributes.get("dilations", [])):
+        raise NotImplementedError("AveragePool with dilations is not converted")
+    return get_converter(operation_type="AveragePool", version=11)(node, graph)
+
+
 def _convert_global_max_pool(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     return _result(_GlobalMaxPool(), node)
 
@@ -159,36 +224,67 @@ CUSTOM_CONVERTERS: dict[tuple[str, int], _Converter] = {
     ("CastLike", 15): _convert_cast_like,
     ("CastLike", 19): _convert_cast_like,
     ("GlobalMaxPool", 1): _convert_global_max_pool,
+    ("AveragePool", 19): _convert_average_pool_19,
+    ("AveragePool", 22): _convert_average_pool_19,
     **{(op, 18): _convert_reduce for op in _REDUCE_18},
     ("ReduceMax", 20): _convert_reduce,
     ("ReduceMin", 20): _convert_reduce,
 }
 
 
-# (op type, since-version) -> the since-version of onnx2torch's converter that handles it as is:
-# the newer schema only admits more element types (bfloat16 in opset 16), same semantics
-SAME_SEMANTICS: dict[tuple[str, int], int] = {
-    ("GreaterOrEqual", 16): 12,
-    ("LessOrEqual", 16): 12,
+# op type -> our converter, for every version: onnx2torch's gives wrong results or fails
+REPLACED_CONVERTERS: dict[str, _Converter] = {
+    "CumSum": _convert_cumsum,
+    "Flatten": _convert_flatten,
 }
 
 
 def _register_custom_converters() -> tuple[tuple[str, int], ...]:
     """Add ours where onnx2torch has none; a later onnx2torch that has one keeps its own."""
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription
+
     added = []
+    for op, converter in REPLACED_CONVERTERS.items():
+        for schema in onnx.defs.get_all_schemas_with_history():
+            if schema.name == op and schema.domain == "":
+                description = OperationDescription("", op, schema.since_version)
+                _CONVERTER_REGISTRY[description] = converter  # add_converter refuses to replace
+                added.append((op, schema.since_version))
     for (op, version), converter in CUSTOM_CONVERTERS.items():
         if _has_converter(op, version, ""):
             continue
         add_converter(operation_type=op, version=version)(converter)
         added.append((op, version))
-    for (op, version), older in SAME_SEMANTICS.items():
-        if _has_converter(op, version, "") or not _has_converter(op, older, ""):
-            continue
-        add_converter(operation_type=op, version=version)(
-            get_converter(operation_type=op, version=older)
-        )
-        added.append((op, version))
     return tuple(added)
+
+
+def _register_same_signature_versions() -> dict[tuple[str, int], int]:
+    """Newer versions of an op whose schema differs from a converted one only in element types.
+
+    Opsets 16-24 re-released many ops to admit bfloat16, float8 or int4 (GreaterOrEqual 16,
+    HardSwish 22, ...): same attributes, inputs and outputs, same meaning. onnx2torch's
+    converter for the older version converts them; a dtype torch lacks fails at run time with
+    torch's message. Returns (op, newer version) -> the version whose converter it uses.
+    """
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY
+
+    since_versions: dict[str, list[int]] = {}
+    for schema in onnx.defs.get_all_schemas_with_history():
+        if schema.domain == "":
+            since_versions.setdefault(schema.name, []).append(schema.since_version)
+    aliases: dict[tuple[str, int], int] = {}
+    for description in sorted(_CONVERTER_REGISTRY, key=lambda d: -d.version):
+        op, version = description.operation_type, description.version
+        if description.domain != "":
+            continue
+        for newer in sorted(v for v in since_versions.get(op, []) if v > version):
+            if _has_converter(op, newer, "") or not same_signature(op, newer, version):
+                continue
+            add_converter(operation_type=op, version=newer)(
+                get_converter(operation_type=op, version=version)
+            )
+            aliases[(op, newer)] = version
+    return aliases
 
 
 def _has_converter(op: str, version: int, domain: str) -> bool:
@@ -200,6 +296,7 @@ def _has_converter(op: str, version: int, domain: str) -> bool:
 
 
 _REGISTERED = _register_custom_converters()
+SAME_SIGNATURE_VERSIONS = _register_same_signature_versions()
 
 
 # --- coverage ----------------------------------------------------------------------------
@@ -478,7 +575,7 @@ def convert(
         if node is None:
             raise
         raise UnsupportedNodeError(
-            node=node.name,
+            node=node.name or node.unique_name,
             op_type=node.operation_type,
             domain=node.domain,
             converter="onnx2torch",
