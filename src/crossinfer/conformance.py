@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
 from crossinfer.backends.base import Precision, SessionOptions, get_backend
 from crossinfer.errors import CompileError, CrossinferError, ModelError, short_message
@@ -105,7 +106,10 @@ def node_cases(modules: Iterable[str] | None = None) -> list[NodeCase]:
 
 
 def _array(value: Any) -> Any:
-    # onnx's generators give 0-d inputs as numpy scalars (CumSum's axis): a tensor all the same
+    # onnx's generators give 0-d inputs as numpy scalars (CumSum's axis) and some tensors as
+    # TensorProtos (Cast's float8/bfloat16 cases): tensors all the same
+    if isinstance(value, onnx.TensorProto):
+        return numpy_helper.to_array(value)
     return np.asarray(value) if isinstance(value, np.generic) else value
 
 

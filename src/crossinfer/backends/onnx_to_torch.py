@@ -202,6 +202,21 @@ def _convert_average_pool_19(node: OnnxNode, graph: OnnxGraph) -> OperationConve
     return get_converter(operation_type="AveragePool", version=11)(node, graph)
 
 
+class _Size(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(x.numel(), dtype=torch.int64, device=x.device)
+
+
+def _convert_size(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    return _result(_Size(), node)
+
+
+def _convert_cast_19(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    # Cast 19+ added `saturate` (and 25 `round_mode`), which only float8/float4 targets read;
+    # onnx2torch's Cast 13 converts every other target and refuses those types by name
+    return get_converter(operation_type="Cast", version=13)(node, graph)
+
+
 def _convert_global_max_pool(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     return _result(_GlobalMaxPool(), node)
 
@@ -223,6 +238,15 @@ CUSTOM_CONVERTERS: dict[tuple[str, int], _Converter] = {
     ("Mish", 18): _convert_mish,
     ("CastLike", 15): _convert_cast_like,
     ("CastLike", 19): _convert_cast_like,
+    **{("CastLike", v): _convert_cast_like for v in (21, 23, 24, 25)},
+    **{("Cast", v): _convert_cast_19 for v in (19, 21, 23, 24, 25, 28)},
+    ("Size", 1): _convert_size,
+    ("Size", 13): _convert_size,
+    ("Size", 19): _convert_size,
+    ("Size", 21): _convert_size,
+    ("Size", 23): _convert_size,
+    ("Size", 24): _convert_size,
+    ("Size", 25): _convert_size,
     ("GlobalMaxPool", 1): _convert_global_max_pool,
     ("AveragePool", 19): _convert_average_pool_19,
     ("AveragePool", 22): _convert_average_pool_19,
