@@ -96,6 +96,18 @@ def _cast(attrs: Mapping[str, Any], inputs: list[Value], dtype: np.dtype[Any]) -
     return [x.astype(_NARROW.get(np.dtype(target), target))]
 
 
+def _cast_like(attrs: Mapping[str, Any], inputs: list[Value], dtype: np.dtype[Any]) -> list[Value]:
+    # Cast to the second input's type; jaxonnxruntime 0.3's CastLike fails on most versions
+    target = np.dtype(inputs[1].dtype)
+    if target.itemsize == 1 and target.kind == "V":
+        # float8/float4 (ml_dtypes): ONNX saturates (or not, per `saturate`); astype does neither
+        raise NotImplementedError(f"CastLike to {target} is not lowered (saturation semantics)")
+    x = inputs[0]
+    if isinstance(x, np.ndarray | np.generic):
+        return [np.asarray(x).astype(target)]
+    return [x.astype(_NARROW.get(target, target))]
+
+
 def _clip(attrs: Mapping[str, Any], inputs: list[Value], dtype: np.dtype[Any]) -> list[Value]:
     x = inputs[0]
     low = inputs[1] if len(inputs) > 1 else attrs.get("min")
@@ -133,6 +145,7 @@ def _gelu(attrs: Mapping[str, Any], inputs: list[Value], dtype: np.dtype[Any]) -
 
 OWN_LOWERINGS: dict[str, Lowering] = {
     "Cast": _cast,
+    "CastLike": _cast_like,
     "Clip": _clip,
     "Constant": _constant,
     "Gelu": _gelu,

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from onnx import numpy_helper
 
 Value = Any
 Lowering = Callable[[Mapping[str, Any], list[Value], np.dtype[Any]], list[Value]]
@@ -77,6 +78,16 @@ def _cumsum(attrs: Mapping[str, Any], inputs: list[Value], dtype: np.dtype[Any])
     if int(attrs.get("reverse", 0)):
         out = xp.flip(out, axis=axis)
     return [out]
+
+
+def _constant_of_shape(
+    attrs: Mapping[str, Any], inputs: list[Value], dtype: np.dtype[Any]
+) -> list[Value]:
+    # jaxonnxruntime 0.3 fails without a `value` attribute (ONNX's default: float32 zero)
+    value = attrs.get("value")
+    fill = numpy_helper.to_array(value).reshape(()) if value is not None else np.float32(0)
+    shape = tuple(int(d) for d in np.asarray(inputs[0]).reshape(-1))
+    return [np.full(shape, fill, dtype=fill.dtype)]
 
 
 def _hard_sigmoid(
@@ -187,6 +198,7 @@ def _average_pool(
 
 EXTRA_LOWERINGS: dict[str, Lowering] = {
     "AveragePool": _average_pool,
+    "ConstantOfShape": _constant_of_shape,
     "CumSum": _cumsum,
     "Floor": _unary("floor"),
     "IsInf": _is_inf,
