@@ -12,6 +12,7 @@
     │   ├── BackendUnavailableError  the runtime is not installed (message has the install hint)
     │   ├── DeviceUnavailableError   the runtime is there, the device is not
     │   ├── CompileError             the runtime refused to load or compile the model
+    │   │   └── UnsupportedNodeError   a converter (ONNX to torch/JAX) cannot convert one node
     │   └── InferenceError           the runtime failed while running the model
     ├── UsageError                 a command-line value (or a serve config.toml) that cannot be used
     ├── SpecError                  a deployment spec file cannot be used (names the file and key)
@@ -86,6 +87,23 @@ class CompileError(BackendError):
     def __init__(self, message: str, *, unsupported_ops: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.unsupported_ops = unsupported_ops
+
+
+class UnsupportedNodeError(CompileError):
+    """A converter (ONNX to torch or JAX) cannot convert one node: names the node, its op type,
+    its domain and what the converter said."""
+
+    def __init__(
+        self, *, node: str, op_type: str, domain: str, reason: str, converter: str = ""
+    ) -> None:
+        where = f"{converter}: " if converter else ""
+        super().__init__(
+            f"node '{node}' (op {op_type}, domain {domain or 'ai.onnx'}): {where}{reason}"
+        )
+        self.node = node
+        self.op_type = op_type
+        self.domain = domain
+        self.reason = reason
 
 
 class InferenceError(BackendError):

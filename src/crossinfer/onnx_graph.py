@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import onnx
 
-__all__ = ["all_nodes", "subgraphs"]
+__all__ = ["all_nodes", "same_signature", "subgraphs"]
 
 
 def subgraphs(node: onnx.NodeProto) -> Iterator[onnx.GraphProto]:
@@ -23,3 +23,26 @@ def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
         yield node
         for sub in subgraphs(node):
             yield from all_nodes(sub)
+
+
+def same_signature(op_type: str, newer: int, older: int) -> bool:
+    """Whether default-domain `op_type` at since-version `newer` has the attributes, inputs and
+    outputs it had at `older`: the re-release only admitted more element types (bfloat16 in
+    opset 16, float8/int4 in 19-25), so a converter written for `older` converts it as is.
+    Every version between is compared too (a change and its revert are not the same op)."""
+    schemas = [
+        s
+        for s in onnx.defs.get_all_schemas_with_history()
+        if s.name == op_type and s.domain == "" and older <= s.since_version <= newer
+    ]
+    if not any(s.since_version == older for s in schemas):
+        return False
+    signatures = {
+        (
+            tuple(sorted(s.attributes)),
+            tuple((p.name, p.option) for p in s.inputs),
+            tuple((p.name, p.option) for p in s.outputs),
+        )
+        for s in schemas
+    }
+    return len(signatures) == 1

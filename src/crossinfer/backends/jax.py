@@ -316,7 +316,7 @@ class JaxSession:
         except LoweringError as exc:
             raise CompileError(
                 f"jax:{self.target.device} cannot lower {self._model}: {exc}",
-                unsupported_ops=(exc.op,) if exc.node == "<model>" else (),
+                unsupported_ops=(exc.op_type,) if exc.node == "<model>" else (),
             ) from exc
         except Exception as exc:  # XLA's compile errors come as XlaRuntimeError/ValueError
             raise CompileError(

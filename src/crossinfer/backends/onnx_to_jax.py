@@ -27,7 +27,10 @@ from jaxonnxruntime.core.onnx_node import OnnxNode
 from onnx import helper, numpy_helper
 
 from crossinfer.backends.batchnorm_folding import fold_batch_norms
-from crossinfer.onnx_graph import all_nodes
+from crossinfer.backends.normalize import normalize
+from crossinfer.backends.onnx_to_jax_ops import EXTRA_LOWERINGS
+from crossinfer.errors import UnsupportedNodeError
+from crossinfer.onnx_graph import all_nodes, same_signature
 
 # Static arguments (Reshape's shape, Pad's pads) come from values we fold to numpy while
 # tracing, not only from initializers: the folded values are exact for the shapes traced.
@@ -45,13 +48,12 @@ _FP32_OPS = frozenset({"Softmax", "LogSoftmax"})
 _HANDLER_LOCK = threading.RLock()
 
 
-class LoweringError(Exception):
-    """A node could not be lowered to JAX; names the node and its op."""
+# A node that cannot be lowered: errors.UnsupportedNodeError names the node, its op and domain.
+LoweringError = UnsupportedNodeError
 
-    def __init__(self, node: str, op: str, message: str) -> None:
-        super().__init__(f"node '{node}' ({op}): {message}")
-        self.node = node
-        self.op = op
+
+def _lowering_error(node: str, op: str, message: str, domain: str = "") -> UnsupportedNodeError:
+    return UnsupportedNodeError(node=node, op_type=op, domain=domain, reason=message)
 
 
 # --- lowerings of our own ------------------------------------------------------------------
@@ -94,6 +96,18 @@ def _cast(attrs: Mapping[str, Any], inputs: list[Value], dtype: np.dtype[Any]) -
     return [x.astype(_NARROW.get(np.dtype(target), target))]
 
 
+def _cast_like(attrs: Mapping[str, Any], inputs: list[Value], dtype: np.dtype[Any]) -> list[Value]:
+    # Cast to the second input's type; jaxonnxruntime 0.3's CastLike fails on most versions
+    target = np.dtype(inputs[1].dtype)
+    if target.itemsize == 1 and target.kind == "V":
+        # float8/float4 (ml_dtypes): ONNX saturates (or not, per `saturate`); astype does neither
+        raise NotImplementedError(f"CastLike to {target} is not lowered (saturation semantics)")
+    x = inputs[0]
+    if isinstance(x, np.ndarray | np.generic):
+        return [np.asarray(x).astype(target)]
+    return [x.astype(_NARROW.get(target, target))]
+
+
 def _clip(attrs: Mapping[str, Any], inputs: list[Value], dtype: np.dtype[Any]) -> list[Value]:
     x = inputs[0]
     low = inputs[1] if len(inputs) > 1 else attrs.get("min")
@@ -131,12 +145,14 @@ def _gelu(attrs: Mapping[str, Any], inputs: list[Value], dtype: np.dtype[Any]) -
 
 OWN_LOWERINGS: dict[str, Lowering] = {
     "Cast": _cast,
+    "CastLike": _cast_like,
     "Clip": _clip,
     "Constant": _constant,
     "Gelu": _gelu,
     "LayerNormalization": _layer_norm,
     "Shape": _shape,
     "Size": _size,
+    **EXTRA_LOWERINGS,
 }
 
 
@@ -207,11 +223,13 @@ def build_program(model: onnx.ModelProto, compute_dtype: np.dtype[Any]) -> JaxPr
     """Split initializers into traced params and static constants; raise on unsupported ops."""
     missing = unsupported_ops(model)
     if missing:
-        raise LoweringError(
+        raise _lowering_error(
             "<model>", ", ".join(missing), "no JAX lowering (neither jaxonnxruntime nor ours)"
         )
     names = tuple(n.name or f"<{n.op_type}#{i}>" for i, n in enumerate(model.graph.node))
     original = model
+    # constants as initializers (static or params by size), Identity aliases bypassed
+    model, _ = normalize(model)
     # the program casts params to its compute precision itself: fold into FP32 weights
     model, folded = fold_batch_norms(model, weight_dtype=np.float32)
     graph = model.graph
@@ -307,15 +325,16 @@ def _lower_node(
     except LoweringError:
         raise
     except jax.errors.ConcretizationTypeError as exc:
-        raise LoweringError(
+        raise _lowering_error(
             name,
             node.op_type,
             "needs an input known at compile time, but it depends on the "
             f"model's inputs (data-dependent shapes cannot be jitted): {_first_line(exc)}",
+            node.domain,
         ) from exc
     except Exception as exc:  # handlers raise NotImplementedError, TypeError, ValueError, ...
-        raise LoweringError(
-            name, node.op_type, f"{type(exc).__name__}: {_first_line(exc)}"
+        raise _lowering_error(
+            name, node.op_type, f"{type(exc).__name__}: {_first_line(exc)}", node.domain
         ) from exc
 
 
@@ -335,11 +354,40 @@ def _call(
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     own = OWN_LOWERINGS.get(node.op_type) if node.domain in _DEFAULT_DOMAINS else None
     if own is not None:
-        return own(attrs, values, compute_dtype)
-    wrapped = OnnxNode(node, None)
-    jax_fn = handlers[node.op_type].handle(wrapped, values)
-    result = jax_fn(*values, **wrapped.attrs_dict)
-    return list(result) if isinstance(result, list | tuple) else [result]
+        outputs = own(attrs, values, compute_dtype)
+    else:
+        wrapped = OnnxNode(node, None)
+        jax_fn = _handler_method(handlers[node.op_type], node.op_type)(wrapped, values)
+        result = jax_fn(*values, **wrapped.attrs_dict)
+        outputs = list(result) if isinstance(result, list | tuple) else [result]
+    wanted = [i for i, name in enumerate(node.output) if name]
+    if wanted and wanted[-1] >= len(outputs):
+        # e.g. MaxPool's Indices: a later node would otherwise find no value under that name
+        raise NotImplementedError(
+            f"output {wanted[-1]} ('{node.output[wanted[-1]]}') is not produced by this lowering"
+        )
+    return outputs
+
+
+def _handler_method(handler: Any, op_type: str) -> Any:
+    """jaxonnxruntime's method for the model's version of the op, or for an older version with
+    the same signature (jaxonnxruntime 0.3 stops at the opsets of 2023: Flatten 21-25, ...)."""
+    since = int(handler.SINCE_VERSION)
+    method = getattr(handler, f"version_{since}", None)
+    if method is not None:
+        return method
+    older = sorted(
+        (
+            int(name.removeprefix("version_"))
+            for name in dir(handler)
+            if name.startswith("version_")
+        ),
+        reverse=True,
+    )
+    for version in older:
+        if version < since and same_signature(op_type, since, version):
+            return getattr(handler, f"version_{version}")
+    return handler.handle  # raises jaxonnxruntime's own "version N is not implemented"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -27,6 +27,9 @@ from onnx2torch.utils.common import (
 from torch import fx, nn
 
 from crossinfer.backends.batchnorm_folding import fold_batch_norms
+from crossinfer.backends.normalize import normalize
+from crossinfer.errors import UnsupportedNodeError
+from crossinfer.onnx_graph import same_signature
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
@@ -92,6 +95,46 @@ class _CastLike(nn.Module):
         return x.to(like.dtype)
 
 
+class _Flatten(nn.Module):
+    """ONNX Flatten: always 2-D, (prod(dims[:axis]), prod(dims[axis:])). onnx2torch 1.5's
+    flattens twice and fails when axis equals the rank (DistilBERT's mask, axis 2 of a 2-D)."""
+
+    def __init__(self, axis: int) -> None:
+        super().__init__()
+        self.axis = axis
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        axis = self.axis + x.dim() if self.axis < 0 else self.axis
+        lead = 1
+        for size in x.shape[:axis]:
+            lead *= size
+        rest = 1
+        for size in x.shape[axis:]:
+            rest *= size
+        return x.reshape(lead, rest)
+
+
+class _CumSum(nn.Module):
+    """ONNX CumSum. onnx2torch 1.5's reverses by default (ONNX's default is reverse=0), and
+    torch.cumsum widens int32 to int64; the axis is read when converting where it is constant."""
+
+    def __init__(self, *, axis: int | None, exclusive: bool, reverse: bool) -> None:
+        super().__init__()
+        self.axis = axis
+        self.exclusive = exclusive
+        self.reverse = reverse
+
+    def forward(self, x: torch.Tensor, axis: torch.Tensor | None = None) -> torch.Tensor:
+        dim = self.axis if self.axis is not None else int(axis)  # type: ignore[arg-type]
+        y = torch.flip(x, dims=(dim,)) if self.reverse else x
+        out = torch.cumsum(y, dim=dim)
+        if self.exclusive:
+            out = out - y
+        if self.reverse:
+            out = torch.flip(out, dims=(dim,))
+        return out.to(x.dtype)
+
+
 class _GlobalMaxPool(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.amax(x, dim=tuple(range(2, x.dim())), keepdim=True)
@@ -135,6 +178,45 @@ def _convert_cast_like(node: OnnxNode, graph: OnnxGraph) -> OperationConverterRe
     return _result(_CastLike(), node)
 
 
+def _convert_flatten(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    return _result(_Flatten(int(node.attributes.get("axis", 1))), node)
+
+
+def _convert_cumsum(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    try:
+        axis: int | None = int(torch.as_tensor(get_const_value(node.input_values[1], graph)))
+    except KeyError:  # a computed axis: read when running
+        axis = None
+    module = _CumSum(
+        axis=axis,
+        exclusive=bool(node.attributes.get("exclusive", 0)),
+        reverse=bool(node.attributes.get("reverse", 0)),
+    )
+    return _result(module, node, inputs=1 if axis is not None else None)
+
+
+def _convert_average_pool_19(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    # AveragePool 19 added dilations (22 only types): without them it is version 11's op
+    if any(int(d) != 1 for d in node.attributes.get("dilations", [])):
+        raise NotImplementedError("AveragePool with dilations is not converted")
+    return get_converter(operation_type="AveragePool", version=11)(node, graph)
+
+
+class _Size(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(x.numel(), dtype=torch.int64, device=x.device)
+
+
+def _convert_size(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    return _result(_Size(), node)
+
+
+def _convert_cast_19(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
+    # Cast 19+ added `saturate` (and 25 `round_mode`), which only float8/float4 targets read;
+    # onnx2torch's Cast 13 converts every other target and refuses those types by name
+    return get_converter(operation_type="Cast", version=13)(node, graph)
+
+
 def _convert_global_max_pool(node: OnnxNode, graph: OnnxGraph) -> OperationConverterResult:
     return _result(_GlobalMaxPool(), node)
 
@@ -156,22 +238,77 @@ CUSTOM_CONVERTERS: dict[tuple[str, int], _Converter] = {
     ("Mish", 18): _convert_mish,
     ("CastLike", 15): _convert_cast_like,
     ("CastLike", 19): _convert_cast_like,
+    **{("CastLike", v): _convert_cast_like for v in (21, 23, 24, 25)},
+    **{("Cast", v): _convert_cast_19 for v in (19, 21, 23, 24, 25, 28)},
+    ("Size", 1): _convert_size,
+    ("Size", 13): _convert_size,
+    ("Size", 19): _convert_size,
+    ("Size", 21): _convert_size,
+    ("Size", 23): _convert_size,
+    ("Size", 24): _convert_size,
+    ("Size", 25): _convert_size,
     ("GlobalMaxPool", 1): _convert_global_max_pool,
+    ("AveragePool", 19): _convert_average_pool_19,
+    ("AveragePool", 22): _convert_average_pool_19,
     **{(op, 18): _convert_reduce for op in _REDUCE_18},
     ("ReduceMax", 20): _convert_reduce,
     ("ReduceMin", 20): _convert_reduce,
 }
 
 
+# op type -> our converter, for every version: onnx2torch's gives wrong results or fails
+REPLACED_CONVERTERS: dict[str, _Converter] = {
+    "CumSum": _convert_cumsum,
+    "Flatten": _convert_flatten,
+}
+
+
 def _register_custom_converters() -> tuple[tuple[str, int], ...]:
     """Add ours where onnx2torch has none; a later onnx2torch that has one keeps its own."""
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY, OperationDescription
+
     added = []
+    for op, converter in REPLACED_CONVERTERS.items():
+        for schema in onnx.defs.get_all_schemas_with_history():
+            if schema.name == op and schema.domain == "":
+                description = OperationDescription("", op, schema.since_version)
+                _CONVERTER_REGISTRY[description] = converter  # add_converter refuses to replace
+                added.append((op, schema.since_version))
     for (op, version), converter in CUSTOM_CONVERTERS.items():
         if _has_converter(op, version, ""):
             continue
         add_converter(operation_type=op, version=version)(converter)
         added.append((op, version))
     return tuple(added)
+
+
+def _register_same_signature_versions() -> dict[tuple[str, int], int]:
+    """Newer versions of an op whose schema differs from a converted one only in element types.
+
+    Opsets 16-24 re-released many ops to admit bfloat16, float8 or int4 (GreaterOrEqual 16,
+    HardSwish 22, ...): same attributes, inputs and outputs, same meaning. onnx2torch's
+    converter for the older version converts them; a dtype torch lacks fails at run time with
+    torch's message. Returns (op, newer version) -> the version whose converter it uses.
+    """
+    from onnx2torch.node_converters.registry import _CONVERTER_REGISTRY
+
+    since_versions: dict[str, list[int]] = {}
+    for schema in onnx.defs.get_all_schemas_with_history():
+        if schema.domain == "":
+            since_versions.setdefault(schema.name, []).append(schema.since_version)
+    aliases: dict[tuple[str, int], int] = {}
+    for description in sorted(_CONVERTER_REGISTRY, key=lambda d: -d.version):
+        op, version = description.operation_type, description.version
+        if description.domain != "":
+            continue
+        for newer in sorted(v for v in since_versions.get(op, []) if v > version):
+            if _has_converter(op, newer, "") or not same_signature(op, newer, version):
+                continue
+            add_converter(operation_type=op, version=newer)(
+                get_converter(operation_type=op, version=version)
+            )
+            aliases[(op, newer)] = version
+    return aliases
 
 
 def _has_converter(op: str, version: int, domain: str) -> bool:
@@ -183,6 +320,7 @@ def _has_converter(op: str, version: int, domain: str) -> bool:
 
 
 _REGISTERED = _register_custom_converters()
+SAME_SIGNATURE_VERSIONS = _register_same_signature_versions()
 
 
 # --- coverage ----------------------------------------------------------------------------
@@ -298,7 +436,9 @@ class Gather(nn.Module):
         flat = indices.reshape(-1).to(torch.int64)
         flat = torch.where(flat < 0, flat + size, flat)
         picked = torch.index_select(x, axis, flat)
-        return picked.reshape(*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :])
+        # one tuple, not unpacked arguments: a 0-d result (Gather(Shape(x), scalar), in every
+        # exported transformer) has an empty shape, and reshape() with no arguments is an error
+        return picked.reshape((*x.shape[:axis], *indices.shape, *x.shape[axis + 1 :]))
 
 
 def gathers_without_host_reads(module: fx.GraphModule) -> int:
@@ -442,11 +582,29 @@ def convert(
     fold_batchnorm: bool = True,
     fuse_conv_relu: bool = False,
 ) -> Conversion:
-    """The whole path: rewrites, then onnx2torch, as an eval-mode ``fx.GraphModule`` on the CPU."""
+    """The whole path: rewrites, then onnx2torch, as an eval-mode ``fx.GraphModule`` on the CPU.
+
+    A node onnx2torch cannot convert raises `UnsupportedNodeError` naming it.
+    """
     folded = casts = fused = 0
+    # weights behind Identity aliases and in Constant nodes become initializers: onnx2torch's
+    # Conv, Gemm and norm converters read their weights from initializers only
+    model, _ = normalize(model)
     if fold_batchnorm:
         model, folded = fold_batch_norms(model)
-    module = _onnx2torch_convert(model)
+    try:
+        module = _onnx2torch_convert(model)
+    except Exception as exc:  # converters raise KeyError, NotImplementedError, ValueError, ...
+        node = _node_being_converted(exc)
+        if node is None:
+            raise
+        raise UnsupportedNodeError(
+            node=node.name or node.unique_name,
+            op_type=node.operation_type,
+            domain=node.domain,
+            converter="onnx2torch",
+            reason=_reason(exc),
+        ) from exc
     check_outputs(module, model)
     reshapes = static_reshapes(module) + gathers_without_host_reads(module)
     if dtype is not None and dtype != torch.float32:
@@ -454,6 +612,32 @@ def convert(
     if fuse_conv_relu:
         fused = fuse_conv_relu_chains(module)
     return Conversion(module.eval(), folded, casts, fused, reshapes, custom_ops_used(model))
+
+
+def _node_being_converted(exc: BaseException) -> OnnxNode | None:
+    """The node onnx2torch's convert loop was on when `exc` was raised, read from the traceback.
+
+    onnx2torch's converters raise bare KeyErrors ("'onnx::Conv_403'") that name no node; its
+    convert loop holds the node in a local variable, which the traceback keeps.
+    """
+    node: OnnxNode | None = None
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_globals.get("__name__") == "onnx2torch.converter":
+            found = frame.f_locals.get("onnx_node")
+            if isinstance(found, OnnxNode):
+                node = found
+        tb = tb.tb_next
+    return node
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        # a KeyError's text is the bare key: say what it was looking for
+        return f"{exc.args[0]!r} is not an initializer or constant it can read (KeyError)"
+    text = " ".join(str(exc).split())
+    return f"{text[:300] or type(exc).__name__} ({type(exc).__name__})"
 
 
 def check_outputs(module: fx.GraphModule, model: onnx.ModelProto) -> None:

@@ -36,6 +36,7 @@ from crossinfer.errors import (
     CompileError,
     DeviceUnavailableError,
     InferenceError,
+    UnsupportedNodeError,
     UsageError,
     short_message,
 )
@@ -347,7 +348,13 @@ class TorchSession:
                     fold_batchnorm=self.settings.fold_batchnorm,
                     fuse_conv_relu=self._fuse_conv_relu,
                 )
-            except (NotImplementedError, KeyError, ValueError, RuntimeError) as exc:
+            except (
+                UnsupportedNodeError,
+                NotImplementedError,
+                KeyError,
+                ValueError,
+                RuntimeError,
+            ) as exc:
                 from crossinfer.backends.onnx_to_torch import unsupported_ops
 
                 missing = unsupported_ops(proto)
