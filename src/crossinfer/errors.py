@@ -20,6 +20,7 @@
     ├── StoreError                 the results store cannot be opened, read or written
     ├── ReportError                a tune result file cannot be turned into a report
     ├── ProtocolError              a serving request the protocol refuses (``status``: HTTP status)
+    │   └── MethodNotAllowedError  405, with the method the route takes (``allowed``)
     ├── ScaleOutError              Ray Serve cannot start, place or load a model's replicas
     ├── ServingError               the server cannot take or finish a request now (HTTP 503)
     │   ├── QueueFullError           the model's queue is full
@@ -137,6 +138,14 @@ class ProtocolError(CrossinferError):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class MethodNotAllowedError(ProtocolError):
+    """405, with the method the route takes (the answer's ``Allow`` header, RFC 9110)."""
+
+    def __init__(self, message: str, allowed: str) -> None:
+        super().__init__(405, message)
+        self.allowed = allowed
 
 
 class ScaleOutError(CrossinferError):

@@ -280,7 +280,9 @@ def test_real_cpu() -> None:
 
 def test_real_runtimes() -> None:
     report = discover()
-    assert {r.name for r in report.runtimes} == {"onnxruntime", "openvino", "torch", "jax", "iree"}
+    assert {r.name for r in report.runtimes} == {
+        *("onnxruntime", "openvino", "torch", "jax", "iree", "litert")
+    }
     ort = report.runtime("onnxruntime")
     assert ort is not None and ort.usable and ort.version
     assert "CPUExecutionProvider" in ort.devices

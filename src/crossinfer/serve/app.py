@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from crossinfer.errors import ProtocolError
+from crossinfer.errors import MethodNotAllowedError, ProtocolError
 from crossinfer.serve.events import log_event
 from crossinfer.serve.protocol import (
     HEADER_LENGTH,
@@ -403,17 +403,9 @@ def _total_bytes(outputs: dict[str, Any]) -> int:
     return sum(int(a.nbytes) for a in outputs.values())
 
 
-class _MethodNotAllowed(ProtocolError):
-    """405, with the method the route takes (the answer's ``Allow`` header, RFC 9110)."""
-
-    def __init__(self, message: str, allowed: str) -> None:
-        super().__init__(405, message)
-        self.allowed = allowed
-
-
 def _expect(method: str, allowed: str, scope: Scope) -> None:
     if method != allowed:
-        raise _MethodNotAllowed(f"{scope['path']} takes {allowed}, not {method}", allowed)
+        raise MethodNotAllowedError(f"{scope['path']} takes {allowed}, not {method}", allowed)
 
 
 def _coding(accept: bytes) -> bytes:
@@ -473,7 +465,7 @@ async def _send_error(
     level = logging.WARNING if status >= 500 else logging.DEBUG
     log_event("http_error", level, path=scope["path"], status=status, error=message)
     headers = _JSON
-    if isinstance(exc, _MethodNotAllowed):
+    if isinstance(exc, MethodNotAllowedError):
         headers = [*_JSON, (b"allow", exc.allowed.encode())]
     await _send(send, status, headers, error_body(message))
 
