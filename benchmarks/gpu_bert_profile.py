@@ -16,40 +16,39 @@ import argparse
 import json
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from gpu_common import timed_ms as _timed  # a sibling script
+from gpu_common import top_kernels
 
 from crossinfer import Precision, SessionOptions, get_backend, load_model
 
 
-def _timed(step: Callable[[], object], iters: int) -> float:
-    """Milliseconds per call, the device synchronised around the loop."""
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters * 1e3
+def _baseline(feeds: dict[str, np.ndarray], iters: int, kernels: bool) -> dict[str, Any]:
+    """Hugging Face BertModel (bert-base config, SDPA), FP16, torch.compile default mode,
+    device-resident: the hand-written program crossinfer's rows are set beside."""
+    from transformers import BertConfig, BertModel
 
-
-def _kernels(step: Callable[[], object], top: int) -> list[dict[str, Any]]:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(3):
-            step()
+    model = BertModel(BertConfig(attn_implementation="sdpa")).eval().half().cuda()
+    compiled = torch.compile(model)
+    tensors = {k: torch.from_numpy(v).cuda() for k, v in feeds.items()}
+    batch = next(iter(feeds.values())).shape[0]
+    row: dict[str, Any] = {}
+    with torch.inference_mode():
+        start = time.perf_counter()
+        compiled(**tensors)
         torch.cuda.synchronize()
-    rows = []
-    for event in prof.key_averages():
-        cuda_us = getattr(event, "device_time_total", 0) or getattr(event, "cuda_time_total", 0)
-        if cuda_us:
-            rows.append({"name": event.key[:90], "calls": event.count // 3, "ms": cuda_us / 3e3})
-    rows.sort(key=lambda r: -r["ms"])
-    return rows[:top]
+        row["first_call_s"] = time.perf_counter() - start
+        for _ in range(3):
+            compiled(**tensors)
+        row["device_ms"] = _timed(lambda: compiled(**tensors), iters)
+        row["device_seq_per_s"] = batch / row["device_ms"] * 1e3
+        if kernels:
+            row["kernels"] = top_kernels(lambda: compiled(**tensors), 20)
+    return row
 
 
 def main() -> None:
@@ -61,6 +60,12 @@ def main() -> None:
     parser.add_argument("--option", "-O", action="append", default=[], help="extra KEY=VALUE")
     parser.add_argument(
         "--inductor", action="append", default=[], help="torch._inductor.config KEY=VALUE (bool)"
+    )
+    parser.add_argument(
+        "--kernels", action="store_true", help="the top CUDA kernels of every mode, not only eager"
+    )
+    parser.add_argument(
+        "--baseline", action="store_true", help="also the hand-written HF BertModel, compiled"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/bert_profile.json"))
     args = parser.parse_args()
@@ -80,7 +85,20 @@ def main() -> None:
         "token_type_ids": np.zeros((args.batch, seq), np.int64),
     }
     result: dict[str, Any] = {"model": args.model, "batch": args.batch, "modes": {}}
-    for mode in args.modes.split(","):
+    if args.baseline:
+        try:
+            result["baseline"] = _baseline(feeds, args.iters, args.kernels)
+        except Exception as exc:
+            result["baseline"] = {"error": f"{type(exc).__name__}: {str(exc)[:600]}"}
+        print("== baseline (HF BertModel, compile FP16)")
+        for key, value in result["baseline"].items():
+            if key == "kernels":
+                for k in value:
+                    print(f"   {k['ms']:8.3f} ms {k['calls']:5d}x  {k['name']}")
+            else:
+                print(f"  {key}: {value}")
+        torch.cuda.empty_cache()
+    for mode in [m for m in args.modes.split(",") if m]:
         row: dict[str, Any] = {}
         result["modes"][mode] = row
         try:
@@ -103,8 +121,8 @@ def main() -> None:
             row["describe"] = {
                 k: v for k, v in session.describe().items() if not isinstance(v, (list, dict))
             }
-            if mode == "eager":
-                row["kernels"] = _kernels(lambda: session.run_tensors(prepared), 20)  # type: ignore[attr-defined]
+            if mode == "eager" or args.kernels:
+                row["kernels"] = top_kernels(lambda: session.run_tensors(prepared), 20)  # type: ignore[attr-defined]
             session.close()
         except Exception as exc:
             row["error"] = f"{type(exc).__name__}: {str(exc)[:600]}"

@@ -114,6 +114,15 @@ def baseline(name: str, batch: int, iters: int) -> dict[str, Any]:
             call(resident)
         row["device_resident"] = _throughput(lambda: call(resident), batch, iters)
         row["host_fp32_numpy"] = _throughput(lambda: call(to_device(host)), batch, iters)
+
+        def to_host(result: object) -> list[np.ndarray]:
+            # as crossinfer answers: every output on the host, in its declared FP32
+            tensors = [result] if isinstance(result, torch.Tensor) else list(result.values())  # type: ignore[attr-defined]
+            return [t.float().cpu().numpy() for t in tensors if isinstance(t, torch.Tensor)]
+
+        row["host_fp32_numpy_outputs_to_host"] = _throughput(
+            lambda: to_host(call(to_device(host))), batch, iters
+        )
         one = {k: v[:1] for k, v in resident.items()}
         call(one)
         call(one)
@@ -172,9 +181,61 @@ def _free_port() -> int:
         return port
 
 
-def serve_perf(name: str, options: list[str], perf_binary: str | None) -> dict[str, Any]:
-    """`crossinfer serve` on the GPU (127.0.0.1 only) measured by perf_analyzer: HTTP binary,
-    gRPC, and gRPC with system shared memory; bounded windows and trials."""
+SERVE_CASES = (
+    "http_binary_b1_c128,grpc_b1_c128,http_binary_b32_c8,grpc_b32_c8,"
+    "http_shm_system_b32_c8,grpc_shm_system_b32_c8,grpc_shm_cuda_b32_c8"
+)
+
+
+def _serve_case(key: str) -> tuple[str, list[str]]:
+    """`grpc_shm_system_b32_c16` -> ("grpc", perf_analyzer arguments): protocol, shared memory,
+    request batch and concurrency, all named in the key."""
+    parts = key.split("_")
+    extra = []
+    if "shm" in parts:
+        extra += ["--shared-memory", parts[parts.index("shm") + 1]]
+    for part in parts:
+        if part[0] in "bc" and part[1:].isdigit():
+            flag = "-b" if part[0] == "b" else "--concurrency-range"
+            extra += [flag, part[1:]]
+    return parts[0], extra
+
+
+def _model_stats(http: int) -> dict[str, Any]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/models/m/stats", timeout=10) as r:
+        stats: dict[str, Any] = json.loads(r.read())["model_stats"][0]
+        return stats
+
+
+def _batch_stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """Batches run between two statistics reads: count per size and mean ms per phase."""
+
+    def table(stats: dict[str, Any]) -> dict[int, dict[str, Any]]:
+        return {b["batch_size"]: b for b in stats.get("batch_stats", [])}
+
+    old, new = table(before), table(after)
+    out: dict[str, Any] = {}
+    for size, entry in sorted(new.items()):
+        prior = old.get(size, {})
+        count = entry["compute_infer"]["count"] - prior.get("compute_infer", {}).get("count", 0)
+        if count <= 0:
+            continue
+        row: dict[str, Any] = {"count": count}
+        for phase in ("compute_input", "compute_infer", "compute_output"):
+            ns = entry[phase]["ns"] - prior.get(phase, {}).get("ns", 0)
+            row[f"{phase}_ms"] = round(ns / count / 1e6, 3)
+        out[str(size)] = row
+    return out
+
+
+def serve_perf(
+    name: str, options: list[str], perf_binary: str | None, cases: list[str]
+) -> dict[str, Any]:
+    """`crossinfer serve` on the GPU (127.0.0.1 only) measured by perf_analyzer, case by case
+    (`_serve_case`); bounded windows and trials. Each row carries perf_analyzer's split of the
+    latency and the server's batches (sizes, and per phase ms) run during the case."""
     import urllib.request
 
     from crossinfer.serve.perf import locate_perf_analyzer
@@ -202,28 +263,22 @@ def serve_perf(name: str, options: list[str], perf_binary: str | None) -> dict[s
         shape = ["--shape=x:3,224,224"] if name.startswith("zoo:resnet") else []
         window = ["--measurement-interval", "3000", "--max-trials", "4"]
         window += ["--stability-percentage", "30", *shape]
-        # -b 1 at concurrency 128: the batcher forms the batches; -b 32 at concurrency 8: each
-        # request carries 32 images (19 MB FP32), the way a co-located client sends a batch
-        one = ["-b", "1", "--concurrency-range", "128", *window]
-        many = ["-b", "32", "--concurrency-range", "8", *window]
-        cases = {
-            "http_binary_b1_c128": ("http", one),
-            "grpc_b1_c128": ("grpc", one),
-            "http_binary_b32_c8": ("http", many),
-            "grpc_b32_c8": ("grpc", many),
-            "http_shm_system_b32_c8": ("http", [*many, "--shared-memory", "system"]),
-            "grpc_shm_system_b32_c8": ("grpc", [*many, "--shared-memory", "system"]),
-            "grpc_shm_cuda_b32_c8": ("grpc", [*many, "--shared-memory", "cuda"]),
-        }
-        for key, (protocol, extra) in cases.items():
+        for key in cases:
+            protocol, extra = _serve_case(key)
             url = f"127.0.0.1:{http if protocol == 'http' else grpc}"
             try:
-                rows, _ = perf.run("m", url, protocol, extra, timeout_s=120)
+                before = _model_stats(http)
+                rows, _ = perf.run("m", url, protocol, [*extra, *window], timeout_s=120)
                 row = rows[-1]
                 out["rows"][key] = {
                     "throughput": row.throughput,
                     "p50_ms": row.p50_us / 1e3 if row.p50_us else None,
                     "p99_ms": row.p99_us / 1e3 if row.p99_us else None,
+                    "server_queue_ms": row.server_queue_us / 1e3,
+                    "server_compute_ms": row.server_compute_us / 1e3,
+                    "client_send_ms": row.client_send_us / 1e3,
+                    "network_server_ms": row.network_server_us / 1e3,
+                    "batches": _batch_stats_delta(before, _model_stats(http)),
                 }
             except Exception as exc:  # a failed case is a row, the others still run
                 out["rows"][key] = {"error": str(exc)[-1500:]}
@@ -273,6 +328,9 @@ def main() -> None:
     )
     parser.add_argument("--bench-extra", default="", help="extra bench arguments (one string)")
     parser.add_argument("--offline-mode", default="compile", help="torch mode of the Offline runs")
+    parser.add_argument(
+        "--host-instances", default="1", help="comma list: an Offline host row per --instances"
+    )
     parser.add_argument("--singlestream-mode", default="cudagraphs", help="torch mode, batch 1")
     parser.add_argument("--tune-timeout", type=float, default=600)
     parser.add_argument("--perf-analyzer", default=None, help="the perf_analyzer binary")
@@ -280,6 +338,9 @@ def main() -> None:
         "--serve-options",
         default="--backend torch:cuda --precision fp16 -O mode=cudagraphs --max-batch-size 256 "
         "--max-queue-delay-us 2000 --instances 2",
+    )
+    parser.add_argument(
+        "--serve-cases", default=SERVE_CASES, help="comma list: PROTOCOL[_shm_KIND]_bN_cM"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_commands.json"))
     args = parser.parse_args()
@@ -310,11 +371,14 @@ def main() -> None:
             common = ["bench", name, "-b", "torch:cuda", "--precision", "fp16", "--quick"]
             common += ["--no-store", *extra]
             runs = {
-                f"offline_{args.offline_mode}_host": [
+                f"offline_{args.offline_mode}_host" + (f"_i{n}" if n != "1" else ""): [
                     *common,
                     *("--scenario", "offline", "--batch", str(args.batch)),
-                    *("-O", f"mode={args.offline_mode}"),
-                ],
+                    *("-O", f"mode={args.offline_mode}", "--instances", n),
+                ]
+                for n in args.host_instances.split(",")
+            }
+            runs |= {
                 f"offline_{args.offline_mode}_on_device": [
                     *common,
                     *("--scenario", "offline", "--batch", str(args.batch)),
@@ -333,7 +397,12 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2, default=str))
     if "serve" not in skip:
-        report["serve"] = serve_perf(models[0], shlex.split(args.serve_options), args.perf_analyzer)
+        report["serve"] = serve_perf(
+            models[0],
+            shlex.split(args.serve_options),
+            args.perf_analyzer,
+            [c for c in args.serve_cases.split(",") if c],
+        )
         args.out.write_text(json.dumps(report, indent=2, default=str))
     if "tune" not in skip:
         out_dir = args.out.parent / "gpu-tune"

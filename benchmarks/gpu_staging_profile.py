@@ -16,25 +16,14 @@ from __future__ import annotations
 import argparse
 import json
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from gpu_common import timed_ms as _timed  # a sibling script
 
 from crossinfer import Precision, SessionOptions, get_backend, load_model
 from crossinfer.backends.base import InputPlacement
-
-
-def _timed(step: Callable[[], object], iters: int) -> float:
-    """Milliseconds per call, the device synchronised around the loop."""
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(iters):
-        step()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters * 1e3
 
 
 def main() -> None:

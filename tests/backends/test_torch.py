@@ -25,6 +25,7 @@ from crossinfer.backends.base import (
 from crossinfer.backends.onnx_to_torch import (
     convert,
     fold_batch_norms,
+    fuse_attention_chains,
     fuse_conv_relu_chains,
     unsupported_ops,
 )
@@ -142,6 +143,54 @@ def test_batchnorm_folding_and_conv_relu_fusion_keep_fp32_parity() -> None:
     with torch.inference_mode():
         got = conversion.module(torch.from_numpy(feeds["pixel_values"])).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-3)
+
+
+def test_attention_and_bias_matmuls_fuse_with_parity_under_a_padding_mask() -> None:
+    artifact = load_model("zoo:bert-base?layers=2&seq=16")
+    plain = convert(artifact.load_proto())
+    fused = convert(artifact.load_proto(), fuse_attention=True, fuse_linear=True)
+    assert fused.fused_attention == 2  # one per layer
+    assert fused.fused_linear == 2 * 6 + 1  # Q, K, V, output, FFN up and down; the pooler
+    assert plain.fused_attention == plain.fused_linear == 0
+    kinds = [type(m).__name__ for m in fused.module.modules()]
+    assert kinds.count("Attention") == 2 and "OnnxSoftmaxV1V11" not in kinds
+    assert not any(isinstance(m, torch.nn.Softmax) for m in fused.module.modules())
+    feeds = random_inputs(artifact.inputs, batch=3, seed=2)
+    feeds["attention_mask"] = np.ones_like(feeds["attention_mask"])
+    feeds["attention_mask"][1, 9:] = 0  # a padded row: the mask must reach the fused kernel
+    tensors = [torch.from_numpy(feeds[spec.name]) for spec in artifact.inputs]
+    with torch.inference_mode():
+        want = plain.module(*tensors)
+        got = fused.module(*tensors)
+    for a, b in zip(want, got, strict=True):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-5, rtol=1e-4)
+    # the padded positions changed the answer (the mask was not dropped on the way)
+    feeds["attention_mask"][1, 9:] = 1
+    with torch.inference_mode():
+        unmasked = fused.module(*[torch.from_numpy(feeds[s.name]) for s in artifact.inputs])
+    assert not np.allclose(unmasked[0][1].numpy(), got[0][1].numpy(), atol=1e-3)
+
+
+def test_attention_chain_with_a_second_user_of_the_scores_is_left_alone(tmp_path: Path) -> None:
+    scale = numpy_helper.from_array(np.array(8.0, np.float32), "scale")
+    model = make_model(
+        [
+            helper.make_node("MatMul", ["q", "k"], ["s"]),
+            helper.make_node("Div", ["s", "scale"], ["d"]),
+            helper.make_node("Softmax", ["d"], ["p"], axis=-1),
+            helper.make_node("MatMul", ["p", "v"], ["y"]),
+            helper.make_node("Identity", ["d"], ["scores"]),  # the scaled scores are an output
+        ],
+        [_vi("q", [1, 2, 4, 8]), _vi("k", [1, 2, 8, 4]), _vi("v", [1, 2, 4, 8])],
+        [_vi("y", [1, 2, 4, 8]), _vi("scores", [1, 2, 4, 4])],
+        [scale],
+    )
+    assert convert(model, fuse_attention=True).fused_attention == 0
+    artifact = _save(tmp_path, model)
+    session = TorchBackend().prepare(artifact, "cpu", SessionOptions(extra={"fuse_attention": "1"}))
+    assert session.describe()["fused_attention"] == 0
+    module = convert(artifact.load_proto()).module
+    assert fuse_attention_chains(module) == 0
 
 
 def test_batchnorm_without_constant_parameters_is_left_alone(tmp_path: Path) -> None:
@@ -380,6 +429,9 @@ class _FakeStream:
     def wait_event(self, event: _FakeEvent) -> None:
         self.log.append(("wait", self.name, event.name))
 
+    def synchronize(self) -> None:
+        self.log.append(("synchronize", self.name))
+
     def record_event(self) -> _FakeEvent:
         self.events += 1
         event = _FakeEvent(self.log, f"{self.name}{self.events}")
@@ -392,8 +444,9 @@ def test_the_pinned_lanes_stream_ordering(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strategy: str
 ) -> None:
     """The CUDA branch of the pinned lane, with streams and events recorded instead of run:
-    compute waits for its batch's copy; the next batch is copied (into the other slot) after this
-    one is launched; a slot is overwritten only after its last copy and the compute that read it
+    compute waits for its batch's copy; the next batch is copied (into the other slot) and
+    launched before this one's outputs are read back, on the output stream, after this batch's
+    compute only; a slot is overwritten only after its last copy and the compute that read it
     (the host waits for the copy only where it gathers into the slot's pinned buffer)."""
     from contextlib import contextmanager
 
@@ -425,7 +478,9 @@ def test_the_pinned_lanes_stream_ordering(
     host._arrays["x"][:, 0] = np.arange(8)  # row i starts with i: the log names the rows
     staged = _TorchStaged(session, host._arrays, InputPlacement.PINNED, pin=False)
     lane = staged.lane(strategy=strategy)
-    lane._cuda, lane._stream = True, copy  # type: ignore[union-attr]  # the CUDA branch, on the CPU
+    out = _FakeStream(log, "out")
+    # the CUDA branch, on the CPU
+    lane._cuda, lane._stream, lane._out_stream = True, copy, out  # type: ignore[union-attr]
     lane.run([1, 4], prefetch=[6, 2])
     lane.run([6, 2], prefetch=[3, 0])
     lane.run([3, 0])
@@ -438,13 +493,18 @@ def test_the_pinned_lanes_stream_ordering(
         ("wait", "compute", "copy1"),  # compute waits for that copy only
         ("compute", "1,4"),
         ("record", "compute", "compute1"),  # slot 0 read by this compute
-        # [6, 2] into slot 1 while [1, 4] computes
+        # [6, 2] into slot 1 and launched while [1, 4] computes
         ("enter", "copy"),
         ("record", "copy", "copy2"),
         ("leave", "copy"),
         ("wait", "compute", "copy2"),
         ("compute", "6,2"),
         ("record", "compute", "compute2"),
+        # [1, 4]'s outputs come back on the output stream, after its own compute only
+        ("enter", "out"),
+        ("wait", "out", "compute1"),
+        ("leave", "out"),
+        ("synchronize", "out"),
         # [3, 0] back into slot 0: its pinned buffer's copy done, its last compute done
         *([("synchronize", "copy1")] if strategy == "gather" else []),
         ("enter", "copy"),
@@ -454,6 +514,14 @@ def test_the_pinned_lanes_stream_ordering(
         ("wait", "compute", "copy3"),
         ("compute", "3,0"),
         ("record", "compute", "compute3"),
+        ("enter", "out"),
+        ("wait", "out", "compute2"),
+        ("leave", "out"),
+        ("synchronize", "out"),
+        ("enter", "out"),
+        ("wait", "out", "compute3"),
+        ("leave", "out"),
+        ("synchronize", "out"),
     ]
 
 

@@ -44,6 +44,8 @@ class Conversion:
     fused_conv_relu: int  # Conv->ReLU and Conv->Add->ReLU chains made one cuDNN call
     static_reshapes: int  # Reshapes and Gathers rewritten so they never read device values
     custom_ops: tuple[str, ...]  # op types converted by crossinfer's own converters
+    fused_attention: int = 0  # MatMul->scale->[mask]->Softmax->MatMul chains made one SDPA call
+    fused_linear: int = 0  # MatMul by a constant, then Add of a constant bias: one linear call
 
 
 # --- our own converters -------------------------------------------------------------------
@@ -561,6 +563,193 @@ def fuse_conv_relu_chains(module: fx.GraphModule) -> int:
     return fused
 
 
+class Attention(nn.Module):
+    """softmax(q @ k_t * scale + mask) @ v as one `scaled_dot_product_attention` call.
+
+    `k_t` is the keys already transposed, as the matched graph had them. Where the inputs are
+    not 4-d (heads, sequence, head size under a batch) it computes the graph's own expression.
+    """
+
+    def __init__(self, scale: float) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(
+        self, q: torch.Tensor, k_t: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        fits = mask is None or (mask.dim() <= 4 and mask.is_floating_point())
+        if fits and q.dim() == k_t.dim() == v.dim() == 4 and q.dtype == k_t.dtype == v.dtype:
+            if mask is not None:
+                mask = mask.to(q.dtype)
+            return nn.functional.scaled_dot_product_attention(
+                q, k_t.transpose(-2, -1), v, attn_mask=mask, scale=self.scale
+            )
+        scores = torch.matmul(q, k_t) * self.scale
+        if mask is not None:
+            scores = scores + mask
+        return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+def fuse_attention_chains(module: fx.GraphModule) -> int:
+    """Rewrite MatMul(q, k_t) -> Div/Mul by a constant -> [Add mask] -> Softmax(last axis) ->
+    MatMul(., v) into `Attention` (one fused attention kernel on CUDA: flash / memory-efficient
+    / cuDNN, where the unfused chain writes the [batch, heads, seq, seq] scores to memory three
+    times). Only where each intermediate value has that one user. Returns how many were fused.
+    """
+    graph = module.graph
+    fused = 0
+    for node in list(graph.nodes):
+        if type(_module_of(module, node)).__name__ != "OnnxMatMul" or len(node.args) != 2:
+            continue
+        chain = _attention_chain(module, node)
+        if chain is None:
+            continue
+        scale, mask, softmax, out = chain
+        q, k_t = node.args
+        v = out.args[1]
+        name = _fresh(dict(module.named_children()), f"{node.target}_attention")
+        module.add_submodule(name, Attention(scale))
+        args = (q, k_t, v) if mask is None else (q, k_t, v, mask)
+        with graph.inserting_before(out):
+            new = graph.call_module(name, args=args)
+        out.replace_all_uses_with(new)
+        for dead in (out, softmax, *_between(node, softmax), node):
+            graph.erase_node(dead)
+        fused += 1
+    if fused:
+        graph.lint()
+        module.recompile()
+        module.delete_all_unused_submodules()
+    return fused
+
+
+def _between(first: fx.Node, last: fx.Node) -> list[fx.Node]:
+    """The nodes strictly between `first` and `last` along a single-user chain, last first."""
+    chain = []
+    node = next(iter(first.users))
+    while node is not last:
+        chain.append(node)
+        node = next(iter(node.users))
+    return chain[::-1]
+
+
+def _attention_chain(
+    module: fx.GraphModule, scores: fx.Node
+) -> tuple[float, fx.Node | None, fx.Node, fx.Node] | None:
+    """(scale, mask, softmax node, output MatMul) when `scores` starts the attention chain."""
+
+    def only_user(node: fx.Node) -> fx.Node | None:
+        return next(iter(node.users)) if len(node.users) == 1 else None
+
+    step = only_user(scores)
+    op = _module_of(module, step) if step is not None else None
+    function = getattr(op, "math_op_function", None)
+    if step is None or type(op).__name__ != "OnnxBinaryMathOperation" or len(step.args) != 2:
+        return None
+    if step.args[0] is not scores or getattr(op, "broadcast", None) == 1:
+        return None
+    constant = _constant(module, step.args[1])
+    if constant is None or constant.numel() != 1 or not constant.is_floating_point():
+        return None
+    value = float(constant.reshape(()))
+    if function is torch.mul:
+        scale = value
+    elif getattr(function, "__name__", "") in ("_onnx_div", "div") and value != 0.0:
+        scale = 1.0 / value
+    else:
+        return None
+    mask: fx.Node | None = None
+    scaled = step
+    step = only_user(scaled)
+    op = _module_of(module, step) if step is not None else None
+    if (
+        step is not None
+        and type(op).__name__ == "OnnxBinaryMathOperation"
+        and getattr(op, "math_op_function", None) is torch.add
+        and getattr(op, "broadcast", None) != 1
+        and len(step.args) == 2
+    ):
+        other = step.args[1] if step.args[0] is scaled else step.args[0]
+        if not isinstance(other, fx.Node) or other is scaled:
+            return None
+        mask = other
+        step = only_user(step)
+        op = _module_of(module, step) if step is not None else None
+    if step is None or not _last_axis_softmax(op):
+        return None
+    softmax = step
+    out = only_user(softmax)
+    if out is None or type(_module_of(module, out)).__name__ != "OnnxMatMul":
+        return None
+    if out.args[0] is not softmax or len(out.args) != 2:
+        return None
+    return scale, mask, softmax, out
+
+
+def _last_axis_softmax(op: nn.Module | None) -> bool:
+    if isinstance(op, nn.Softmax):
+        return op.dim == -1
+    if type(op).__name__ == "OnnxSoftmaxV1V11":
+        return getattr(op, "axis", None) == -1 and not getattr(op, "is_log", False)
+    return False
+
+
+class Linear(nn.Module):
+    """MatMul by a constant [in, out] matrix, then Add of a constant [out] bias, as one
+    `linear` call: the bias is added in the GEMM's epilogue (cuBLASLt), not by a kernel that
+    reads and writes the product again."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(weight.detach().t().contiguous(), requires_grad=False)
+        self.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.weight, self.bias)
+
+
+def fuse_matmul_bias(module: fx.GraphModule) -> int:
+    """Rewrite MatMul(x, constant [in, out]) -> Add(constant [out]) into `Linear`; returns how
+    many. Only where the product has that one user (nothing else reads it without the bias)."""
+    graph = module.graph
+    fused = 0
+    for node in list(graph.nodes):
+        if type(_module_of(module, node)).__name__ != "OnnxMatMul" or len(node.args) != 2:
+            continue
+        weight = _constant(module, node.args[1])
+        if weight is None or weight.dim() != 2 or not weight.is_floating_point():
+            continue
+        if len(node.users) != 1:
+            continue
+        (add,) = node.users
+        op = _module_of(module, add)
+        if (
+            type(op).__name__ != "OnnxBinaryMathOperation"
+            or getattr(op, "math_op_function", None) is not torch.add
+            or getattr(op, "broadcast", None) == 1
+            or len(add.args) != 2
+        ):
+            continue
+        other = add.args[1] if add.args[0] is node else add.args[0]
+        bias = _constant(module, other)
+        if bias is None or bias.shape != (weight.shape[1],) or bias.dtype != weight.dtype:
+            continue
+        name = _fresh(dict(module.named_children()), f"{node.target}_linear")
+        module.add_submodule(name, Linear(weight, bias))
+        with graph.inserting_before(add):
+            new = graph.call_module(name, args=(node.args[0],))
+        add.replace_all_uses_with(new)
+        graph.erase_node(add)
+        graph.erase_node(node)
+        fused += 1
+    if fused:
+        graph.eliminate_dead_code()
+        graph.lint()
+        module.recompile()
+        module.delete_all_unused_submodules()
+    return fused
+
+
 def _module_of(module: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     if node.op != "call_module" or not isinstance(node.target, str):
         return None
@@ -581,6 +770,8 @@ def convert(
     dtype: torch.dtype | None = None,
     fold_batchnorm: bool = True,
     fuse_conv_relu: bool = False,
+    fuse_attention: bool = False,
+    fuse_linear: bool = False,
 ) -> Conversion:
     """The whole path: rewrites, then onnx2torch, as an eval-mode ``fx.GraphModule`` on the CPU.
 
@@ -611,7 +802,18 @@ def convert(
         casts = retarget_float_casts(module, dtype)
     if fuse_conv_relu:
         fused = fuse_conv_relu_chains(module)
-    return Conversion(module.eval(), folded, casts, fused, reshapes, custom_ops_used(model))
+    attention = fuse_attention_chains(module) if fuse_attention else 0
+    linear = fuse_matmul_bias(module) if fuse_linear else 0
+    return Conversion(
+        module.eval(),
+        folded,
+        casts,
+        fused,
+        reshapes,
+        custom_ops_used(model),
+        fused_attention=attention,
+        fused_linear=linear,
+    )
 
 
 def _node_being_converted(exc: BaseException) -> OnnxNode | None:

@@ -146,8 +146,9 @@ class Sut:
         self._flushed = threading.Event()
         self._workers: list[threading.Thread] = []
         self.inline = settings.scenario in ("singlestream", "multistream")
-        # a pinned pool copies the next batch on the lane's stream while this one computes
-        self._prefetch = pool.placement is InputPlacement.PINNED
+        # a staged pool (pinned or on the device) launches the next batch before this one's
+        # outputs are read back: its copy and compute overlap this one's read-back
+        self._prefetch = pool.placement in (InputPlacement.PINNED, InputPlacement.DEVICE)
         self.query_latencies_ns: list[int] = []
         self.batch_latencies_ns: list[int] = []
         self.batch_sizes: list[int] = []
