@@ -294,14 +294,19 @@ def test_offline_on_a_pinned_pool_prefetches_the_next_batch(tmp_path: Path) -> N
     assert sum(prefetch is not None for _, prefetch in loadgen_calls) >= len(loadgen_calls) // 2
 
 
-def test_a_numpy_pool_gets_no_prefetch_hints(tmp_path: Path) -> None:
+def test_a_device_pool_launches_the_next_batch_ahead_as_a_pinned_one_does(
+    tmp_path: Path,
+) -> None:
     session = FakeDeviceSession()
     staged = StagedPool(_pool(16), session, placement=DEVICE)
     settings = LoadGenSettings(
         scenario="offline", min_duration_ms=200, target_qps=2000, batch_size=4
     )
     run_scenario(session, staged, settings, log_dir=tmp_path)
-    assert all(prefetch is None for _, prefetch in session.calls)
+    loadgen_calls = session.calls[2:]
+    for (_, prefetch), (following, _) in itertools.pairwise(loadgen_calls):
+        assert prefetch == following
+    assert sum(prefetch is not None for _, prefetch in loadgen_calls) >= len(loadgen_calls) // 2
 
 
 # --- fixed shapes and warm-up ---------------------------------------------------------------
@@ -473,3 +478,18 @@ def test_multistream_prefetches_the_next_chunk_of_its_query(tmp_path: Path) -> N
     assert len(firsts) == len(seconds) >= 16
     assert all(prefetch == nxt for (_, prefetch), (nxt, _) in zip(firsts, seconds, strict=False))
     assert all(prefetch is None for _, prefetch in seconds)
+
+
+def test_a_staged_pool_that_asks_for_it_runs_at_full_load_before_loadgen() -> None:
+    session = FakeDeviceSession()
+    staged = StagedPool(_pool(16), session, placement=PINNED)
+    staged.load()
+    staged._staged.steady_warmup_s = 0.05  # type: ignore[union-attr]  # as torch on CUDA asks
+    staged.warm_up([4])
+    assert staged.steady_warmup is not None
+    runs, seconds = staged.steady_warmup
+    assert runs >= 1 and len(session.calls) == 2 + runs  # the two first runs, then full load
+    assert all(len(indices) == 4 for indices, _ in session.calls)
+    assert f"warm-up before LoadGen: {runs} batches" in " ".join(staged.notes())
+    staged.warm_up([4])  # once per pool
+    assert len(session.calls) == 2 + runs

@@ -60,6 +60,9 @@ _FIRST_CALL_LOCK = threading.Lock()  # compiles and captures, one at a time per 
 # dynamo recompiles a module once per input shape (dynamic=False); its default limit (8) would
 # quietly run serve's 9th padded batch size (1, 2, ..., 256) uncompiled
 _RECOMPILE_LIMIT = 64
+# a GPU that idled while the model compiled runs its first batches slow (clocks ramping): on the
+# H200 the first 20% window of every bench run was half the others without a second at full load
+STEADY_WARMUP_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -688,6 +691,8 @@ class _TorchStaged:
                 tensor.copy_(host)
             self.pool[spec.name] = tensor
         self.dtypes = {name: str(t.dtype).removeprefix("torch.") for name, t in self.pool.items()}
+        # bench runs the largest batch this long before LoadGen starts (StagedPool.warm_up)
+        self.steady_warmup_s = STEADY_WARMUP_S if session.device.type == "cuda" else 0.0
 
     def lane(self, *, strategy: str = "auto") -> _PinnedLane | _DeviceLane:
         """A worker's lane; `strategy` (pinned pools): rows, gather or auto (see _PinnedLane)."""

@@ -205,6 +205,7 @@ class StagedPool:
         self.dtypes: dict[str, str] = {}  # input -> dtype staged in (known once loaded)
         self.stage_s = 0.0
         self.warmup_s: dict[int, float] = {}
+        self.steady_warmup: tuple[int, float] | None = None  # (batches, seconds) before LoadGen
         self._arrays: dict[str, Any] | None = None
         self._staged: StagedInputs | None = None
         self._lock = threading.Lock()
@@ -323,6 +324,17 @@ class StagedPool:
             lane.run(indices)  # what the first run allocated lazily is in place from now on
         if sizes and self._staged is not None:  # numpy lanes' buffers cost nothing to grow
             largest = self._rows(max(sizes))
+            # a staged pool may ask to run at full load before LoadGen starts (torch on CUDA:
+            # `steady_warmup_s`): a device that idled while the model compiled starts slow, and
+            # on the H200 the first window of every run was half the others without it
+            seconds = float(getattr(self._staged, "steady_warmup_s", 0.0))
+            if seconds > 0 and not self.steady_warmup:
+                started = time.perf_counter()
+                runs = 0
+                while runs < STEADY_WARMUP_RUNS and time.perf_counter() - started < seconds:
+                    lane.run(largest)
+                    runs += 1
+                self.steady_warmup = (runs, time.perf_counter() - started)
             for worker in range(1, workers):
                 if worker not in self._lanes:
                     self.lane(worker).run(largest)
@@ -359,6 +371,11 @@ class StagedPool:
         notes = []
         if self.placement is InputPlacement.DEVICE:
             notes.append(INPUTS_ON_DEVICE)
+        if self.steady_warmup:
+            runs, seconds = self.steady_warmup
+            notes.append(
+                f"warm-up before LoadGen: {runs} batches of the largest size ({seconds:.1f} s)"
+            )
         cast = self.describe().get("cast", {})
         if cast:
             what = ", ".join(f"{name} {how}" for name, how in cast.items())
@@ -378,6 +395,8 @@ def as_staged(pool: SamplePool | StagedPool, session: object) -> StagedPool:
         return pool
     return StagedPool(pool, session)
 
+
+STEADY_WARMUP_RUNS = 200  # at most, within the staged pool's steady_warmup_s
 
 INPUTS_ON_DEVICE = (
     "inputs on device: measures the device, not the system (no host-to-device copies)"
