@@ -488,6 +488,7 @@ def test_a_staged_pool_that_asks_for_it_runs_at_full_load_before_loadgen() -> No
     staged.warm_up([4])
     assert staged.steady_warmup is not None
     runs, seconds = staged.steady_warmup
+    assert 0 < seconds < 5
     assert runs >= 1 and len(session.calls) == 2 + runs  # the two first runs, then full load
     assert all(len(indices) == 4 for indices, _ in session.calls)
     assert f"warm-up before LoadGen: {runs} batches" in " ".join(staged.notes())
