@@ -72,7 +72,16 @@ def _rows(start: int, n: int) -> dict[str, np.ndarray]:
     return {"x": np.arange(start * 2, (start + n) * 2, dtype=np.float32).reshape(n, 2)}
 
 
-def test_a_fixed_shape_batch_is_padded_pinned_and_cut_back() -> None:
+@pytest.mark.parametrize("threads", [1, 8])
+def test_a_fixed_shape_batch_is_padded_pinned_and_cut_back(
+    monkeypatch: pytest.MonkeyPatch, threads: int
+) -> None:
+    from crossinfer.serve import assembly
+
+    # 8: as on a 16-core GPU host, with every batch above the parallel-join threshold
+    monkeypatch.setattr(assembly, "join_threads", lambda: threads)
+    monkeypatch.setattr(assembly, "PARALLEL_JOIN_MIN_BYTES", 0)
+    monkeypatch.setattr(assembly, "_JOIN_PIECE_BYTES", 1)
     session = FixedShapeSession()
     assembler = BatchAssembler(session, max_batch_size=8)
     assert assembler.sizes == (1, 2, 4, 8) and assembler.pinned
@@ -172,3 +181,39 @@ def test_a_real_torch_session_through_the_assembler_matches_run(
     np.testing.assert_allclose(outputs["y"], expected["y"])
     pinned = session.pinned_empty((3, 2), np.dtype(np.float32))
     assert pinned.shape == (3, 2) and pinned.dtype == np.float32  # ordinary memory on a CPU
+
+
+def test_large_joins_copy_in_row_ranges_across_threads_and_match_one_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from crossinfer.serve import assembly
+
+    monkeypatch.setattr(assembly, "PARALLEL_JOIN_MIN_BYTES", 1 << 10)
+    monkeypatch.setattr(assembly, "_JOIN_PIECE_BYTES", 3 * 64 * 4)  # 3 rows a piece
+    rng = np.random.default_rng(3)
+    parts = [rng.standard_normal((n, 64), dtype=np.float32) for n in (7, 1, 12, 5)]
+    threaded = np.zeros((25, 64), np.float32)
+    at, copies = 0, []
+    for part in parts:
+        copies.append((threaded[at : at + len(part)], part))
+        at += len(part)
+    assembly.copy_rows(copies, threads=3)
+    np.testing.assert_array_equal(threaded, np.concatenate(parts))
+    # below the threshold, or with one thread, the same bytes
+    single = np.zeros_like(threaded)
+    assembly.copy_rows(
+        [(single[a : a + len(p)], p) for a, p in zip((0, 7, 8, 20), parts, strict=True)],
+        threads=1,
+    )
+    np.testing.assert_array_equal(single, threaded)
+
+
+def test_join_threads_leave_small_machines_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    from crossinfer.serve import assembly
+
+    monkeypatch.setattr(assembly.os, "cpu_count", lambda: 2)
+    assert assembly.join_threads() == 1
+    monkeypatch.setattr(assembly.os, "cpu_count", lambda: 16)
+    assert assembly.join_threads() == 8
+    monkeypatch.setattr(assembly.os, "cpu_count", lambda: 6)
+    assert assembly.join_threads() == 3

@@ -12,14 +12,82 @@ once before the model reports ready, so no request ever waits for a compile.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from crossinfer.backends.base import InputPlacement, Session, StagingSession
 
 __all__ = ["BatchAssembler", "padded_sizes"]
+
+# A batch at least this large is joined by several threads (numpy copies release the GIL): on
+# the H200 server one thread joined 154 MB of FP32 (256 ResNet-50 images) in 21.6 ms, longer
+# than the upload, compute and read-back of that batch together (13.1 ms).
+PARALLEL_JOIN_MIN_BYTES = 8 << 20
+_JOIN_PIECE_BYTES = 4 << 20  # a large part is split into row ranges of about this size
+_join_pool: ThreadPoolExecutor | None = None
+_join_pool_lock = threading.Lock()
+
+
+def join_threads() -> int:
+    """Threads that join one large batch: half the cores, at most 8; 1 (no pool) below 4 cores,
+    where the copies would only take turns with the compute's own threads."""
+    cores = os.cpu_count() or 1
+    return 1 if cores < 4 else min(8, cores // 2)
+
+
+def _pool() -> ThreadPoolExecutor | None:
+    global _join_pool
+    threads = join_threads()
+    if threads <= 1:
+        return None
+    with _join_pool_lock:
+        if _join_pool is None:
+            _join_pool = ThreadPoolExecutor(threads, thread_name_prefix="crossinfer-join")
+        return _join_pool
+
+
+def copy_rows(
+    copies: Sequence[tuple[np.ndarray, np.ndarray]], *, threads: int | None = None
+) -> None:
+    """`dst[...] = src` for each (dst, src) pair; large sets in parallel, in row ranges of a
+    few MB spread over the join threads (`threads` overrides how many)."""
+    total = sum(dst.nbytes for dst, _ in copies)
+    pool = _pool() if threads is None else None
+    workers = join_threads() if threads is None else threads
+    if workers <= 1 or total < PARALLEL_JOIN_MIN_BYTES:
+        for dst, src in copies:
+            dst[...] = src
+        return
+    pieces: list[tuple[np.ndarray, np.ndarray]] = []
+    for dst, src in copies:
+        rows = dst.shape[0] if dst.ndim else 1
+        row_bytes = dst.nbytes // max(rows, 1)
+        step = max(1, _JOIN_PIECE_BYTES // max(row_bytes, 1))
+        if dst.ndim == 0 or rows <= step:
+            pieces.append((dst, src))
+            continue
+        pieces.extend((dst[i : i + step], src[i : i + step]) for i in range(0, rows, step))
+
+    def run(group: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
+        for dst, src in group:
+            dst[...] = src
+
+    groups = [pieces[i::workers] for i in range(workers)]
+    if pool is not None:
+        futures = [pool.submit(run, g) for g in groups[1:] if g]
+        run(groups[0])  # this thread copies its share meanwhile
+        for future in futures:
+            future.result()  # re-raises a failed copy here
+        return
+    with ThreadPoolExecutor(workers) as own:  # an explicit thread count (tests, benchmarks)
+        futures = [own.submit(run, g) for g in groups if g]
+        for future in futures:
+            future.result()
 
 
 def padded_sizes(max_batch_size: int, preferred: Sequence[int] = ()) -> tuple[int, ...]:
@@ -107,9 +175,11 @@ class BatchAssembler:
             held = self._buffers[name] = self._empty((max(size, 1), *first.shape[1:]), first.dtype)
         out = held[:size]
         at = 0
+        copies = []
         for array in arrays:
-            out[at : at + array.shape[0]] = array
+            copies.append((out[at : at + array.shape[0]], array))
             at += array.shape[0]
+        copy_rows(copies)
         if at < size:
             out[at:] = out[at - 1]  # padding repeats the last real row: any model takes it
         return out
