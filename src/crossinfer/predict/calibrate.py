@@ -200,11 +200,11 @@ def observation(
     target, reason = target_for(catalog, result)
     if target is None:
         return None, reason
-    busy = _other_load(result)
-    if busy is not None and busy > _BUSY_SHARE * max(target.cores, 1):
+    busy, logical = _other_load(result)
+    if busy is not None and busy > _BUSY_SHARE * logical:
         return None, (
-            f"busy machine (1-minute load average {result.load_average:.1f} on "
-            f"{target.cores} core(s), the run's own threads aside): measure again on an idle one"
+            f"busy machine (1-minute load average {result.load_average:.1f} on {logical} "
+            "core(s), the run's own threads aside): measure again on an idle one"
         )
     precision = result.precision
     if target.peak_flops(precision) is None:
@@ -237,15 +237,16 @@ def observation(
     )
 
 
-def _other_load(result: BenchResult) -> float | None:
-    """Runnable work other than the run's own threads, from the load average bench records."""
+def _other_load(result: BenchResult) -> tuple[float | None, int]:
+    """Runnable work other than the run's own threads (from the load average bench records),
+    and the machine's logical cores."""
+    logical = int((result.hardware.get("cpu") or {}).get("logical_cores") or 1)
     load = result.load_average
     if load is None or result.device.lower() != "cpu":
-        return None  # a GPU run's host threads do not share the device with anything
-    logical = int((result.hardware.get("cpu") or {}).get("logical_cores") or 1)
+        return None, logical  # a GPU run's host threads do not share the device with anything
     threads = result.settings.get("threads") or logical
     instances = int(result.settings.get("instances") or 1)
-    return float(load) - min(int(threads) * instances, logical)
+    return float(load) - min(int(threads) * instances, logical), logical
 
 
 def fit(observations: Iterable[Observation], group: str) -> Scales:
