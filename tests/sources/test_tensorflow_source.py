@@ -156,3 +156,15 @@ def test_a_keras_model_and_its_savedmodel_convert_with_parity(tmp_path: Path) ->
         # a batch of 3, not the 2 the parity check ran: the batch dimension is dynamic
         (got,) = session.run(None, {spec.name: expected["pixels"]})
         np.testing.assert_allclose(got, expected["logits"], atol=1e-4, rtol=1e-3)
+
+
+def test_a_spec_may_name_a_savedmodel_directory(tmp_path: Path) -> None:
+    from crossinfer.spec import load_spec
+
+    saved = _saved_model_dir(tmp_path)
+    spec_path = tmp_path / "classifier.toml"
+    spec_path.write_text(
+        '[deployment]\nname = "classifier"\nmodel = "classifier"\n'
+        'backend = "onnxruntime"\ndevice = "cpu"\n'
+    )
+    assert load_spec(spec_path, check_hash=False).model == saved.resolve()
