@@ -25,6 +25,9 @@ from pathlib import Path
 from typing import Any
 
 BACKENDS = ("onnxruntime", "openvino", "torch", "jax", "iree", "reference")
+# run only when named (--backends litert): each case is converted by onnx2tf, which needs
+# TensorFlow (the litert-convert group) and seconds per case
+OPTIONAL_BACKENDS = ("litert",)
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -104,7 +107,7 @@ def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
 
 def summarize(results: list[dict[str, Any]], total: int) -> dict[str, Any]:
     by_backend: dict[str, Any] = {}
-    for backend in sorted({r["backend"] for r in results}, key=BACKENDS.index):
+    for backend in sorted({r["backend"] for r in results}, key=(*BACKENDS, *OPTIONAL_BACKENDS).index):
         rows = [r for r in results if r["backend"] == backend]
         counts = Counter(r["outcome"] for r in rows)
         ops: Counter[str] = Counter()

@@ -70,6 +70,7 @@ def bench_result(**changes: Any) -> BenchResult:
         crossinfer_version="0.1.0",
         created_at="2025-03-01T12:00:00+00:00",
         notes=("quick run: not a compliant run", "BF16 by default on this CPU"),
+        load_average=0.5,
     )
     return replace(result, **changes)
 

@@ -6,7 +6,8 @@
     │   ├── ModelFormatError       empty, truncated, corrupt or not ONNX at all
     │   ├── ModelValidationError   parses, but onnx.checker or shape inference rejects it
     │   ├── UnsupportedOpsetError  opset or IR version newer than the installed onnx
-    │   └── ZooError               unknown zoo:NAME or a bad zoo parameter
+    │   ├── ZooError               unknown zoo:NAME or a bad zoo parameter
+    │   └── ConverterUnavailableError  a framework source's converter is not installed (hint)
     ├── InputError                 feeds or an inputs file do not match the model signature
     ├── BackendError               a runtime cannot do what was asked
     │   ├── BackendUnavailableError  the runtime is not installed (message has the install hint)
@@ -64,6 +65,11 @@ class UnsupportedOpsetError(ModelError):
 
 class ZooError(ModelError):
     """An unknown zoo model name or a bad zoo parameter."""
+
+
+class ConverterUnavailableError(ModelError):
+    """A framework model source (TensorFlow) needs a converter that is not installed; the
+    message says how to install it."""
 
 
 class InputError(CrossinferError):

@@ -118,7 +118,11 @@ class ModelArtifact:
 
 
 def load_model(source: str | os.PathLike[str], *, keep_proto: bool = False) -> ModelArtifact:
-    """Load, validate and describe a model from a path or a ``zoo:NAME`` source."""
+    """Load, validate and describe a model from a path or a ``zoo:NAME`` source.
+
+    A TensorFlow SavedModel directory or a Keras ``.keras`` file is converted to ONNX first
+    (`crossinfer.sources.tensorflow`: tf2onnx, its parity checked, cached).
+    """
     text = os.fspath(source)
     if text.startswith("zoo:"):
         from crossinfer.zoo import zoo_model_path
@@ -126,6 +130,12 @@ def load_model(source: str | os.PathLike[str], *, keep_proto: bool = False) -> M
         path = zoo_model_path(text)
     else:
         path = Path(text)
+        from crossinfer.sources.tensorflow import is_tensorflow_source
+
+        if is_tensorflow_source(path):
+            from crossinfer.sources.tensorflow import from_tensorflow
+
+            return from_tensorflow(path, source=text, keep_proto=keep_proto)
     return _load_path(path, source=text, keep_proto=keep_proto)
 
 
@@ -133,7 +143,10 @@ def _load_path(path: Path, *, source: str, keep_proto: bool) -> ModelArtifact:
     if not path.exists():
         raise ModelNotFoundError(f"model file '{path}' does not exist: check the path")
     if path.is_dir():
-        raise ModelFormatError(f"'{path}' is a directory: give the path of an .onnx file")
+        raise ModelFormatError(
+            f"'{path}' is a directory: give the path of an .onnx file (or of a TensorFlow "
+            "SavedModel directory, which holds saved_model.pb)"
+        )
     size = path.stat().st_size
     if size == 0:
         raise ModelFormatError(

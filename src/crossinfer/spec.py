@@ -474,7 +474,8 @@ def _from_document(document: dict[str, Any], path: Path, *, check_hash: bool) ->
     model = Path(model_text).expanduser()
     if not model.is_absolute():
         model = (path.parent / model).resolve()
-    if not model.is_file():
+    # a file (ONNX, .keras) or a TensorFlow SavedModel directory (load_model converts it)
+    if not (model.is_file() or (model / "saved_model.pb").is_file()):
         raise fail(
             f"deployment.model {model_text!r} does not exist (looked for {model}); "
             "keep the model next to the spec or write its absolute path"

@@ -94,3 +94,16 @@ def test_custom_domain_ops_are_named_as_unsupported(tmp_path: Path) -> None:
     compat = get_backend("litert").supports(load_model(tmp_path / "custom.onnx"), "cpu")
     assert not compat.supported
     assert compat.unsupported_ops == ("com.example:Relu",)
+
+
+def test_channels_last_outputs_come_back_channels_first() -> None:
+    # a pooling's output as onnx2tf leaves it (NHWC) and as the ONNX graph declares it (NCHW)
+    nhwc = np.arange(12, dtype=np.float32).reshape(1, 2, 3, 2)
+    got = litert._channels_first(nhwc, ("batch", 2, 2, 3))
+    assert got.shape == (1, 2, 2, 3)
+    np.testing.assert_array_equal(got, np.moveaxis(nhwc, -1, 1))
+    # already as declared, 2-D, or fitting both ways: left as it came
+    assert litert._channels_first(nhwc, (1, 2, 3, 2)) is nhwc
+    assert litert._channels_first(np.zeros((2, 5)), (2, 5)).shape == (2, 5)
+    square = np.zeros((1, 3, 3, 3), dtype=np.float32)
+    assert litert._channels_first(square, (1, 3, 3, 3)) is square

@@ -159,3 +159,50 @@ def test_predictions_carry_their_family_error(store: Path, tmp_path: Path) -> No
         ("Google TPU v5e", "int8"),
     }
     assert all(p.to_dict()["predicted"] for p in result.predictions)
+
+
+def test_runs_of_a_busy_machine_are_left_out_and_named() -> None:
+    catalog = load_catalog()
+    artifact = load_model("zoo:mlp")
+    cost = model_cost(artifact.load_proto())
+    run = bench_result(
+        model_source="zoo:mlp",
+        model_sha256=artifact.sha256,
+        device="cpu",
+        precision="fp32",
+        scenario="offline",
+        settings={"threads": 2},
+        hardware=_cpu("Test Xeon A", 2),
+    )
+    # its own 2 threads plus one more core's worth of work: over half the 2 cores busy
+    found, reason = observation(catalog, replace(run, load_average=3.2), cost)
+    assert found is None
+    assert reason.startswith("busy machine (1-minute load average 3.2 on 2 core(s)")
+    # its own threads alone, or no record at all: kept
+    assert observation(catalog, replace(run, load_average=2.4), cost)[0] is not None
+    assert observation(catalog, replace(run, load_average=None), cost)[0] is not None
+
+
+def test_an_epyc_is_matched_to_its_core_generation() -> None:
+    catalog = load_catalog()
+    artifact = load_model("zoo:mlp")
+    cost = model_cost(artifact.load_proto())
+
+    def core(model: str, flags: list[str]) -> str:
+        hardware = {
+            "cpu": {"model": model, "vendor": "AuthenticAMD", "logical_cores": 2,
+                    "isa_flags": flags},
+            "gpus": [],
+        }  # fmt: skip
+        run = bench_result(model_source="zoo:mlp", model_sha256=artifact.sha256, device="cpu",
+                           scenario="offline", settings={}, hardware=hardware)  # fmt: skip
+        found, reason = observation(catalog, run, cost)
+        assert found is not None, reason
+        return found.device_name
+
+    # the longest name wins: "AMD EPYC 9" also matches a 9R45, a Zen 5 part
+    assert core("AMD EPYC 9R14 96-Core Processor", ["avx512f"]) == "AMD Zen 4 core x2"
+    assert core("AMD EPYC 9R45 192-Core Processor", ["avx512f"]) == "AMD Zen 5 core x2"
+    # a guest's generic name: VP2INTERSECT marks an AMD Zen 5, AVX-512 alone a Zen 4
+    assert core("AMD EPYC Processor", ["avx512f", "avx512_vp2intersect"]) == "AMD Zen 5 core x2"
+    assert core("AMD EPYC Processor", ["avx512f"]) == "AMD Zen 4 core x2"

@@ -87,3 +87,51 @@ def test_bert_counts_projections_and_attention() -> None:
     pooler = hidden * hidden
     assert cost.macs == pytest.approx(layers * per_layer + pooler, rel=0.001)
     assert cost.flops_by_class()["matmul"] == pytest.approx(2 * cost.macs, rel=0.001)
+
+
+def _attention_block() -> object:
+    """Q.K^T / 8 + mask -> Softmax -> .V, then a bias and a tanh-free GELU (x * erf(x/√2))."""
+    seq, dim = 16, 8
+    rng = np.random.default_rng(0)
+    perm = [0, 2, 1]
+    mask = numpy_helper.from_array(np.zeros((1, seq, seq), dtype=np.float32), "mask")
+    eight = numpy_helper.from_array(np.array(8.0, dtype=np.float32), "eight")
+    root2 = numpy_helper.from_array(np.array(1.41421, dtype=np.float32), "root2")
+    bias = numpy_helper.from_array(rng.standard_normal(dim).astype(np.float32), "bias")
+    return make_model(
+        [
+            helper.make_node("Transpose", ["k"], ["kt"], name="kt", perm=perm),
+            helper.make_node("MatMul", ["q", "kt"], ["s"], name="qk"),
+            helper.make_node("Div", ["s", "eight"], ["ss"], name="scale"),
+            helper.make_node("Add", ["ss", "mask"], ["sm"], name="mask"),
+            helper.make_node("Softmax", ["sm"], ["p"], name="softmax", axis=-1),
+            helper.make_node("MatMul", ["p", "v"], ["o"], name="pv"),
+            helper.make_node("Add", ["o", "bias"], ["ob"], name="bias"),
+            helper.make_node("Div", ["ob", "root2"], ["h"], name="gelu_div"),
+            helper.make_node("Erf", ["h"], ["e"], name="gelu_erf"),
+            helper.make_node("Mul", ["ob", "e"], ["y"], name="gelu_mul"),
+        ],
+        [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", seq, dim])
+            for name in ("q", "k", "v")
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", seq, dim])],
+        [mask, eight, root2, bias],
+    )
+
+
+def test_attention_and_gelu_fuse_into_two_kernels() -> None:
+    cost = model_cost(_attention_block())  # type: ignore[arg-type]
+    # the transpose feeds only a matmul: the matmul reads K transposed, no copy is made
+    assert [[n.name for n in g.nodes] for g in cost.groups if not g.kernels] == [["kt"]]
+    attention, gelu = (g for g in cost.groups if g.kernels)
+    assert attention.op_class == "attention"
+    assert [n.name for n in attention.nodes] == ["qk", "scale", "mask", "softmax", "pv", "bias"]
+    # the 16x16 scores stay on chip: the kernel reads Q, K and V, writes the output (the mask,
+    # the scale and the bias are constants: weights)
+    assert attention.activation_elements == 3 * 16 * 8 + 16 * 8
+    assert attention.weight_elements == 16 * 16 + 1 + 8
+    # GELU reads its input twice (Div and Mul): one element-wise kernel, which loads it once
+    assert gelu.op_class == "elementwise"
+    assert [n.name for n in gelu.nodes] == ["gelu_div", "gelu_erf", "gelu_mul"]
+    assert gelu.activation_elements == 16 * 8 + 16 * 8

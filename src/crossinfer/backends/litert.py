@@ -16,7 +16,7 @@ import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -301,7 +301,7 @@ class LiteRtSession:
             value = by_name.get(spec.name)
             if value is None:  # names not carried over: the converter keeps the order
                 value = values[position]
-            out[spec.name] = np.array(value)
+            out[spec.name] = _channels_first(np.array(value), spec.shape)
         return out
 
     def placement(self) -> Placement | None:
@@ -325,3 +325,21 @@ class LiteRtSession:
 
     def close(self) -> None:
         del self._interpreter
+
+
+def _channels_first(value: np.ndarray, declared: Sequence[Any] | None) -> np.ndarray:
+    """onnx2tf hands 3-5-D outputs back channels-last (a pooling's [1, 2, 2, 1] for ONNX's
+    [1, 1, 2, 2]): move the channels back where the declared shape says so. Only when it is
+    unambiguous: a shape that fits the declaration both ways is left as it came."""
+    if declared is None or value.ndim not in (3, 4, 5) or len(declared) != value.ndim:
+        return value
+
+    def fits(shape: tuple[int, ...]) -> bool:
+        return all(
+            not isinstance(d, int) or d < 0 or d == n for d, n in zip(declared, shape, strict=True)
+        )
+
+    if fits(value.shape):
+        return value
+    moved = np.moveaxis(value, -1, 1)
+    return moved if fits(moved.shape) else value

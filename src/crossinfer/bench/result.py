@@ -83,6 +83,9 @@ class BenchResult:
     input_staging: Mapping[str, Any] = field(default_factory=dict)  # dtypes, casts, fallbacks
     # batch size -> its first run before LoadGen started (compile or capture included), seconds
     warmup_s: Mapping[str, float] = field(default_factory=dict)
+    # the machine's 1-minute load average when the run ended (None: not recorded); the run's
+    # own threads count in it. Calibration (`crossinfer predict`) leaves out busy machines' runs
+    load_average: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -428,6 +429,7 @@ def _result(
         hardware=hardware,
         runtime_versions=versions,
         crossinfer_version=__version__,
+        load_average=_load_average(),
         created_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         notes=tuple(notes),
     )
@@ -447,3 +449,11 @@ def settings_changes(new: BenchResult, old: BenchResult) -> list[str]:
         if before != after:
             changes.append(f"{name} {before} -> {after}")
     return changes
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average at the end of the run (None where the OS has none)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None

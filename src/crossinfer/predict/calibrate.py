@@ -37,6 +37,9 @@ __all__ = [
 _RIDGE = 1e-3
 _MIN_FACTOR = 0.05
 _USABLE_SCENARIOS = ("offline", "singlestream")
+# Other work beyond this share of the cores, while a run ran, leaves it out of the fit: a loaded
+# 2-core machine measured ResNet-50 at 50x its idle time (docs/benchmarks.md)
+_BUSY_SHARE = 0.5
 ModelLoader = Callable[[str, str], ModelCost | None]  # (source, sha256) -> cost, None if gone
 
 
@@ -160,14 +163,17 @@ def _cpu_core(
     catalog: Catalog, model: str, vendor: str, cpu: Mapping[str, Any]
 ) -> CatalogDevice | None:
     cores = [d for d in catalog.devices if d.kind == "cpu-core"]
-    for device in cores:
-        if any(m.lower() in model.lower() for m in device.match):
-            return device
+    # the longest match wins: "AMD EPYC 9R45" is a Zen 5 though "AMD EPYC 9" names Zen 4 parts
+    matched = [(len(m), d) for d in cores for m in d.match if m.lower() in model.lower()]
+    if matched:
+        return max(matched, key=lambda pair: pair[0])[1]
     # a guest often reports a generic name ("Intel(R) Xeon(R) Processor"): judge by the ISA
     flags = set(cpu.get("isa_flags") or ())
     amd = "amd" in (vendor + model).lower()
     if "amx_int8" in flags:
         wanted = "Intel Sapphire Rapids core"
+    elif amd and "avx512_vp2intersect" in flags:  # AMD has it from Zen 5 on
+        wanted = "AMD Zen 5 core"
     elif amd and "avx512f" in flags:
         wanted = "AMD Zen 4 core"
     elif amd:
@@ -194,6 +200,12 @@ def observation(
     target, reason = target_for(catalog, result)
     if target is None:
         return None, reason
+    busy, logical = _other_load(result)
+    if busy is not None and busy > _BUSY_SHARE * logical:
+        return None, (
+            f"busy machine (1-minute load average {result.load_average:.1f} on {logical} "
+            "core(s), the run's own threads aside): measure again on an idle one"
+        )
     precision = result.precision
     if target.peak_flops(precision) is None:
         return None, f"{target.name} has no {precision} peak in the catalog"
@@ -223,6 +235,18 @@ def observation(
         ),
         "",
     )
+
+
+def _other_load(result: BenchResult) -> tuple[float | None, int]:
+    """Runnable work other than the run's own threads (from the load average bench records),
+    and the machine's logical cores."""
+    logical = int((result.hardware.get("cpu") or {}).get("logical_cores") or 1)
+    load = result.load_average
+    if load is None or result.device.lower() != "cpu":
+        return None, logical  # a GPU run's host threads do not share the device with anything
+    threads = result.settings.get("threads") or logical
+    instances = int(result.settings.get("instances") or 1)
+    return float(load) - min(int(threads) * instances, logical), logical
 
 
 def fit(observations: Iterable[Observation], group: str) -> Scales:

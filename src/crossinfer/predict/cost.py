@@ -26,7 +26,10 @@ __all__ = [
 ]
 
 # What a node spends its time on; efficiency factors are fitted per class.
-OP_CLASSES = ("conv", "depthwise-conv", "matmul", "elementwise", "normalization", "reduce", "data")
+OP_CLASSES = (
+    "conv", "depthwise-conv", "matmul", "attention", "elementwise", "normalization", "reduce",
+    "data",
+)  # fmt: skip
 
 _ELEMENTWISE = {
     "Add", "Sub", "Mul", "Div", "Relu", "LeakyRelu", "PRelu", "Clip", "Sigmoid", "Tanh", "Erf",
@@ -111,6 +114,7 @@ class FusedGroup:
     weight_elements: float
     activation_elements: float  # only the tensors that cross the group's boundary
     fixed_bytes: float
+    kernels: int = 1  # 0 for a group of views only (a Reshape launches nothing)
 
     def bytes_moved(self, precision: str, batch: int) -> float:
         width = precision_bytes(precision)
@@ -384,32 +388,61 @@ def _node_cost(
     )
 
 
+_ANCHORS = ("conv", "depthwise-conv", "matmul")
+
+
 def _fuse(nodes: Sequence[NodeCost], graph_outputs: Iterable[str]) -> list[FusedGroup]:
-    """Greedy epilogue fusion: a conv/matmul absorbs the chain of element-wise ops after it.
+    """Greedy fusion into the kernels a tuned runtime launches.
+
+    - Epilogues: a conv/matmul absorbs the element-wise ops after it (Conv+BN+Add+ReLU, a
+      MatMul's bias and GELU), as oneDNN, TensorRT, XLA and inductor do.
+    - Chains: element-wise ops whose inputs come from one group join it even when a tensor has
+      several readers, as long as every reader is element-wise (GELU reads its input twice).
+    - Attention: MatMul(Q, K) -> scale/mask -> Softmax -> MatMul(., V) is one kernel, the
+      scores never reaching memory (flash attention, ONNX Runtime's Attention, XLA's fusions).
+    - Transposes read only by matmuls cost nothing: BLAS libraries take transposed operands.
 
     The group's traffic is what crosses its boundary: tensors produced and consumed inside
-    never reach memory. This is what oneDNN, TensorRT and XLA all do for Conv+BN+Add+ReLU.
+    never reach memory.
     """
-    consumers: dict[str, int] = {}
+    readers: dict[str, list[NodeCost]] = {}
     for node in nodes:
         for tensor in node.inputs:
-            consumers[tensor] = consumers.get(tensor, 0) + 1
+            readers.setdefault(tensor, []).append(node)
     outputs = set(graph_outputs)
+    folded = _transposes_into_matmuls(nodes, readers, outputs)
     producer_group: dict[str, int] = {}
     members: list[list[NodeCost]] = []
+    kinds: list[str] = []  # each group's class: its anchor's, "attention" once it has one
     for node in nodes:
         target = None
-        if node.op_type in _FUSABLE:
-            for tensor in node.inputs:
-                group = producer_group.get(tensor)
-                if group is not None and consumers.get(tensor, 0) == 1 and tensor not in outputs:
-                    anchor = members[group][0]
-                    if anchor.op_class in ("conv", "depthwise-conv", "matmul"):
-                        target = group
-                        break
+        for tensor in node.inputs:
+            group = producer_group.get(tensor)
+            if group is None or tensor in outputs:
+                continue
+            users = readers.get(tensor, [])
+            if node.op_type in _FUSABLE:
+                epilogue = kinds[group] in (*_ANCHORS, "attention") and len(users) == 1
+                chain = kinds[group] == "elementwise" and all(u.op_type in _FUSABLE for u in users)
+                if epilogue or chain:
+                    target = group
+            elif node.op_type == "Softmax":
+                if kinds[group] == "matmul" and len(users) == 1:
+                    target = group
+            elif (
+                node.op_type == "MatMul"
+                and len(users) == 1
+                and kinds[group] == "matmul"
+                and any(n.op_type == "Softmax" for n in members[group])
+            ):
+                target = group
+                kinds[group] = "attention"
+            if target is not None:
+                break
         if target is None:
             target = len(members)
             members.append([])
+            kinds.append(node.op_class)
         members[target].append(node)
         for tensor in node.outputs:
             producer_group[tensor] = target
@@ -421,21 +454,55 @@ def _fuse(nodes: Sequence[NodeCost], graph_outputs: Iterable[str]) -> list[Fused
             t
             for t in inner
             if t not in outputs
-            and consumers.get(t, 0) == sum(t in n.inputs for n in group_nodes)
-            and consumers.get(t, 0) > 0
+            and len(readers.get(t, [])) == sum(t in n.inputs for n in group_nodes)
+            and readers.get(t)
         }
-        activation = sum(n.activation_elements for n in group_nodes)
+        activation = sum(n.activation_elements for n in group_nodes if n.name not in folded)
+        seen: set[str] = set()
         for node in group_nodes:
-            # an internal tensor was counted where written and where read: it never moves
+            if node.name in folded:
+                continue
+            # an internal tensor was counted where written and where read: it never moves;
+            # an outside tensor two nodes read is loaded once
             activation -= sum(n for t, n in node.activation_tensors if t in internal)
+            activation -= sum(
+                n for t, n in node.activation_tensors if t in seen and t in node.inputs
+            )
+            seen.update(t for t in node.inputs if t not in inner)
+        launches = any(n.op_type not in _VIEWS and n.name not in folded for n in group_nodes)
         groups.append(
             FusedGroup(
                 nodes=tuple(group_nodes),
-                op_class=group_nodes[0].op_class,
+                op_class=kinds[index],
                 flops=sum(n.flops for n in group_nodes),
                 weight_elements=sum(n.weight_elements for n in group_nodes),
                 activation_elements=max(activation, 0.0),
                 fixed_bytes=sum(n.fixed_bytes for n in group_nodes),
+                kernels=1 if launches else 0,
             )
         )
     return groups
+
+
+def _transposes_into_matmuls(
+    nodes: Sequence[NodeCost], readers: Mapping[str, list[NodeCost]], outputs: set[str]
+) -> set[str]:
+    """Names of the Transposes whose output reaches only MatMuls (through views): no copy."""
+    folded: set[str] = set()
+
+    def only_matmuls(tensor: str) -> bool:
+        users = readers.get(tensor, [])
+        if not users or tensor in outputs:
+            return False
+        for user in users:
+            if user.op_type in _VIEWS:
+                if not all(only_matmuls(t) for t in user.outputs):
+                    return False
+            elif user.op_type not in ("MatMul", "FusedMatMul"):
+                return False
+        return True
+
+    for node in nodes:
+        if node.op_type == "Transpose" and all(only_matmuls(t) for t in node.outputs):
+            folded.add(node.name)
+    return folded

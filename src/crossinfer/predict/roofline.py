@@ -35,6 +35,7 @@ PRIOR_EFFICIENCY: Mapping[str, float] = {
     "conv": 0.6,
     "depthwise-conv": 0.1,
     "matmul": 0.7,
+    "attention": 0.5,  # two matmuls and a softmax in one kernel: the softmax stalls the MMA units
     "elementwise": 0.5,
     "normalization": 0.5,
     "reduce": 0.5,
@@ -294,7 +295,7 @@ def time_terms(
         factor = scales.factor(group.op_class)
         by_term[group.op_class] += max(compute, memory) * factor
         by_bound["compute" if compute >= memory else "memory"] += max(compute, memory) * factor
-        overhead = kernel_s * scales.factor("overhead")
+        overhead = group.kernels * kernel_s * scales.factor("overhead")
         by_term["overhead"] += overhead
         by_bound["dispatch overhead"] += overhead
     call = (device.call_overhead_us or 0.0) * 1e-6 * scales.factor("overhead")
