@@ -417,10 +417,7 @@ def static_reshapes(module: fx.GraphModule) -> int:
         graph.erase_node(node)
         count += 1
     if count:
-        graph.eliminate_dead_code()
-        graph.lint()
-        module.recompile()
-        module.delete_all_unused_submodules()
+        _rewritten(module, dead_code=True)
     return count
 
 
@@ -557,9 +554,7 @@ def fuse_conv_relu_chains(module: fx.GraphModule) -> int:
         graph.erase_node(node)
         fused += 1
     if fused:
-        graph.lint()
-        module.recompile()
-        module.delete_all_unused_submodules()
+        _rewritten(module, dead_code=False)
     return fused
 
 
@@ -617,9 +612,7 @@ def fuse_attention_chains(module: fx.GraphModule) -> int:
             graph.erase_node(dead)
         fused += 1
     if fused:
-        graph.lint()
-        module.recompile()
-        module.delete_all_unused_submodules()
+        _rewritten(module, dead_code=False)
     return fused
 
 
@@ -743,11 +736,17 @@ def fuse_matmul_bias(module: fx.GraphModule) -> int:
         graph.erase_node(node)
         fused += 1
     if fused:
-        graph.eliminate_dead_code()
-        graph.lint()
-        module.recompile()
-        module.delete_all_unused_submodules()
+        _rewritten(module, dead_code=True)
     return fused
+
+
+def _rewritten(module: fx.GraphModule, *, dead_code: bool) -> None:
+    """After a rewrite of `module`'s graph: drop what nothing reads, check, regenerate code."""
+    if dead_code:
+        module.graph.eliminate_dead_code()
+    module.graph.lint()
+    module.recompile()
+    module.delete_all_unused_submodules()
 
 
 def _module_of(module: fx.GraphModule, node: fx.Node) -> nn.Module | None:

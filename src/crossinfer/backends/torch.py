@@ -720,7 +720,35 @@ class _Slot:
 ROW_COPY_MIN_BYTES = 32 * 1024
 
 
-class _PinnedLane:
+class _LaunchingLane:
+    """A lane that launches the batch asked for next (`prefetch`) before it reads this one's
+    outputs back, on its own output stream: the next batch's copy and compute overlap this
+    one's read-back. Subclasses say how a batch is launched (`_launch`)."""
+
+    _staged: _TorchStaged
+    _out_stream: Any
+    _ahead: _Launched | None
+    prefetch_hits: int  # batches launched before they were asked for
+
+    def run(
+        self, indices: Sequence[int], *, prefetch: Sequence[int] | None = None
+    ) -> dict[str, np.ndarray]:
+        key = tuple(indices)
+        if self._ahead is not None and self._ahead.key == key:
+            launched = self._ahead
+            self.prefetch_hits += 1
+        else:
+            launched = self._launch(key)
+        self._ahead = None
+        if prefetch:
+            self._ahead = _launch_ahead(self._launch, tuple(prefetch))
+        return _read_back(self._staged.session, launched, self._out_stream)
+
+    def _launch(self, key: tuple[int, ...]) -> _Launched:
+        raise NotImplementedError
+
+
+class _PinnedLane(_LaunchingLane):
     """One worker's path from a pinned pool to the device: its own copy streams and two slots.
 
     A batch reaches the device slot one of two ways. `rows`: each run of consecutive pool rows is
@@ -758,20 +786,6 @@ class _PinnedLane:
         if strategy not in ("rows", "gather"):
             raise ValueError(f"pinned lane strategy must be auto, rows or gather, not {strategy!r}")
         self.strategy = strategy
-
-    def run(
-        self, indices: Sequence[int], *, prefetch: Sequence[int] | None = None
-    ) -> dict[str, np.ndarray]:
-        key = tuple(indices)
-        if self._ahead is not None and self._ahead.key == key:
-            launched = self._ahead
-            self.prefetch_hits += 1
-        else:
-            launched = self._launch(key)
-        self._ahead = None
-        if prefetch:
-            self._ahead = _launch_ahead(self._launch, tuple(prefetch))
-        return _read_back(self._staged.session, launched, self._out_stream)
 
     def _launch(self, key: tuple[int, ...]) -> _Launched:
         """Copy the batch into a slot and start its compute; nothing waits for either here."""
@@ -874,7 +888,7 @@ def _read_back(session: TorchSession, launched: _Launched, stream: Any) -> dict[
     return {name: tensor.numpy() for name, tensor in host.items()}
 
 
-class _DeviceLane:
+class _DeviceLane(_LaunchingLane):
     """One worker's path through a device-resident pool: batches gathered on the device. As the
     pinned lane, it launches the next batch (`prefetch`) before this one's outputs come back."""
 
@@ -886,20 +900,6 @@ class _DeviceLane:
         self._buffers: dict[str, torch.Tensor] = {}
         self._ahead: _Launched | None = None
         self.prefetch_hits = 0
-
-    def run(
-        self, indices: Sequence[int], *, prefetch: Sequence[int] | None = None
-    ) -> dict[str, np.ndarray]:
-        key = tuple(indices)
-        if self._ahead is not None and self._ahead.key == key:
-            launched = self._ahead
-            self.prefetch_hits += 1
-        else:
-            launched = self._launch(key)
-        self._ahead = None
-        if prefetch:
-            self._ahead = _launch_ahead(self._launch, tuple(prefetch))
-        return _read_back(self._staged.session, launched, self._out_stream)
 
     def _launch(self, key: tuple[int, ...]) -> _Launched:
         n = len(key)
