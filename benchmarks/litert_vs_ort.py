@@ -45,11 +45,62 @@ def _outputs(session: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
     return np.asarray(next(iter(session.run(feeds).values())))
 
 
+def _first_rows(feeds: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """`n` rows of every input (repeated where the feeds have fewer)."""
+    out = {}
+    for name, value in feeds.items():
+        reps = -(-n // value.shape[0])
+        out[name] = np.ascontiguousarray(np.concatenate([value] * reps)[:n])
+    return out
+
+
+def _rates_in_turns(
+    sessions: dict[str, Any], feeds: dict[str, np.ndarray], rounds: int, seconds: float
+) -> dict[str, dict[str, Any]]:
+    """Samples/s of `session.run(feeds)` per config, the configs taking turns (forward, then
+    backward order, round after round) so that load drift falls on all alike; the ratio to the
+    first config (ONNX Runtime FP32) per round, its median and spread, the load average."""
+    import os
+    import statistics
+
+    n = next(iter(feeds.values())).shape[0]
+    names = list(sessions)
+    rates: dict[str, list[float]] = {name: [] for name in names}
+    loads = []
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            session = sessions[name]
+            session.run(feeds)
+            count, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                session.run(feeds)
+                count += 1
+            rates[name].append(n * count / (time.perf_counter() - start))
+        loads.append(os.getloadavg()[0])
+    base = rates[names[0]]
+    out = {}
+    for name in names:
+        ratios = [a / b for a, b in zip(rates[name], base, strict=True)]
+        out[name] = {
+            "batch": n,
+            "median_per_s": round(statistics.median(rates[name]), 1),
+            "per_round_per_s": [round(x, 1) for x in rates[name]],
+            "vs_ort_fp32_median": round(statistics.median(ratios), 3),
+            "vs_ort_fp32_range": [round(min(ratios), 3), round(max(ratios), 3)],
+            "load_average": [round(x, 2) for x in loads],
+        }
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=DEFAULT_MODELS)
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--no-loadgen", action="store_true", help="only the rates in turns")
+    parser.add_argument("--turns-rounds", type=int, default=4)
+    parser.add_argument("--turns-seconds", type=float, default=1.0, help="per config per round")
+    parser.add_argument("--turns-batch", type=int, default=8)
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "litert_vs_ort.json"
     )
@@ -87,6 +138,7 @@ def main() -> None:
                 ("litert", artifact, Precision.FP32, "fp32"),
                 ("litert", artifact, Precision.INT8, "int8 (full-integer PTQ)"),
             ]
+            sessions: dict[str, Any] = {}
             for backend, model, precision, label in configs:
                 extra = {"calibration": calibration} if calibration else {}
                 options = SessionOptions(precision=precision, extra=extra)
@@ -94,7 +146,7 @@ def main() -> None:
                 session = get_backend(backend).prepare(model, "cpu", options)
                 prepare_s = time.perf_counter() - clock
                 out = _outputs(session, feeds)
-                session.close()
+                sessions[f"{backend} {label}"] = session
                 row: dict[str, Any] = {
                     "model": source,
                     "backend": backend,
@@ -107,15 +159,23 @@ def main() -> None:
                 }
                 if dataset is not None:
                     row["top1_accuracy"] = float((out.argmax(axis=1) == dataset.labels).mean())
-                run = run_benchmark(
-                    model, Target(backend, "cpu"), plan=plan, options=options, log_root=root
-                )
-                for result in run.results:
-                    row[f"offline_b{result.batch_size}_per_s"] = result.throughput
-                for error in run.errors:
-                    row["error"] = error.reason
+                if not args.no_loadgen:
+                    run = run_benchmark(
+                        model, Target(backend, "cpu"), plan=plan, options=options, log_root=root
+                    )
+                    for result in run.results:
+                        row[f"offline_b{result.batch_size}_per_s"] = result.throughput
+                    for error in run.errors:
+                        row["error"] = error.reason
                 rows.append(row)
                 print(json.dumps(row))
+            batch = _first_rows(feeds, args.turns_batch)
+            turns = _rates_in_turns(sessions, batch, args.turns_rounds, args.turns_seconds)
+            for row in rows[-len(configs) :]:
+                row["in_turns"] = turns[f"{row['backend']} {row['precision']}"]
+                print(json.dumps({"model": source, row["backend"]: row["in_turns"]}))
+            for session in sessions.values():
+                session.close()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
     print(f"wrote {args.out}")
