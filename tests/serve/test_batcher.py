@@ -359,29 +359,3 @@ def test_config_rejects_nonsense() -> None:
         BatchingSpec(max_batch_size=4, priority_levels=2, default_priority=3)
     with pytest.raises(ValueError, match="settle max_batch_size"):
         DynamicBatcher([FakeSession()], BatchingSpec(max_batch_size=None))
-
-
-def test_an_idle_batcher_dispatches_a_ready_request_in_the_callers_turn() -> None:
-    """No loop turn for the scheduler's wake-up: gRPC hands requests in one at a time."""
-
-    async def main() -> tuple[int, int, list[int]]:
-        session = FakeSession()
-        batcher = await started(DynamicBatcher([session], BatchingSpec(max_batch_size=4)))
-        call = asyncio.create_task(batcher.infer(x(1.0)))
-        await asyncio.sleep(0)  # one turn: the call runs up to its wait, the scheduler does not
-        pending_after_one_turn = batcher.stats().pending
-        out = await call
-        # with a delay to wait for more rows, the request stays queued for the scheduler
-        delayed = await started(
-            DynamicBatcher([FakeSession()], BatchingSpec(max_batch_size=4, max_queue_delay_us=1))
-        )
-        waiting = asyncio.create_task(delayed.infer(x(2.0)))
-        await asyncio.sleep(0)
-        pending_delayed = delayed.stats().pending
-        await waiting
-        await batcher.stop()
-        await delayed.stop()
-        np.testing.assert_array_equal(out["y"], np.full((1, 3), 2.0, np.float32))
-        return pending_after_one_turn, pending_delayed, session.batch_sizes()
-
-    assert run(main()) == (0, 1, [1])

@@ -306,19 +306,10 @@ class DynamicBatcher:
             timeout_us=timeout,
             future=future,
         )
-        idle = not self._pending
         self._queues[level - 1].append(request)
         self._pending += 1
         self._timed += request.deadline_ns is not None
-        if idle and self._free and self._hold is None and not self._stopping:
-            # an idle batcher with a free instance: a batch that would go now goes from here,
-            # saving the scheduler's wake-up (a loop turn per request). gRPC hands requests in
-            # one at a time (grpc.aio accepts one call per turn), so this is most of its batches
-            batch, _ = self._next_batch(now)
-            if batch:
-                self._dispatch(batch, now)
-        if self._pending:
-            self._wake()
+        self._wake()
         try:
             return await future
         except asyncio.CancelledError:
