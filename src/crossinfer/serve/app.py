@@ -396,11 +396,7 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     body: bytes = message.get("body", b"")
     size = len(body)
     if size > limit:
-        raise ProtocolError(
-            413,
-            f"request body is more than the limit of {limit} bytes "
-            "(crossinfer serve --max-body-bytes)",
-        )
+        raise _too_large(limit)
     if not message.get("more_body", False):
         return body
     chunks = [body]
@@ -411,13 +407,16 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            raise ProtocolError(
-                413,
-                f"request body is more than the limit of {limit} bytes "
-                "(crossinfer serve --max-body-bytes)",
-            )
+            raise _too_large(limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ProtocolError:
+    return ProtocolError(
+        413,
+        f"request body is more than the limit of {limit} bytes (crossinfer serve --max-body-bytes)",
+    )
 
 
 def error_headers(exc: ProtocolError | None) -> list[tuple[bytes, bytes]]:

@@ -673,15 +673,7 @@ async def start_grpc_server(
         shared_memory if shared_memory is not None else SharedMemoryRegistry(),
     )
     handlers = service.handlers()
-    register = getattr(server, "add_registered_method_handlers", None)
-    if register is not None:
-        # registered methods are matched by grpc's core when the call arrives; a generic
-        # handler is looked up in Python on every call (grpcio < 1.63 has only that)
-        register(pb.SERVICE, handlers)
-    else:
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(pb.SERVICE, handlers),)
-        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(pb.SERVICE, handlers),))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         server.add_insecure_port(address)
