@@ -19,6 +19,9 @@ every run.
 id: "echo" (a stored answer: grpc.aio's per-call machinery alone), "decode" (decode the request,
 answer the stored one), "batcher" (decode and run it, answer the stored one), "full" (the real
 answer); that splits a gRPC request's cost between grpc.aio and crossinfer's own stages.
+``--sync`` adds a server whose unary gRPC calls go through grpc's sync server (a thread pool in
+front of the same service, each call handed to the event loop), to compare with grpc.aio (an
+experiment: no streams, no drain).
 
     apt-get install -y nghttp2-client   # h2load
     git archive HEAD~1 src | tar -x -C /tmp/base
@@ -80,6 +83,69 @@ def _probe_server() -> None:
         return stored[0]
 
     service.ModelInfer = probe  # type: ignore[method-assign]
+    sys.argv = ["crossinfer", *sys.argv[2:]]
+    cli_main()
+
+
+_SYNC_FLAG = "--sync-server"
+
+
+def _sync_server() -> None:
+    """Run `crossinfer` with grpc's sync server (a thread pool) in front of the gRPC service."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from crossinfer.cli import main as cli_main
+    from crossinfer.serve import grpc as grpc_front
+    from crossinfer.serve import grpc_messages as pb
+
+    async def start(
+        repository: Any, host: str, port: int, *, server_ready: Any = None, **options: Any
+    ) -> Any:
+        loop = asyncio.get_running_loop()
+        ready = server_ready or grpc_front._all_models_ready(repository)
+        registry = options.get("shared_memory") or grpc_front.SharedMemoryRegistry()
+        service = grpc_front._Service(repository, ready, registry)
+
+        def unary(handler: Any) -> Any:
+            def call(request: Any, context: Any) -> Any:
+                if isinstance(request, grpc_front._Unparseable):
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.error)
+                try:
+                    return asyncio.run_coroutine_threadsafe(handler(request), loop).result()
+                except (grpc_front.CrossinferError, ValueError) as exc:
+                    context.abort(*grpc_front._status_of(exc))
+
+            return call
+
+        handlers = {
+            rpc.name: grpc.unary_unary_rpc_method_handler(
+                unary(getattr(service, rpc.name)),
+                request_deserializer=grpc_front._decoder(rpc.request),
+                response_serializer=grpc_front._serialize,
+            )
+            for rpc in pb.RPCS
+            if not rpc.streaming
+        }
+        server = grpc.server(ThreadPoolExecutor(16), options=[("grpc.so_reuseport", 0)])
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(pb.SERVICE, handlers),)
+        )
+        server.add_insecure_port(f"{host}:{port}")
+        server.start()
+
+        class Stopper:
+            async def stop(self, grace_s: float | None) -> None:
+                server.stop(0)
+
+            def abort_in_flight(self, reason: str) -> int:
+                return 0
+
+        return Stopper()
+
+    grpc_front.start_grpc_server = start  # type: ignore[assignment]
     sys.argv = ["crossinfer", *sys.argv[2:]]
     cli_main()
 
@@ -158,9 +224,13 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == _PROBE_FLAG:
         _probe_server()
         return
+    if len(sys.argv) > 1 and sys.argv[1] == _SYNC_FLAG:
+        _sync_server()
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base-src", type=Path, help="a base tree's src/ folder")
     parser.add_argument("--probe", action="store_true", help="add the stage-skipping server")
+    parser.add_argument("--sync", action="store_true", help="add the sync gRPC server")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--seconds", type=int, default=3, help="per h2load run, after warm-up")
     parser.add_argument("--connections", default="1,16")
@@ -196,6 +266,11 @@ def main() -> None:
             servers["probe"] = stack.enter_context(
                 crossinfer_serve(args.model, name, *options, launcher=launcher)
             )
+        if args.sync:
+            launcher = (sys.executable, str(Path(__file__).resolve()), _SYNC_FLAG)
+            servers["sync"] = stack.enter_context(
+                crossinfer_serve(args.model, name, *options, launcher=launcher)
+            )
         runs: list[tuple[str, str, str, int]] = []  # server, protocol, body key, connections
         for label in servers:
             for connections in levels:
@@ -229,6 +304,8 @@ def main() -> None:
                 ratios[f"{label} {front}/http {rest}"] = _ratio(values, http)
         if key.startswith("new ") and f"base {key[4:]}" in samples:
             ratios[f"new/base {key[4:]}"] = _ratio(values, samples[f"base {key[4:]}"])
+        if key.startswith("sync grpc ") and f"new {key[5:]}" in samples:
+            ratios[f"sync/new {key[5:]}"] = _ratio(values, samples[f"new {key[5:]}"])
     report: dict[str, Any] = {
         "benchmark": "serve_grpc_ab",
         "machine": machine(),
