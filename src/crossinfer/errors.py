@@ -155,7 +155,9 @@ class ClientDisconnectedError(ProtocolError):
     There is no one to answer; the HTTP front ends stop the request without a response.
     """
 
-    def __init__(self, message: str = "the client went away before its request body arrived"):
+    def __init__(
+        self, message: str = "the client went away before its request body arrived"
+    ) -> None:
         super().__init__(499, message)
 
 
