@@ -113,10 +113,15 @@ class Serve:
 
 
 @contextmanager
-def crossinfer_serve(source: str, name: str, *options: str) -> Iterator[Serve]:
-    """`crossinfer serve SOURCE --name NAME OPTIONS` on free loopback ports, stopped by SIGTERM."""
-    cli = Path(sys.executable).parent / "crossinfer"
-    cmd = [str(cli), "serve", source, "--name", name, "--host", "127.0.0.1"]
+def crossinfer_serve(
+    source: str, name: str, *options: str, launcher: Sequence[str] = ()
+) -> Iterator[Serve]:
+    """`crossinfer serve SOURCE --name NAME OPTIONS` on free loopback ports, stopped by SIGTERM.
+
+    ``launcher`` replaces the `crossinfer` command (a script that patches the server, then runs
+    the command line with the arguments after it)."""
+    cli = list(launcher) or [str(Path(sys.executable).parent / "crossinfer")]
+    cmd = [*cli, "serve", source, "--name", name, "--host", "127.0.0.1"]
     cmd += ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
     cmd += ["--log-level", "warning", *options]
     proc = subprocess.Popen(

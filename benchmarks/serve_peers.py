@@ -339,6 +339,18 @@ def report(rows: list[dict[str, object]], args: argparse.Namespace) -> None:
         )
         ratio = float(ours["rps"]) / float(row["rps"]) if ours and row["rps"] else float("nan")  # type: ignore[arg-type]
         row["crossinfer_ratio"] = ratio
+        if ours and row is not ours:
+            # the ratio within each round (the servers took turns), and its spread
+            pairs = zip(ours["rounds_rps"], row["rounds_rps"], strict=True)  # type: ignore[call-overload]
+            by_round = sorted(a / b for a, b in pairs if b)
+            row["crossinfer_ratio_rounds"] = by_round
+            if by_round:
+                median = by_round[len(by_round) // 2]
+                print(
+                    f"{row['model']}: crossinfer / {row['server']} by round {median:.2f}x "
+                    f"({by_round[0]:.2f}-{by_round[-1]:.2f})",
+                    file=sys.stderr,
+                )
         table.add_row(
             str(row["model"]),
             str(row["server"]),

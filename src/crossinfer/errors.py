@@ -21,7 +21,8 @@
     ├── StoreError                 the results store cannot be opened, read or written
     ├── ReportError                a tune result file cannot be turned into a report
     ├── ProtocolError              a serving request the protocol refuses (``status``: HTTP status)
-    │   └── MethodNotAllowedError  405, with the method the route takes (``allowed``)
+    │   ├── MethodNotAllowedError  405, with the method the route takes (``allowed``)
+    │   └── ClientDisconnectedError  499: the client went away before its body arrived
     ├── ScaleOutError              Ray Serve cannot start, place or load a model's replicas
     ├── ServingError               the server cannot take or finish a request now (HTTP 503)
     │   ├── QueueFullError           the model's queue is full
@@ -152,6 +153,18 @@ class MethodNotAllowedError(ProtocolError):
     def __init__(self, message: str, allowed: str) -> None:
         super().__init__(405, message)
         self.allowed = allowed
+
+
+class ClientDisconnectedError(ProtocolError):
+    """499 (as nginx logs it): the client went away before its request body arrived.
+
+    There is no one to answer; the HTTP front ends stop the request without a response.
+    """
+
+    def __init__(
+        self, message: str = "the client went away before its request body arrived"
+    ) -> None:
+        super().__init__(499, message)
 
 
 class ScaleOutError(CrossinferError):

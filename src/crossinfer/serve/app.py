@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from crossinfer.errors import MethodNotAllowedError, ProtocolError
+from crossinfer.errors import ClientDisconnectedError, MethodNotAllowedError, ProtocolError
 from crossinfer.serve.events import log_event
 from crossinfer.serve.protocol import (
     HEADER_LENGTH,
@@ -30,7 +30,7 @@ from crossinfer.serve.protocol import (
 from crossinfer.serve.repository import ModelRepository, ServedModel
 from crossinfer.serve.shm import CUDA, SYSTEM, SharedMemoryRegistry, decode_raw_handle
 
-__all__ = ["DEFAULT_MAX_BODY_BYTES", "HttpApp"]
+__all__ = ["DEFAULT_MAX_BODY_BYTES", "HttpApp", "error_headers", "expect_method", "read_body"]
 
 DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 """Request bodies beyond this (before or after decompression) are refused with 413."""
@@ -47,10 +47,6 @@ _HEADER_LENGTH = HEADER_LENGTH.lower().encode()
 _COMPRESS_MIN_BYTES = 1024  # smaller responses are not worth compressing
 _OFFLOAD_BYTES = 64 * 1024  # JSON bodies (or compressed ones) larger than this parse in a thread
 _OFFLOAD_VALUES = 16 * 1024  # responses with more JSON numbers than this encode in a thread
-
-
-class _Disconnected(Exception):
-    """The client went away before its request body arrived: nothing to answer."""
 
 
 class HttpApp:
@@ -104,10 +100,10 @@ class HttpApp:
             if parts[0] != "v2":
                 raise ProtocolError(404, f"no route for {scope['path']}: the API lives under /v2")
             await self._route(method, parts[1:], scope, receive, send)
+        except ClientDisconnectedError:
+            pass  # no one to answer
         except ProtocolError as exc:
             await _send_error(send, exc.status, exc.message, scope, exc)
-        except _Disconnected:
-            pass
         except asyncio.CancelledError:
             if self._abort_reason is None:
                 raise  # the server is going away without a drain deadline: nothing to answer
@@ -125,11 +121,11 @@ class HttpApp:
     ) -> None:
         n = len(parts)
         if n == 0:
-            _expect(method, "GET", scope)
+            expect_method(method, "GET", scope)
             await _send_json(send, 200, server_metadata())
         elif parts[0] == "models" and n >= 2:
             if n == 2 and parts[1] == "stats":
-                _expect(method, "GET", scope)
+                expect_method(method, "GET", scope)
                 models = self.repository.ready_models()
                 await _send_json(send, 200, {"model_stats": [m.statistics() for m in models]})
                 return
@@ -141,7 +137,7 @@ class HttpApp:
                 version, rest = rest[1], rest[2:]
             await self._model_route(method, name, version, rest, scope, receive, send)
         elif parts[0] == "health" and n == 2 and parts[1] in ("live", "ready"):
-            _expect(method, "GET", scope)
+            expect_method(method, "GET", scope)
             ok = parts[1] == "live" or self.ready
             await _send_empty(send, 200 if ok else 503)
         elif parts[0] == "repository" and n >= 2:
@@ -165,10 +161,10 @@ class HttpApp:
     ) -> None:
         action = rest[0] if len(rest) == 1 else ("" if not rest else None)
         if action == "infer":
-            _expect(method, "POST", scope)
+            expect_method(method, "POST", scope)
             await self._infer(name, version, scope, receive, send)
         elif action == "ready":
-            _expect(method, "GET", scope)
+            expect_method(method, "GET", scope)
             try:
                 self.repository.get(name, version)
             except ProtocolError as exc:
@@ -176,13 +172,13 @@ class HttpApp:
                 return
             await _send_empty(send, 200)
         elif action == "":
-            _expect(method, "GET", scope)
+            expect_method(method, "GET", scope)
             await _send_json(send, 200, self.repository.get(name, version).metadata())
         elif action == "config":
-            _expect(method, "GET", scope)
+            expect_method(method, "GET", scope)
             await _send_json(send, 200, self.repository.get(name, version).config())
         elif action == "stats":
-            _expect(method, "GET", scope)
+            expect_method(method, "GET", scope)
             stats = self.repository.get(name, version).statistics()
             await _send_json(send, 200, {"model_stats": [stats]})
         else:
@@ -191,7 +187,7 @@ class HttpApp:
     async def _repository_route(
         self, method: str, parts: list[str], scope: Scope, receive: Receive, send: Send
     ) -> None:
-        _expect(method, "POST", scope)
+        expect_method(method, "POST", scope)
         body = await self._read_json_object(scope, receive)
         if parts == ["index"]:
             ready = body.get("ready", False)
@@ -232,10 +228,10 @@ class HttpApp:
             raise ProtocolError(404, f"no route for {scope['path']}")
         registry = self.shared_memory
         if action == "status":
-            _expect(method, "GET", scope)
+            expect_method(method, "GET", scope)
             await _send_json(send, 200, registry.status(kind, name or None))
         elif action == "register" and name:
-            _expect(method, "POST", scope)
+            expect_method(method, "POST", scope)
             body = await self._read_json_object(scope, receive)
             if kind == SYSTEM:
                 key = body.get("key")
@@ -261,7 +257,7 @@ class HttpApp:
                 )
             await _send_empty(send, 200)
         elif action == "unregister":
-            _expect(method, "POST", scope)
+            expect_method(method, "POST", scope)
             await self._read_body(scope, receive)  # empty by the protocol; drained all the same
             registry.unregister(kind, name or None)
             await _send_empty(send, 200)
@@ -325,36 +321,7 @@ class HttpApp:
     # --- bodies -------------------------------------------------------------------------------
 
     async def _read_body(self, scope: Scope, receive: Receive) -> bytes:
-        limit = self.max_body_bytes
-        for key, value in scope["headers"]:
-            if key == b"content-length" and value.isdigit() and int(value) > limit:
-                raise ProtocolError(
-                    413,
-                    f"request body is {int(value)} bytes, more than the limit of {limit} bytes "
-                    "(crossinfer serve --max-body-bytes)",
-                )
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        body: bytes = message.get("body", b"")
-        if not message.get("more_body", False):
-            return body
-        chunks = [body]
-        size = len(body)
-        while message.get("more_body", False):
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _Disconnected
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise ProtocolError(
-                    413,
-                    f"request body is more than the limit of {limit} bytes "
-                    "(crossinfer serve --max-body-bytes)",
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_body(scope, receive, self.max_body_bytes)
 
     async def _read_json_object(self, scope: Scope, receive: Receive) -> dict[str, Any]:
         body = await self._read_body(scope, receive)
@@ -403,9 +370,60 @@ def _total_bytes(outputs: dict[str, Any]) -> int:
     return sum(int(a.nbytes) for a in outputs.values())
 
 
-def _expect(method: str, allowed: str, scope: Scope) -> None:
+def expect_method(method: str, allowed: str, scope: Scope) -> None:
+    """Refuse a request whose method the route does not take: 405, with ``Allow``."""
     if method != allowed:
         raise MethodNotAllowedError(f"{scope['path']} takes {allowed}, not {method}", allowed)
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The request's whole body, refused with 413 once it passes ``limit`` bytes.
+
+    A Content-Length over the limit is refused before any of the body is read; a body without
+    one (chunked) is counted as it arrives. Raises ClientDisconnectedError when the client goes
+    away first. Shared by `serve`'s front end and `serve --ray`'s ingress.
+    """
+    for key, value in scope["headers"]:
+        if key == b"content-length" and value.isdigit() and int(value) > limit:
+            raise ProtocolError(
+                413,
+                f"request body is {int(value)} bytes, more than the limit of {limit} bytes "
+                "(crossinfer serve --max-body-bytes)",
+            )
+    message = await receive()
+    if message["type"] == "http.disconnect":
+        raise ClientDisconnectedError
+    body: bytes = message.get("body", b"")
+    size = len(body)
+    if size > limit:
+        raise _too_large(limit)
+    if not message.get("more_body", False):
+        return body
+    chunks = [body]
+    while message.get("more_body", False):
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnectedError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(limit: int) -> ProtocolError:
+    return ProtocolError(
+        413,
+        f"request body is more than the limit of {limit} bytes (crossinfer serve --max-body-bytes)",
+    )
+
+
+def error_headers(exc: ProtocolError | None) -> list[tuple[bytes, bytes]]:
+    """The headers of an ``{"error": ...}`` answer: JSON, and ``Allow`` on a 405."""
+    if isinstance(exc, MethodNotAllowedError):
+        return [*_JSON, (b"allow", exc.allowed.encode())]
+    return _JSON
 
 
 def _coding(accept: bytes) -> bytes:
@@ -464,10 +482,7 @@ async def _send_error(
 ) -> None:
     level = logging.WARNING if status >= 500 else logging.DEBUG
     log_event("http_error", level, path=scope["path"], status=status, error=message)
-    headers = _JSON
-    if isinstance(exc, MethodNotAllowedError):
-        headers = [*_JSON, (b"allow", exc.allowed.encode())]
-    await _send(send, status, headers, error_body(message))
+    await _send(send, status, error_headers(exc), error_body(message))
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

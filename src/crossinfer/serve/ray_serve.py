@@ -21,7 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crossinfer.errors import CrossinferError, ProtocolError, ScaleOutError, UsageError
+from crossinfer.errors import (
+    ClientDisconnectedError,
+    CrossinferError,
+    ProtocolError,
+    ScaleOutError,
+    UsageError,
+)
+from crossinfer.serve.app import error_headers, expect_method, read_body
 from crossinfer.serve.events import log_event
 from crossinfer.serve.protocol import SERVER_EXTENSIONS, error_body, server_metadata
 from crossinfer.serve.repository import ModelRepository, ModelSource
@@ -465,14 +472,16 @@ class _IngressApp:
         parts = scope["path"].strip("/").split("/")
         try:
             if parts == ["metrics"]:
-                _expect(method, "GET", scope)
+                expect_method(method, "GET", scope)
                 await self._metrics(send)
                 return
             if parts[0] != "v2":
                 raise ProtocolError(404, f"no route for {scope['path']}: the API lives under /v2")
             await self._route(method, parts[1:], scope, receive, send)
+        except ClientDisconnectedError:
+            pass  # no one to answer
         except ProtocolError as exc:
-            await _send(send, exc.status, _JSON, error_body(exc.message))
+            await _send(send, exc.status, error_headers(exc), error_body(exc.message))
         except Exception as exc:  # a bug answers 500 and the ingress keeps serving
             log_event("http_internal_error", logging.ERROR, path=scope["path"], error=repr(exc))
             message = f"internal error: {type(exc).__name__}: {exc}"
@@ -483,10 +492,10 @@ class _IngressApp:
     ) -> None:
         n = len(parts)
         if n == 0:
-            _expect(method, "GET", scope)
+            expect_method(method, "GET", scope)
             await _send_json(send, 200, {**server_metadata(), "extensions": list(_EXTENSIONS)})
         elif parts[0] == "health" and n == 2 and parts[1] in ("live", "ready"):
-            _expect(method, "GET", scope)
+            expect_method(method, "GET", scope)
             if parts[1] == "live":
                 await _send(send, 200, [], b"")
                 return
@@ -496,14 +505,14 @@ class _IngressApp:
             ready = "READY" in states and "LOADING" not in states
             await _send(send, 200 if ready else 503, [], b"")
         elif parts[0] == "models" and n == 2 and parts[1] == "stats":
-            _expect(method, "GET", scope)
+            expect_method(method, "GET", scope)
             stats = [_triton_entry(s) for s in await self._all_stats()]
             await _send_json(send, 200, {"model_stats": stats})
         elif parts[0] == "models" and n >= 2:
             await self._model_route(method, parts[1], parts[2:], scope, receive, send)
         elif parts == ["repository", "index"]:
-            _expect(method, "POST", scope)
-            await _read_body(scope, receive, self._max_body_bytes)
+            expect_method(method, "POST", scope)
+            await read_body(scope, receive, self._max_body_bytes)
             await _send_json(send, 200, await self._index())
         elif parts[0] == "repository":
             raise ProtocolError(
@@ -533,7 +542,7 @@ class _IngressApp:
             raise ProtocolError(404, f"unknown model '{name}': this server has {known}")
         action = rest[2:] if rest[:1] == ["versions"] else rest
         if action == ["stats"]:
-            _expect(method, "GET", scope)
+            expect_method(method, "GET", scope)
             if len(rest) == 3 and rest[1] != "1":
                 raise ProtocolError(404, f"model '{name}' has no version '{rest[1]}'")
             stats = await self._stats(name)
@@ -544,7 +553,7 @@ class _IngressApp:
             if state != "READY":
                 await _send(send, 400, [], b"")
                 return
-        body = await _read_body(scope, receive, self._max_body_bytes)
+        body = await read_body(scope, receive, self._max_body_bytes)
         status, headers, payload = await self._forward(handle, name, method, scope, body)
         await _send(send, status, headers, payload)
 
@@ -683,32 +692,6 @@ async def _send_json(send: Send, status: int, doc: Any) -> None:
     import json
 
     await _send(send, status, _JSON, json.dumps(doc, separators=(",", ":")).encode())
-
-
-def _expect(method: str, allowed: str, scope: Scope) -> None:
-    if method != allowed:
-        raise ProtocolError(405, f"{scope['path']} takes {allowed}, not {method}")
-
-
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ProtocolError(499, "the client went away")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise ProtocolError(
-                413,
-                f"request body is more than the limit of {limit} bytes "
-                "(crossinfer serve --max-body-bytes)",
-            )
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks)
 
 
 # --- the driver -----------------------------------------------------------------------------
