@@ -107,6 +107,11 @@ def recommend(
     missed = {k: tuple(constraints.violations(m)) for k, m in measured.items()}
     feasible = [k for k in measured if not missed[k] and values[k] is not None]
     pick_key = _best(feasible, values, measured, scorer)
+    turns = outcome.turns
+    if turns is not None and turns.pick in feasible:
+        pick_key = turns.pick  # the rounds in turns outrank the separate runs
+    else:
+        turns = None
 
     axes, points, ups = _front_points(measured, values, scorer, constraints)
     front = tuple(pareto_front(points, ups))
@@ -132,6 +137,8 @@ def recommend(
             reasons: tuple[str, ...] = (
                 f"best {scorer.objective.value} of the candidates that meet the constraints",
             )
+            if turns is not None:
+                reasons = (f"{reasons[0]}, decided in turns", turns.summary())
         elif missed[key]:
             status = REJECTED
             reasons = tuple(v.text for v in missed[key])
@@ -144,6 +151,14 @@ def recommend(
             reasons = _behind(
                 candidate, metrics, value, pick_key, values, scorer, points, ups, by_key, measured
             )
+            if turns is not None and key in turns.keys:
+                reasons = (turns.verdict_text(key), *reasons[1:])
+            elif turns is not None and scorer.better(value, values[pick_key] or 0.0):
+                reasons = (
+                    f"{reasons[0]} in one run; the pick was decided in turns among the best "
+                    f"{len(turns.keys)}, which this one was not among when they were chosen",
+                    *reasons[1:],
+                )
         result = CandidateResult(
             candidate, status, metrics, value, missed[key], key in front, reasons
         )
@@ -152,6 +167,12 @@ def recommend(
             pick = result
     nearest: tuple[CandidateResult, ...] = ()
     notes: list[str] = list(scorer.notes)
+    if turns is not None:
+        notes.append(
+            f"final ranking decided in turns: the best {len(turns.keys)} that meet the "
+            f"constraints measured in {turns.rounds} rounds, the order reversed each round"
+            f"{turns.load_text()}; {turns.pick} picked; each one's verdict is in its reasons"
+        )
     if pick is None and measured:
         ranked = sorted(
             (r for r in results if r.status == REJECTED),
