@@ -193,6 +193,38 @@ def test_a_candidate_that_fails_in_a_round_is_left_out_of_the_decision() -> None
     assert outcome.measured[b] is not None and outcome.measured[b].throughput == 120.0
 
 
+def test_an_int8_twin_in_the_same_turns_is_judged_by_them_not_by_optimize() -> None:
+    def variant(recipe: str, verdict: str) -> Variant:
+        return Variant(
+            target=Target("onnxruntime", "cpu"),
+            recipe=recipe,
+            precision=Precision.FP32,
+            model_path=Path(f"/m/{recipe}.onnx"),
+            model_sha256=recipe,
+            speed_verdict=verdict,
+        )
+
+    space = build_space(
+        [variant("fp32", ""), variant("int8", "within noise")], (8,), batchable=True, cores=1
+    )
+    fp32, int8 = (c.key for c in space.candidates)
+    script = Script(
+        {fp32: _metrics(63.0), int8: _metrics(45.0)},
+        {fp32: [_metrics(75.0), _metrics(112.0)], int8: [_metrics(46.0), _metrics(37.0)]},
+    )
+    outcome, _, decision = _decide(script, space)
+    assert decision is not None and decision.pick == fp32
+    reasons = recommend(space, outcome, Constraints(), Scorer(Objective.THROUGHPUT)).result(int8)
+    assert reasons.reasons[0].endswith(": slower")
+    # optimize's "within noise ... likely the machine's load" would contradict the turns here
+    assert not any("when optimize measured" in r for r in reasons.reasons)
+    # outside the turns, optimize's rounds are still the better evidence than one run each
+    rec = recommend(
+        space, exhaustive(space, script.search), Constraints(), Scorer(Objective.THROUGHPUT)
+    )
+    assert any("when optimize measured" in r for r in rec.result(int8).reasons)
+
+
 def test_a_real_tune_decides_in_turns(tmp_path: Path) -> None:
     """ONNX Runtime on zoo:mlp: the best two candidates measured in turns, fresh."""
     config = TuneConfig(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crossinfer.tune.constraints import Constraints, Metrics, Scorer, Violation
+from crossinfer.tune.in_turns import TurnsDecision
 from crossinfer.tune.pareto import dominated_by, pareto_front
 from crossinfer.tune.space import Candidate, Space
 from crossinfer.tune.strategies import SearchOutcome
@@ -149,7 +150,17 @@ def recommend(
             status = FEASIBLE
             assert pick_key is not None  # there is a feasible candidate: the pick exists
             reasons = _behind(
-                candidate, metrics, value, pick_key, values, scorer, points, ups, by_key, measured
+                candidate,
+                metrics,
+                value,
+                pick_key,
+                values,
+                scorer,
+                points,
+                ups,
+                by_key,
+                measured,
+                turns,
             )
             if turns is not None and key in turns.keys:
                 reasons = (turns.verdict_text(key), *reasons[1:])
@@ -251,6 +262,7 @@ def _behind(
     ups: tuple[bool, ...],
     by_key: Mapping[str, Candidate],
     measured: Mapping[str, Metrics],
+    turns: TurnsDecision | None = None,
 ) -> tuple[str, ...]:
     best = values[pick_key]
     assert best is not None
@@ -262,7 +274,7 @@ def _behind(
     beaten_by = dominated_by(candidate.key, points, ups)
     if not beaten_by and candidate.key in points:
         reasons.append("on the Pareto front: it trades the objective for a lower p99 or memory")
-    slower = _slower_than_fp32(candidate, metrics, by_key, measured)
+    slower = _slower_than_fp32(candidate, metrics, by_key, measured, turns)
     if slower:
         reasons.append(slower)
     return tuple(reasons)
@@ -273,6 +285,7 @@ def _slower_than_fp32(
     metrics: Metrics,
     by_key: Mapping[str, Candidate],
     measured: Mapping[str, Metrics],
+    turns: TurnsDecision | None = None,
 ) -> str:
     """ "INT8 slower here" when this precision lost to FP32 at the same setting, with the cause
     optimize named (no VNNI, ConvInteger, casts around FP16 kernels)."""
@@ -287,6 +300,10 @@ def _slower_than_fp32(
             and other.knobs == candidate.knobs
             and key in measured
         ):
+            if turns is not None and {key, candidate.key} <= set(turns.keys):
+                # both ran in tune's own turns: that verdict (the first reason) is the
+                # evidence, not optimize's rounds at another setting
+                return ""
             fp32 = measured[key].throughput
             if fp32 > 0 and metrics.throughput < fp32 * 0.95:
                 ratio = metrics.throughput / fp32
