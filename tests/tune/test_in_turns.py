@@ -160,6 +160,32 @@ def test_faster_in_every_round_keeps_the_pick() -> None:
     assert rec.result(b).status == PICK
 
 
+def test_a_tied_candidate_that_another_beats_beyond_noise_is_passed_over() -> None:
+    space, (a, b, c) = _space()
+    # a: the best median (110); b and c each within noise of it (their rounds straddle a's),
+    # but b beats c in both rounds by 10%; c has the lowest p99, so it is passed over for b
+    script = Script(
+        {a: _metrics(120.0), b: _metrics(110.0), c: _metrics(100.0)},
+        {
+            a: [_metrics(100.0, p99_ms=12.0), _metrics(120.0, p99_ms=12.0)],
+            b: [_metrics(115.0, p99_ms=11.0), _metrics(100.0, p99_ms=11.0)],
+            c: [_metrics(105.0, p99_ms=10.0), _metrics(90.0, p99_ms=10.0)],
+        },
+    )
+    _, group, decision = _decide(script, space, width=3)
+    assert group == [a, b, c] and decision is not None
+    # per round, whatever the order within it (a b c, then c b a)
+    assert script.calls == [a, b, c, c, b, a]
+    assert decision.goodness[c] == (105.0, 90.0)
+    assert decision.pick == b
+    assert decision.tie_break == (
+        "3 within noise of each other in turns: picked by the lower p99 per batch run (11.00 ms "
+        "against 12.00, 10.00), then lower memory, then fewer instances and the smaller batch "
+        f"({c} passed over: another beat it beyond noise)"
+    )
+    assert decision.verdict_text(c).endswith(": slower")
+
+
 def test_a_repeat_that_disagrees_with_the_search_beyond_the_spread_is_flagged() -> None:
     space, (a, b, c) = _space()
     # the "61.7 and 6.7 samples/s": the search's run and the turns a factor 9 apart

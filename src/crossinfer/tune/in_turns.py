@@ -211,7 +211,7 @@ def _pick(
     objective: str,
     by_key: Mapping[str, Candidate],
 ) -> tuple[str, str]:
-    """The best by median; the candidates within noise of it tie, broken by `_secondary`. A tied
+    """The best by median; the candidates within noise of it tie, broken by `secondary`. A tied
     candidate that another beats beyond noise is not picked (the best itself never is)."""
 
     def against(a: str, b: str) -> SpeedVerdict:
@@ -228,20 +228,27 @@ def _pick(
         return (first, m.peak_rss_mb, c.knobs.instances, c.batch_size)
 
     left = sorted(tied, key=secondary)
+    passed_over = []
     while True:
         pick = left[0]
         if not any(against(pick, k) is SpeedVerdict.FASTER for k in keys if k != pick):
             break
-        left.pop(0)
+        passed_over.append(left.pop(0))
+    others = [k for k in tied if k != pick]
     if objective == "latency":
-        figures = ", ".join(f"{merged[k].throughput:,.1f}" for k in left[1:])
+        figures = ", ".join(f"{merged[k].throughput:,.1f}" for k in others)
         rule = f"the higher throughput ({merged[pick].throughput:,.1f} samples/s against {figures})"
     else:
-        figures = ", ".join(f"{merged[k].p99_ms:.2f}" for k in left[1:])
+        figures = ", ".join(f"{merged[k].p99_ms:.2f}" for k in others)
         rule = f"the lower p99 per batch run ({merged[pick].p99_ms:.2f} ms against {figures})"
+    skipped = (
+        f" ({', '.join(passed_over)} passed over: another beat it beyond noise)"
+        if passed_over
+        else ""
+    )
     return pick, (
         f"{len(tied)} within noise of each other in turns: picked by {rule}, then lower memory, "
-        "then fewer instances and the smaller batch"
+        f"then fewer instances and the smaller batch{skipped}"
     )
 
 
