@@ -95,6 +95,63 @@ def test_openvino_read_back_is_what_the_compiled_model_reports(linear_path: Path
         session.close()
 
 
+# Run in a child: oneDNN reads ONEDNN_MAX_CPU_ISA once, when OpenVINO's CPU plugin loads
+_LIMITED_ISA_CHILD = """
+import json, sys
+import openvino as ov
+from crossinfer.backends.base import Precision, SessionOptions
+from crossinfer.backends.openvino import OpenVinoBackend
+from crossinfer.model import load_model
+from crossinfer.ran_precision import precision_that_ran
+caps = ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+session = OpenVinoBackend().prepare(
+    load_model(sys.argv[1]), "cpu", SessionOptions(precision=Precision.FP16)
+)
+ran, why = precision_that_ran(Precision.FP16, session.describe())
+session.close()
+print(json.dumps({"caps": list(caps), "ran": ran.value, "why": why}))
+"""
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("openvino") is None, reason="needs crossinfer[openvino]"
+)
+def test_openvino_on_a_cpu_limited_to_avx512_core_runs_an_fp16_hint_at_another_precision(
+    linear_path: Path,
+) -> None:
+    """A real read-back, not a faked one: oneDNN's documented ONEDNN_MAX_CPU_ISA=AVX512_CORE
+    makes OpenVINO (2026.4) drop FP16 from the CPU's capabilities, as on a CPU without
+    AVX512_FP16/AMX-FP16, and compile an f16 hint as bf16 (or f32 where there is no BF16).
+
+    A CPU without BF16 cannot be made so: OpenVINO keeps BF16 in its capabilities whatever the
+    limit (its own CPUID check), and with ONEDNN_MAX_CPU_ISA=AVX2 a bf16 hint fails to compile
+    ("could not create a primitive descriptor"); the FP32-only path stays tested with faked
+    read-backs above."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"}
+    child = subprocess.run(
+        [sys.executable, "-c", _LIMITED_ISA_CHILD, str(linear_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    found = json.loads(child.stdout.strip().splitlines()[-1])
+    assert "FP16" not in found["caps"]  # the limit took: no FP16 kernels on this "CPU"
+    expected = Precision.BF16 if "BF16" in found["caps"] else Precision.FP32
+    assert found["ran"] == expected.value
+    hint = expected.value.replace("fp", "f")  # OpenVINO's element names: bf16, f32
+    assert found["why"] == (
+        f"the compiled model's INFERENCE_PRECISION_HINT reads back {hint}: the runtime "
+        f"compiled the fp16 hint as {hint} on this device"
+    )
+
+
 def test_tune_drops_a_bf16_variant_that_ran_fp32(linear_path: Path, tmp_path: Path) -> None:
     from crossinfer.backends.base import Target
     from crossinfer.passes.pipeline import Measurement, OptimizeReport, StepReport

@@ -399,5 +399,7 @@ def validate_feeds(
                 f"{model}: input '{name}' expects shape {spec.shape_str()} ({spec.dtype}), "
                 f"got {list(array.shape)}"
             )
-        out[name] = np.ascontiguousarray(array)
+        # np.require, not np.ascontiguousarray: the latter turns a 0-d input (CumSum's axis,
+        # a scalar position) into shape [1], which the model then rejects or broadcasts wrongly
+        out[name] = np.require(array, requirements="C")
     return out

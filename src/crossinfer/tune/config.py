@@ -35,7 +35,11 @@ class TuneConfig:
     calibration: str | None = None  # None: the zoo model's data set, else synthetic (said so)
     dataset: Path | None = None  # labelled .npz; None: the zoo model's, if it has one
     fresh: bool = False  # ignore stored measurements
-    confirm: int = 3  # the best this many are measured a second time; the mean counts
+    # the best this many (that meet the constraints) are measured again in turns and the pick
+    # read from the rounds (tune.in_turns); with turn_rounds 0, measured once more, the mean counts
+    confirm: int = 3
+    turn_rounds: int = 2
+    turn_within: float = 1.5  # only those within this factor of the best are measured in turns
     variants_dir: Path | None = None  # where optimized models go; None: OUT/variants
     timeout_s: float = 600.0
 

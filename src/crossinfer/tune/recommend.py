@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from crossinfer.tune.constraints import Constraints, Metrics, Scorer, Violation
+from crossinfer.tune.in_turns import TurnsDecision
 from crossinfer.tune.pareto import dominated_by, pareto_front
 from crossinfer.tune.space import Candidate, Space
 from crossinfer.tune.strategies import SearchOutcome
@@ -107,6 +108,11 @@ def recommend(
     missed = {k: tuple(constraints.violations(m)) for k, m in measured.items()}
     feasible = [k for k in measured if not missed[k] and values[k] is not None]
     pick_key = _best(feasible, values, measured, scorer)
+    turns = outcome.turns
+    if turns is not None and turns.pick in feasible:
+        pick_key = turns.pick  # the rounds in turns outrank the separate runs
+    else:
+        turns = None
 
     axes, points, ups = _front_points(measured, values, scorer, constraints)
     front = tuple(pareto_front(points, ups))
@@ -132,6 +138,8 @@ def recommend(
             reasons: tuple[str, ...] = (
                 f"best {scorer.objective.value} of the candidates that meet the constraints",
             )
+            if turns is not None:
+                reasons = (f"{reasons[0]}, decided in turns", turns.summary())
         elif missed[key]:
             status = REJECTED
             reasons = tuple(v.text for v in missed[key])
@@ -142,8 +150,26 @@ def recommend(
             status = FEASIBLE
             assert pick_key is not None  # there is a feasible candidate: the pick exists
             reasons = _behind(
-                candidate, metrics, value, pick_key, values, scorer, points, ups, by_key, measured
+                candidate,
+                metrics,
+                value,
+                pick_key,
+                values,
+                scorer,
+                points,
+                ups,
+                by_key,
+                measured,
+                turns,
             )
+            if turns is not None and key in turns.keys:
+                reasons = (turns.verdict_text(key), *reasons[1:])
+            elif turns is not None and scorer.better(value, values[pick_key] or 0.0):
+                reasons = (
+                    f"{reasons[0]} in one run; the pick was decided in turns among the best "
+                    f"{len(turns.keys)}, which this one was not among when they were chosen",
+                    *reasons[1:],
+                )
         result = CandidateResult(
             candidate, status, metrics, value, missed[key], key in front, reasons
         )
@@ -152,6 +178,12 @@ def recommend(
             pick = result
     nearest: tuple[CandidateResult, ...] = ()
     notes: list[str] = list(scorer.notes)
+    if turns is not None:
+        notes.append(
+            f"final ranking decided in turns: the best {len(turns.keys)} that meet the "
+            f"constraints measured in {turns.rounds} rounds, the order reversed each round"
+            f"{turns.load_text()}; {turns.pick} picked; each one's verdict is in its reasons"
+        )
     if pick is None and measured:
         ranked = sorted(
             (r for r in results if r.status == REJECTED),
@@ -230,6 +262,7 @@ def _behind(
     ups: tuple[bool, ...],
     by_key: Mapping[str, Candidate],
     measured: Mapping[str, Metrics],
+    turns: TurnsDecision | None = None,
 ) -> tuple[str, ...]:
     best = values[pick_key]
     assert best is not None
@@ -241,7 +274,7 @@ def _behind(
     beaten_by = dominated_by(candidate.key, points, ups)
     if not beaten_by and candidate.key in points:
         reasons.append("on the Pareto front: it trades the objective for a lower p99 or memory")
-    slower = _slower_than_fp32(candidate, metrics, by_key, measured)
+    slower = _slower_than_fp32(candidate, metrics, by_key, measured, turns)
     if slower:
         reasons.append(slower)
     return tuple(reasons)
@@ -252,6 +285,7 @@ def _slower_than_fp32(
     metrics: Metrics,
     by_key: Mapping[str, Candidate],
     measured: Mapping[str, Metrics],
+    turns: TurnsDecision | None = None,
 ) -> str:
     """ "INT8 slower here" when this precision lost to FP32 at the same setting, with the cause
     optimize named (no VNNI, ConvInteger, casts around FP16 kernels)."""
@@ -266,6 +300,10 @@ def _slower_than_fp32(
             and other.knobs == candidate.knobs
             and key in measured
         ):
+            if turns is not None and {key, candidate.key} <= set(turns.keys):
+                # both ran in tune's own turns: that verdict (the first reason) is the
+                # evidence, not optimize's rounds at another setting
+                return ""
             fp32 = measured[key].throughput
             if fp32 > 0 and metrics.throughput < fp32 * 0.95:
                 ratio = metrics.throughput / fp32

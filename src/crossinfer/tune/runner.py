@@ -38,10 +38,11 @@ from crossinfer.store import ResultStore
 from crossinfer.tensor_specs import batchable as inputs_batchable
 from crossinfer.tune.config import DEFAULT_BATCH_SIZES, DEFAULT_PRECISIONS, TuneConfig, wanted
 from crossinfer.tune.constraints import Metrics, Objective, Scorer, cost_per_million
+from crossinfer.tune.in_turns import decide_in_turns, turn_group
 from crossinfer.tune.recommend import CandidateResult, Recommendation, rank_for, recommend
 from crossinfer.tune.resume import find_stored
 from crossinfer.tune.space import Candidate, Pruned, Space, Variant, build_space
-from crossinfer.tune.strategies import SearchOutcome, search
+from crossinfer.tune.strategies import SearchOutcome, confirm_best, search
 from crossinfer.tune.variants import (
     AGREEMENT_SAMPLES,
     calibration_for,
@@ -80,7 +81,7 @@ class TuneResult:
     json_path: Path | None = None
     stored_ids: list[int] = field(default_factory=list)
     started_at: str = ""
-    runs: int = 0  # measurements taken or read back, confirmations included
+    runs: int = 0  # measurements taken or read back, confirmations and turns included
     # set-up seconds (compiles, captures) of every measurement this tune took, confirmations too
     compile_s_total: float = 0.0
     # hardware not present, predicted (crossinfer.predict): one row per catalog device
@@ -135,6 +136,7 @@ class TuneResult:
             "compile_s_total": self.compile_s_total,
             "search_path": list(self.outcome.path),
             "confirmed": list(self.outcome.confirmed),
+            "turns": self.outcome.turns.to_dict() if self.outcome.turns else None,
             "runs": self.runs,
             "recommendation": self.recommendation.to_dict(),
             "naive_default": NAIVE_DEFAULT if self.baseline else None,
@@ -225,16 +227,20 @@ def tune(
         say,
     )
     seed = [c for c in space.candidates if c.key == NAIVE_DEFAULT]
+    rank = rank_for(config.constraints, scorer)
+    in_turns = config.turn_rounds > 0 and config.confirm > 1
     outcome = search(
         config.strategy,
         space,
         measurer,
-        rank_for(config.constraints, scorer),
+        rank,
         budget=config.budget,
         latency_first=config.objective is Objective.LATENCY,
         seed=seed,
-        confirm=config.confirm,
+        confirm=0 if in_turns else config.confirm,
     )
+    if in_turns:
+        _final_ranking(outcome, space, measurer, rank, scorer, config, say)
     timings["search"] = time.perf_counter() - clock
     recommendation = recommend(space, outcome, config.constraints, scorer, measurer.failures)
 
@@ -258,6 +264,41 @@ def tune(
     )
     write_outputs(result, out_dir)
     return result
+
+
+def _final_ranking(
+    outcome: SearchOutcome,
+    space: Space,
+    measurer: _Measurer,
+    rank: Callable[[Metrics], tuple[float, float]],
+    scorer: Scorer,
+    config: TuneConfig,
+    say: Event,
+) -> None:
+    """The best few that meet the constraints measured in turns, fresh (never read back from the
+    store), and the pick read from the rounds; with fewer than two of them, the best are
+    measured once more instead (confirm_best: the nearest misses, when nothing meets them)."""
+
+    def goodness(metrics: Metrics) -> float | None:
+        value = scorer.value(metrics)
+        if value is None or value <= 0:
+            return None
+        return value if config.objective.higher_is_better else 1.0 / value
+
+    group = turn_group(outcome, space, rank, goodness, config.confirm, config.turn_within)
+    if len(group) < 2:
+        confirm_best(outcome, space, measurer, rank, count=config.confirm)
+        return
+    decide_in_turns(
+        outcome,
+        space,
+        lambda candidate: measurer(candidate, fresh=True),
+        goodness,
+        group,
+        objective=config.objective.value,
+        rounds=config.turn_rounds,
+        say=say,
+    )
 
 
 def _predicted(
@@ -409,9 +450,10 @@ class _Measurer:
         self.count = 0
         self.compile_s_total = 0.0  # set-up seconds of the measurements taken (not read back)
 
-    def __call__(self, candidate: Candidate) -> Metrics | None:
+    def __call__(self, candidate: Candidate, *, fresh: bool = False) -> Metrics | None:
+        """`fresh`: measure even when the store has a figure (the runs in turns)."""
         self.count += 1
-        if self._store is not None and not self._config.fresh:
+        if self._store is not None and not self._config.fresh and not fresh:
             stored = find_stored(
                 self._store,
                 candidate,

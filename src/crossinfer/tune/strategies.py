@@ -12,10 +12,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from crossinfer.errors import UsageError
 from crossinfer.tune.constraints import Metrics, merge_metrics
 from crossinfer.tune.space import Candidate, Space, Variant
+
+if TYPE_CHECKING:
+    from crossinfer.tune.in_turns import TurnsDecision
 
 STRATEGIES = ("quick", "exhaustive")
 
@@ -42,6 +46,7 @@ class SearchOutcome:
     budget: int | None = None
     path: list[str] = field(default_factory=list)  # quick: the climb's moves, start to end
     confirmed: list[str] = field(default_factory=list)  # measured twice: the mean counts
+    turns: TurnsDecision | None = None  # the best few measured in turns (tune.in_turns)
 
 
 def search(
