@@ -19,6 +19,7 @@ from crossinfer.errors import (
     QueueTimeoutError,
 )
 from crossinfer.model import TensorSpec, load_model
+from crossinfer.serve import batcher as batcher_module
 from crossinfer.serve.batcher import (
     DynamicBatcher,
 )
@@ -328,6 +329,42 @@ def test_event_loop_stays_responsive_while_a_session_computes() -> None:
 
     assert run(main()) == 5
     assert released_by_ticker == [True]
+
+
+@pytest.mark.parametrize(
+    ("device", "sleep_s", "limit_ns", "inline"),
+    [
+        ("cpu", 0.0, 10**10, True),  # fast on the CPU: on the loop after its first run
+        ("cpu", 0.02, 1_000_000, False),  # a run beyond the limit stays on the thread
+        ("cuda", 0.0, 10**10, False),  # device sessions always keep their thread
+    ],
+)
+def test_a_fast_lone_cpu_batch_runs_on_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch, device: str, sleep_s: float, limit_ns: int, inline: bool
+) -> None:
+    monkeypatch.setattr(batcher_module, "INLINE_MAX_NS", limit_ns)
+    threads: list[int] = []
+
+    def record() -> None:
+        threads.append(threading.get_ident())
+        if sleep_s:
+            threading.Event().wait(sleep_s)
+
+    session = FakeSession(hook=record)
+    session.target = Target("fake", device)
+
+    async def main() -> list[float]:
+        batcher = await started(DynamicBatcher([session], BatchingSpec(max_batch_size=4)))
+        values = [float((await batcher.infer(x(float(i))))["y"][0, 0]) for i in range(3)]
+        stats = batcher.stats()
+        await batcher.stop()
+        assert stats.success.count == 3 and stats.execution_count == 3
+        return values
+
+    loop_thread = threading.get_ident()  # asyncio.run's loop runs on this thread
+    assert run(main()) == [0.0, 2.0, 4.0]
+    assert threads[0] != loop_thread  # the first run of a kind is always measured on the thread
+    assert [t == loop_thread for t in threads[1:]] == [inline, inline]
 
 
 def test_real_onnxruntime_session_batches_and_matches_unbatched_results() -> None:
