@@ -911,7 +911,11 @@ class _DeviceLane(_LaunchingLane):
             # one buffer: the gather for a batch launched ahead is queued on the compute stream
             # behind the compute that read the previous rows
             buffers = self._buffers
-            index = torch.as_tensor(list(key), dtype=torch.long, device=session.device)
+            index = torch.as_tensor(key, dtype=torch.long)
+            if self._cuda:
+                # from pinned memory, asynchronously: a pageable copy would hold this thread
+                # until the batch launched before it has finished computing
+                index = index.pin_memory().to(session.device, non_blocking=True)
             for name, pool in self._staged.pool.items():
                 out = _grown(buffers, name, pool, n, device=session.device)
                 feeds[name] = torch.index_select(pool, 0, index, out=out)
