@@ -111,7 +111,9 @@ def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
 
 def summarize(results: list[dict[str, Any]], total: int) -> dict[str, Any]:
     by_backend: dict[str, Any] = {}
-    for backend in sorted({r["backend"] for r in results}, key=(*BACKENDS, *OPTIONAL_BACKENDS).index):
+    for backend in sorted(
+        {r["backend"] for r in results}, key=(*BACKENDS, *OPTIONAL_BACKENDS).index
+    ):
         rows = [r for r in results if r["backend"] == backend]
         counts = Counter(r["outcome"] for r in rows)
         ops: Counter[str] = Counter()

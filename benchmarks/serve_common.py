@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -246,6 +247,48 @@ def v2_json_body(inputs: Mapping[str, np.ndarray]) -> dict[str, Any]:
             for n, a in inputs.items()
         ]
     }
+
+
+def v2_binary_body(name: str, x: np.ndarray) -> tuple[bytes, int]:
+    """A KServe v2 request with `x` as Triton's binary tensor extension (FP32) and the output
+    `logits` asked back binary: the body, and its JSON header's length (the value of the
+    Inference-Header-Content-Length header)."""
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "shape": list(x.shape),
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    return header + x.tobytes(), len(header)
+
+
+def run_h2load(cmd: Sequence[str], seconds: int) -> dict[str, float]:
+    """Run an h2load command line (time-bounded by its -D): req/s, and the requests not 2xx."""
+    done = subprocess.run(
+        list(cmd), capture_output=True, text=True, timeout=seconds + 60, check=False
+    )
+    rate = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", done.stdout)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", done.stdout)
+    if done.returncode != 0 or rate is None or codes is None:
+        raise RuntimeError(f"h2load failed ({done.returncode}): {done.stdout[-800:]}")
+    return {"rps": float(rate.group(1)), "non_2xx": float(sum(int(g) for g in codes.groups()[1:]))}
+
+
+def spread(values: Sequence[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def round_ratio(top: Mapping[int, float], bottom: Mapping[int, float]) -> dict[str, float]:
+    """top / bottom of the same round (rounds where either is missing are left out)."""
+    values = [top[r] / bottom[r] for r in top if bottom.get(r)]
+    return spread(values) if values else {"median": float("nan"), "min": 0.0, "max": 0.0}
 
 
 def wrk(

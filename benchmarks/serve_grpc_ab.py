@@ -33,11 +33,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import urllib.request
@@ -49,7 +46,16 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from serve_common import RESULTS, Serve, crossinfer_serve, machine  # a sibling script
+from serve_common import (  # a sibling script
+    RESULTS,
+    Serve,
+    crossinfer_serve,
+    machine,
+    round_ratio,
+    run_h2load,
+    spread,
+    v2_binary_body,
+)
 
 PROBE_MODES = ("echo", "decode", "batcher", "full")
 
@@ -155,22 +161,10 @@ def _bodies(workdir: Path, model: str, name: str, width: int) -> dict[str, Path]
     from crossinfer.serve import grpc_messages as pb
 
     x = np.full((1, width), 0.5, np.float32)
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": name,
-                    "shape": [1, width],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
+    body, header_length = v2_binary_body(name, x)
     bodies = {"http": workdir / "http.bin"}
-    bodies["http"].write_bytes(header + x.tobytes())
-    (workdir / "http.len").write_text(str(len(header)))
+    bodies["http"].write_bytes(body)
+    (workdir / "http.len").write_text(str(header_length))
     for mode in PROBE_MODES:
         request: Any = pb.new("ModelInferRequest", model_name=model, id=mode)
         request.inputs.add(name=name, datatype="FP32", shape=[1, width])
@@ -199,12 +193,7 @@ def h2load(
     else:
         cmd += ["-H", "Content-Type: application/grpc", "-H", "TE: trailers"]
         cmd += [f"http://{serve.grpc}/inference.GRPCInferenceService/ModelInfer"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    rate = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", done.stdout)
-    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", done.stdout)
-    if done.returncode != 0 or rate is None or codes is None:
-        raise RuntimeError(f"h2load failed ({done.returncode}): {done.stdout[-800:]}")
-    return {"rps": float(rate.group(1)), "non_2xx": float(sum(int(g) for g in codes.groups()[1:]))}
+    return run_h2load(cmd, seconds)
 
 
 def _served(serve: Serve, model: str) -> tuple[float, int, int]:
@@ -214,10 +203,6 @@ def _served(serve: Serve, model: str) -> tuple[float, int, int]:
     fields = Path(f"/proc/{serve.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return cpu, int(stats["success"]["count"]), int(stats["fail"]["count"])
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
 def main() -> None:
@@ -301,32 +286,26 @@ def main() -> None:
         if front.startswith("grpc") and key.endswith("req/s"):
             http = samples.get(f"{label} http {rest}")
             if http:
-                ratios[f"{label} {front}/http {rest}"] = _ratio(values, http)
+                ratios[f"{label} {front}/http {rest}"] = round_ratio(values, http)
         if key.startswith("new ") and f"base {key[4:]}" in samples:
-            ratios[f"new/base {key[4:]}"] = _ratio(values, samples[f"base {key[4:]}"])
+            ratios[f"new/base {key[4:]}"] = round_ratio(values, samples[f"base {key[4:]}"])
         if key.startswith("sync grpc ") and f"new {key[5:]}" in samples:
-            ratios[f"sync/new {key[5:]}"] = _ratio(values, samples[f"new {key[5:]}"])
+            ratios[f"sync/new {key[5:]}"] = round_ratio(values, samples[f"new {key[5:]}"])
     report: dict[str, Any] = {
         "benchmark": "serve_grpc_ab",
         "machine": machine(),
         "client": f"h2load -D {args.seconds} --warm-up-time 1 -cN -m1, binary tensors both ways",
         "server": f"crossinfer serve {args.model} --threads {args.threads}",
-        "load_average_1min": _spread(loads),
+        "load_average_1min": spread(loads),
         "rounds": args.rounds,
         "ratios": ratios,
-        "figures": {k: {**_spread(list(v.values())), "by_round": v} for k, v in samples.items()},
+        "figures": {k: {**spread(list(v.values())), "by_round": v} for k, v in samples.items()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     for key, value in [*ratios.items(), *sorted(report["figures"].items())]:
         print(f"{key}: {value['median']:.2f} ({value['min']:.2f}-{value['max']:.2f})")
     print(f"load average {min(loads):.1f}-{max(loads):.1f}; written {args.out}")
-
-
-def _ratio(top: dict[int, float], bottom: dict[int, float]) -> dict[str, float]:
-    """top / bottom of the same round (rounds where either is missing are left out)."""
-    values = [top[r] / bottom[r] for r in top if bottom.get(r)]
-    return _spread(values) if values else {"median": float("nan"), "min": 0.0, "max": 0.0}
 
 
 if __name__ == "__main__":

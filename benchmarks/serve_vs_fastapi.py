@@ -27,10 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,6 +51,10 @@ from serve_common import (  # a sibling script, not a package
     free_port,
     listeners,
     machine,
+    round_ratio,
+    run_h2load,
+    spread,
+    v2_binary_body,
     wait_http_ok,
 )
 
@@ -181,22 +183,13 @@ def _bodies(workdir: Path, name: str, width: int) -> dict[str, tuple[Path, int |
     x = np.full((1, width), 0.5, np.float32)
     plain = {"inputs": [{"name": name, "shape": [1, width], "datatype": "FP32"}]}
     plain["inputs"][0]["data"] = x.ravel().tolist()
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": name,
-                    "shape": [1, width],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes},
-                }
-            ],
-            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
+    body, header_length = v2_binary_body(name, x)
     (workdir / "json.body").write_text(json.dumps(plain))
-    (workdir / "binary.body").write_bytes(header + x.tobytes())
-    return {"json": (workdir / "json.body", None), "binary": (workdir / "binary.body", len(header))}
+    (workdir / "binary.body").write_bytes(body)
+    return {
+        "json": (workdir / "json.body", None),
+        "binary": (workdir / "binary.body", header_length),
+    }
 
 
 def h2load(
@@ -213,24 +206,7 @@ def h2load(
     else:
         cmd += ["-H", f"Inference-Header-Content-Length: {header_length}"]
         cmd += ["-H", "Content-Type: application/octet-stream"]
-    done = subprocess.run(
-        [*cmd, url], capture_output=True, text=True, timeout=seconds + 60, check=False
-    )
-    rate = re.search(r"finished in [\d.]+\w*, ([\d.]+) req/s", done.stdout)
-    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", done.stdout)
-    if done.returncode != 0 or rate is None or codes is None:
-        raise RuntimeError(f"h2load failed ({done.returncode}): {done.stdout[-800:]}")
-    return {"rps": float(rate.group(1)), "non_2xx": float(sum(int(g) for g in codes.groups()[1:]))}
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def _ratio(top: dict[int, float], bottom: dict[int, float]) -> dict[str, float]:
-    """top / bottom of the same round (rounds where either is missing are left out)."""
-    values = [top[r] / bottom[r] for r in top if bottom.get(r)]
-    return _spread(values) if values else {"median": float("nan"), "min": 0.0, "max": 0.0}
+    return run_h2load([*cmd, url], seconds)
 
 
 def main() -> None:
@@ -296,9 +272,9 @@ def main() -> None:
     for key, values in sorted(samples.items()):
         label, rest = key.split(" ", 1)
         if label == "crossinfer" and f"fastapi {rest}" in samples:
-            ratios[f"crossinfer/fastapi {rest}"] = _ratio(values, samples[f"fastapi {rest}"])
+            ratios[f"crossinfer/fastapi {rest}"] = round_ratio(values, samples[f"fastapi {rest}"])
         if label == "crossinfer" and f"base {rest}" in samples:
-            ratios[f"new/base {rest}"] = _ratio(values, samples[f"base {rest}"])
+            ratios[f"new/base {rest}"] = round_ratio(values, samples[f"base {rest}"])
     report: dict[str, Any] = {
         "benchmark": "serve_vs_fastapi",
         "machine": machine(),
@@ -308,10 +284,10 @@ def main() -> None:
             "fastapi": "FastAPI async route, uvicorn httptools+uvloop, 1 worker, ORT intra/inter 1",
             **({"base": f"crossinfer serve from {args.base_src}"} if args.base_src else {}),
         },
-        "load_average_1min": _spread(loads),
+        "load_average_1min": spread(loads),
         "rounds": args.rounds,
         "ratios": ratios,
-        "figures": {k: {**_spread(list(v.values())), "by_round": v} for k, v in samples.items()},
+        "figures": {k: {**spread(list(v.values())), "by_round": v} for k, v in samples.items()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
