@@ -531,14 +531,7 @@ def fuse_conv_relu_chains(module: fx.GraphModule) -> int:
             graph.erase_node(node)
             fused += 1
             continue
-        add = _module_of(module, user)
-        if (
-            type(add).__name__ != "OnnxBinaryMathOperation"
-            or getattr(add, "math_op_function", None) is not torch.add
-            or getattr(add, "broadcast", None) == 1
-            or len(user.args) != 2
-            or len(user.users) != 1
-        ):
+        if _binary_op(module, user) is not torch.add or len(user.users) != 1:
             continue
         (relu,) = user.users
         if not isinstance(_module_of(module, relu), nn.ReLU):
@@ -635,11 +628,8 @@ def _attention_chain(
         return next(iter(node.users)) if len(node.users) == 1 else None
 
     step = only_user(scores)
-    op = _module_of(module, step) if step is not None else None
-    function = getattr(op, "math_op_function", None)
-    if step is None or type(op).__name__ != "OnnxBinaryMathOperation" or len(step.args) != 2:
-        return None
-    if step.args[0] is not scores or getattr(op, "broadcast", None) == 1:
+    function = _binary_op(module, step)
+    if step is None or function is None or step.args[0] is not scores:
         return None
     constant = _constant(module, step.args[1])
     if constant is None or constant.numel() != 1 or not constant.is_floating_point():
@@ -654,21 +644,13 @@ def _attention_chain(
     mask: fx.Node | None = None
     scaled = step
     step = only_user(scaled)
-    op = _module_of(module, step) if step is not None else None
-    if (
-        step is not None
-        and type(op).__name__ == "OnnxBinaryMathOperation"
-        and getattr(op, "math_op_function", None) is torch.add
-        and getattr(op, "broadcast", None) != 1
-        and len(step.args) == 2
-    ):
+    if step is not None and _binary_op(module, step) is torch.add:
         other = step.args[1] if step.args[0] is scaled else step.args[0]
         if not isinstance(other, fx.Node) or other is scaled:
             return None
         mask = other
         step = only_user(step)
-        op = _module_of(module, step) if step is not None else None
-    if step is None or not _last_axis_softmax(op):
+    if step is None or not _last_axis_softmax(_module_of(module, step)):
         return None
     softmax = step
     out = only_user(softmax)
@@ -715,13 +697,7 @@ def fuse_matmul_bias(module: fx.GraphModule) -> int:
         if len(node.users) != 1:
             continue
         (add,) = node.users
-        op = _module_of(module, add)
-        if (
-            type(op).__name__ != "OnnxBinaryMathOperation"
-            or getattr(op, "math_op_function", None) is not torch.add
-            or getattr(op, "broadcast", None) == 1
-            or len(add.args) != 2
-        ):
+        if _binary_op(module, add) is not torch.add:
             continue
         other = add.args[1] if add.args[0] is node else add.args[0]
         bias = _constant(module, other)
@@ -738,6 +714,18 @@ def fuse_matmul_bias(module: fx.GraphModule) -> int:
     if fused:
         _rewritten(module, dead_code=True)
     return fused
+
+
+def _binary_op(module: fx.GraphModule, node: fx.Node | None) -> Callable[..., Any] | None:
+    """The torch function of an onnx2torch Add/Sub/Mul/Div node with two inputs and numpy-style
+    broadcasting (not opset 1-6's `broadcast=1` with an axis); None for any other node."""
+    op = _module_of(module, node) if node is not None else None
+    if type(op).__name__ != "OnnxBinaryMathOperation" or getattr(op, "broadcast", None) == 1:
+        return None
+    if node is None or len(node.args) != 2:
+        return None
+    function: Callable[..., Any] | None = getattr(op, "math_op_function", None)
+    return function
 
 
 def _rewritten(module: fx.GraphModule, *, dead_code: bool) -> None:
