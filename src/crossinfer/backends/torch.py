@@ -880,10 +880,7 @@ def _read_back(session: TorchSession, launched: _Launched, stream: Any) -> dict[
             value = launched.outputs[spec.name]
             if value.is_cuda:
                 value.record_stream(stream)  # made on the compute stream, read on this one
-            if value.dtype == torch.bfloat16:
-                value = value.float()  # numpy has no bfloat16
-            out = torch.empty(value.shape, dtype=value.dtype, pin_memory=value.is_cuda)
-            host[spec.name] = out.copy_(value, non_blocking=True)
+            host[spec.name] = _start_download(value)
     stream.synchronize()
     return {name: tensor.numpy() for name, tensor in host.items()}
 
@@ -1099,11 +1096,20 @@ def _to_numpy(value: torch.Tensor, spec: TensorSpec) -> np.ndarray:
         target = torch.float32  # numpy has no bfloat16: hand back FP32
     value = value.to(target)
     if value.device.type == "cuda":
-        host = torch.empty(value.shape, dtype=value.dtype, pin_memory=True)
-        host.copy_(value, non_blocking=True)
+        host = _start_download(value)
         torch.cuda.current_stream(value.device).synchronize()
         return host.numpy()
     return np.asarray(value.cpu().numpy())
+
+
+def _start_download(value: torch.Tensor) -> torch.Tensor:
+    """A host copy of `value`, started on the current stream: into pinned memory, asynchronously,
+    from a CUDA device (the caller synchronizes before reading it); BF16 comes back as FP32,
+    numpy having no bfloat16."""
+    if value.dtype == torch.bfloat16:
+        value = value.float()
+    host = torch.empty(value.shape, dtype=value.dtype, pin_memory=value.is_cuda)
+    return host.copy_(value, non_blocking=value.is_cuda)
 
 
 def _device_text(device: torch.device) -> str:
