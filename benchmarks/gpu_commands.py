@@ -324,7 +324,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument(
-        "--skip", default="", help="comma list of: baseline, bench, check, serve, tune"
+        "--skip", default="", help="comma list of: baseline, bench, check, serve, tune; or bench rows: host, "
+        "on_device, singlestream"
     )
     parser.add_argument("--bench-extra", default="", help="extra bench arguments (one string)")
     parser.add_argument("--offline-mode", default="compile", help="torch mode of the Offline runs")
@@ -389,6 +390,8 @@ def main() -> None:
                     *("--scenario", "singlestream", "-O", f"mode={args.singlestream_mode}"),
                 ],
             }
+            # a row kind in --skip (host, on_device, singlestream) leaves those rows out
+            runs = {k: v for k, v in runs.items() if not any(s in k for s in skip)}
             entry["bench"] = {}
             for key, argv in runs.items():
                 entry["bench"][key] = _bench_row(cli(argv, timeout=600))

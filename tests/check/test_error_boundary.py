@@ -98,3 +98,11 @@ def test_bench_names_the_type_of_foreign_errors_only() -> None:
     assert _reason(foreign) == "KeyError: 'x'"
     crashed = ChildOutcome("crashed", message="killed by SIGSEGV")
     assert _reason(crashed) == "crashed: killed by SIGSEGV"
+    # a crash's last stderr lines travel with it (they name the assertion that aborted)
+    tail = (
+        "a\nb\nterminate called\n  what():  CUDA error: x\nException raised from f\nframe #0: g\n"
+    )
+    said = ChildOutcome("crashed", message="killed by SIGABRT", stderr_tail=tail)
+    assert _reason(said) == (
+        "crashed: killed by SIGABRT (last stderr: b; terminate called; what():  CUDA error: x)"
+    )

@@ -156,11 +156,94 @@ def test_a_real_torch_session_through_the_assembler_matches_run(
     tmp_path: Path, rows: list[int]
 ) -> None:
     pytest.importorskip("torch")
-    import onnx
-    from onnx import TensorProto, helper
-
     from crossinfer.backends.torch import TorchBackend
     from crossinfer.model import load_model
+
+    session = TorchBackend().prepare(load_model(str(_matmul_model(tmp_path))), "cpu")
+    assembler = BatchAssembler(session, max_batch_size=4)
+    assert not assembler.pinned and assembler.sizes == ()  # eager on the CPU: as they come
+    parts = [_rows(10 * i, n) for i, n in enumerate(rows)]
+    outputs, _ = assembler.run(parts)
+    expected = session.run({"x": np.concatenate([p["x"] for p in parts])})
+    np.testing.assert_allclose(outputs["y"], expected["y"])
+    pinned = session.pinned_empty((3, 2), np.dtype(np.float32))
+    assert pinned.shape == (3, 2) and pinned.dtype == np.float32  # ordinary memory on a CPU
+
+
+class DeviceJoinSession(FixedShapeSession):
+    """Also joins rows itself (`run_parts`), for rows it calls pinned: arrays marked by id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pinned_ids: set[int] = set()
+        self.joined: list[tuple[int, int]] = []  # (parts, size) per run_parts call
+
+    def host_pinned(self, array: np.ndarray) -> bool:
+        return id(array) in self.pinned_ids
+
+    def run_parts(self, parts: list[Mapping[str, np.ndarray]], size: int) -> dict[str, np.ndarray]:
+        self.joined.append((len(parts), size))
+        x = np.concatenate([p["x"] for p in parts])
+        x = np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
+        return self.run({"x": x})
+
+
+def test_rows_all_in_pinned_memory_are_joined_by_the_session_not_on_the_host() -> None:
+    session = DeviceJoinSession()
+    assembler = BatchAssembler(session, max_batch_size=8)
+    parts = [_rows(0, 2), _rows(2, 3)]
+    session.pinned_ids = {id(p["x"]) for p in parts}
+    outputs, built_ns = assembler.run(parts)
+    assert session.joined == [(2, 8)] and built_ns == 0  # padded to 8 by the session
+    assert session.allocated == []  # no host batch buffer was made
+    np.testing.assert_array_equal(outputs["y"], np.concatenate([p["x"] for p in parts]) + 1)
+    # one part in ordinary memory: the host join, as before
+    mixed = [parts[0], _rows(5, 1)]
+    outputs, _ = assembler.run(mixed)
+    assert session.joined == [(2, 8)] and session.shapes[-1] == 4 and len(session.allocated) == 1
+    np.testing.assert_array_equal(outputs["y"], np.concatenate([p["x"] for p in mixed]) + 1)
+
+
+@pytest.mark.parametrize("rows", [[1, 2], [3], [2, 2]])
+def test_a_real_torch_session_joins_parts_itself_like_run(tmp_path: Path, rows: list[int]) -> None:
+    """torch's `run_parts` (the device join) on the CPU: padded rows, read-only rows from a
+    mapped region (as serve's shared memory hands them over) and from bytes."""
+    pytest.importorskip("torch")
+    import mmap
+
+    from crossinfer.backends.torch import TorchBackend
+    from crossinfer.errors import InputError
+    from crossinfer.model import load_model
+
+    session = TorchBackend().prepare(load_model(str(_matmul_model(tmp_path))), "cpu")
+    region = mmap.mmap(-1, 4096)
+    parts = []
+    for i, n in enumerate(rows):
+        x = _rows(10 * i, n)["x"]
+        if i % 2 == 0:  # in a mapped region, marked read-only as serve does
+            view = np.frombuffer(memoryview(region)[i * 512 : i * 512 + x.nbytes], np.float32)
+            view[:] = x.ravel()
+            x = view.reshape(x.shape)
+        else:  # a request body's bytes
+            x = np.frombuffer(x.tobytes(), np.float32).reshape(x.shape)
+        x.flags.writeable = False
+        parts.append({"x": x})
+    assert not session.host_pinned(parts[0]["x"])  # a CPU session pins nothing
+    total = sum(rows)
+    outputs = session.run_parts(parts, total + 1)
+    joined = np.concatenate([p["x"] for p in parts])
+    expected = session.run({"x": np.concatenate([joined, joined[-1:]])})
+    np.testing.assert_allclose(outputs["y"], expected["y"])
+    assert outputs["y"].shape == (total + 1, 2)
+    with pytest.raises(InputError, match="do not fit a batch of 1"):
+        session.run_parts(parts + parts, 1)
+    with pytest.raises(InputError, match="'x' expects FLOAT32"):
+        session.run_parts([{"x": parts[0]["x"].astype(np.int32)}], 4)
+
+
+def _matmul_model(tmp_path: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
 
     weight = helper.make_tensor("w", TensorProto.FLOAT, [2, 2], [1.0, 2.0, 3.0, 4.0])
     graph = helper.make_graph(
@@ -172,15 +255,7 @@ def test_a_real_torch_session_through_the_assembler_matches_run(
     )
     path = tmp_path / "mm.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    session = TorchBackend().prepare(load_model(str(path)), "cpu")
-    assembler = BatchAssembler(session, max_batch_size=4)
-    assert not assembler.pinned and assembler.sizes == ()  # eager on the CPU: as they come
-    parts = [_rows(10 * i, n) for i, n in enumerate(rows)]
-    outputs, _ = assembler.run(parts)
-    expected = session.run({"x": np.concatenate([p["x"] for p in parts])})
-    np.testing.assert_allclose(outputs["y"], expected["y"])
-    pinned = session.pinned_empty((3, 2), np.dtype(np.float32))
-    assert pinned.shape == (3, 2) and pinned.dtype == np.float32  # ordinary memory on a CPU
+    return path
 
 
 def test_large_joins_copy_in_row_ranges_across_threads_and_match_one_thread(

@@ -722,3 +722,33 @@ def test_grpc_raw_contents_count_excludes_shared_memory_inputs(
     assert "holds 2 tensors but the request names 1 inputs outside shared memory" in str(
         info.value.details()
     )
+
+
+def test_system_regions_are_page_locked_for_dma_and_released_on_unregister(
+    regions: Regions,
+) -> None:
+    """Where the server computes on CUDA, a registered region is cudaHostRegister-ed (here a
+    fake pinner records it), so a batch's rows go to the device by DMA; unregistering undoes it.
+    A pinner that refuses leaves the region working."""
+    calls: list[tuple[str, int, int]] = []
+
+    def pin(address: int, size: int) -> Any:
+        calls.append(("pin", address, size))
+        return lambda: calls.append(("unpin", address, size))
+
+    key, handle = regions.create(8192)
+    shm.set_shared_memory_region(handle, [np.arange(4, dtype=np.float32)])
+    registry = SharedMemoryRegistry(pin_host=pin)
+    registry.register_system("r", key, offset=4096, byte_size=16)
+    assert [c[0] for c in calls] == ["pin"] and calls[0][2] == 16  # the page at 4096, 16 bytes
+    view = np.frombuffer(registry.input_data("x", "r", 0, 16), np.float32)
+    assert view.ctypes.data == calls[0][1]  # the pinned address is where the rows are read
+    registry.unregister(SYSTEM, "r")
+    assert [c[0] for c in calls] == ["pin", "unpin"] and calls[1][1:] == calls[0][1:]
+    del view
+    refusing = SharedMemoryRegistry(pin_host=lambda address, size: None)
+    refusing.register_system("r", key, offset=0, byte_size=16)
+    np.testing.assert_array_equal(
+        np.frombuffer(refusing.input_data("x", "r", 0, 16), np.float32), np.arange(4)
+    )
+    refusing.close()

@@ -36,6 +36,7 @@ from crossinfer.errors import (
     CompileError,
     DeviceUnavailableError,
     InferenceError,
+    InputError,
     UnsupportedNodeError,
     UsageError,
     short_message,
@@ -463,26 +464,96 @@ class TorchSession:
                 tensors = [
                     self._prepare_input(torch.from_numpy(arrays[spec.name])) for spec in self.inputs
                 ]
-            uploaded = side.record_event()
-            with self._lock, self._context():
-                compute = torch.cuda.current_stream(self.device)
-                compute.wait_event(uploaded)
-                for tensor in tensors:
-                    tensor.record_stream(compute)  # allocated on `side`, read on `compute`
-                values = self._run_prepared(tensors)
-                values = [
-                    value.to(_torch_dtype(spec, value.dtype))
-                    for spec, value in zip(self.outputs, values, strict=True)
+            return self._compute_and_read_back(tensors, side)
+
+    def _compute_and_read_back(
+        self, tensors: list[torch.Tensor], side: Any
+    ) -> dict[str, np.ndarray]:
+        """Run inputs uploaded on the copy stream `side`; the outputs come back on it."""
+        uploaded = side.record_event()
+        with self._lock, self._context():
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_event(uploaded)
+            for tensor in tensors:
+                tensor.record_stream(compute)  # allocated on `side`, read on `compute`
+            values = self._run_prepared(tensors)
+            values = [
+                value.to(_torch_dtype(spec, value.dtype))
+                for spec, value in zip(self.outputs, values, strict=True)
+            ]
+            computed = compute.record_event()
+        side.wait_event(computed)
+        for value in values:
+            value.record_stream(side)
+        with torch.cuda.stream(side):
+            return {
+                spec.name: _to_numpy(value, spec)
+                for spec, value in zip(self.outputs, values, strict=True)
+            }
+
+    def host_pinned(self, array: np.ndarray) -> bool:
+        """Whether `array` lies in page-locked host memory this session's device can DMA from
+        (a `pinned_empty` buffer, a shared-memory region registered with CUDA)."""
+        if self.device.type != "cuda" or not array.flags.c_contiguous or not array.size:
+            return False
+        source = _readable(array)
+        return source is not None and bool(source.is_pinned())
+
+    def run_parts(
+        self, parts: Sequence[Mapping[str, np.ndarray]], size: int
+    ) -> dict[str, np.ndarray]:
+        """Several requests' rows as one batch of `size` rows, joined on the device: each part
+        is copied straight into its rows of a device buffer (one DMA each where it is pinned,
+        see `host_pinned`), padding rows repeat the last real row, and the batch then runs as
+        `run` would. The host never joins the rows (on CUDA the copies run on the calling
+        thread's copy stream, as in `run`)."""
+        if not parts:
+            raise InputError(f"{self._model_name}: a batch needs at least one request")
+        checked = [
+            validate_feeds(self.inputs, p, model=self._model_name, also_accept=self._host_dtypes())
+            for p in parts
+        ]
+        rows = sum(int(p[self.inputs[0].name].shape[0]) for p in checked)
+        if size < rows:
+            raise InputError(f"{self._model_name}: {rows} rows do not fit a batch of {size}")
+        on_cuda = self.device.type == "cuda"
+        side = self._thread_stream() if on_cuda else None
+        try:
+            with torch.inference_mode(), torch.cuda.stream(side) if on_cuda else nullcontext():
+                tensors = [
+                    self._prepare_input(self._joined(spec.name, checked, size))
+                    for spec in self.inputs
                 ]
-                computed = compute.record_event()
-            side.wait_event(computed)
-            for value in values:
-                value.record_stream(side)
-            with torch.cuda.stream(side):
+                if side is not None:
+                    return self._compute_and_read_back(tensors, side)
+            with self._lock, self._context():
+                outputs = self._run_prepared(tensors)
                 return {
                     spec.name: _to_numpy(value, spec)
-                    for spec, value in zip(self.outputs, values, strict=True)
+                    for spec, value in zip(self.outputs, outputs, strict=True)
                 }
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise InferenceError(
+                f"torch:{self.target.device} failed: {short_message(exc)}"
+            ) from exc
+
+    def _joined(
+        self, name: str, parts: Sequence[Mapping[str, np.ndarray]], size: int
+    ) -> torch.Tensor:
+        """Input `name` of every part, copied into one `size`-row buffer on the device."""
+        first = parts[0][name]
+        dtype = torch.from_numpy(first[:0].copy()).dtype
+        buffer = torch.empty((size, *first.shape[1:]), dtype=dtype, device=self.device)
+        at = 0
+        for part in parts:
+            source = _readable(part[name])
+            if source is None:  # a read-only request body: copied once more, on the host
+                source = torch.from_numpy(np.array(part[name]))
+            buffer[at : at + source.shape[0]].copy_(source, non_blocking=True)
+            at += source.shape[0]
+        if at < size:
+            buffer[at:] = buffer[at - 1 : at]  # padding repeats the last real row
+        return buffer
 
     def _thread_stream(self) -> Any:
         """This thread's copy stream on the session's device (made on first use)."""
@@ -1100,6 +1171,20 @@ def _to_numpy(value: torch.Tensor, spec: TensorSpec) -> np.ndarray:
         torch.cuda.current_stream(value.device).synchronize()
         return host.numpy()
     return np.asarray(value.cpu().numpy())
+
+
+def _readable(array: np.ndarray) -> torch.Tensor | None:
+    """A tensor over `array`'s memory, only ever read. serve marks a client's shared-memory
+    rows read-only (the model must not write them); torch warns on read-only arrays, so such
+    an array is viewed writable where its memory allows (a mapped region), else None (bytes)."""
+    if not array.flags.writeable:
+        view = array.view()
+        try:
+            view.flags.writeable = True
+        except ValueError:
+            return None
+        array = view
+    return torch.from_numpy(array)
 
 
 def _start_download(value: torch.Tensor) -> torch.Tensor:

@@ -214,6 +214,8 @@ def _outcome(
     notes: list[str] = []
     if offline:
         notes.append("latencies are per batch run (Offline issues one query)")
+        if sut.issue_ns > 10_000_000:  # the workers competed with it for the GIL meanwhile
+            notes.append(f"LoadGen's query took {sut.issue_ns / 1e6:.0f} ms to hand over")
     if settings.scenario in ("singlestream", "multistream") and settings.instances > 1:
         notes.append("instances ignored: SingleStream/MultiStream queries run one at a time")
     if "min_query_count_note" in told:

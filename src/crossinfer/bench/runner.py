@@ -40,7 +40,7 @@ from crossinfer.bench.result import SCENARIOS, BenchResult, EnergyReading, Laten
 from crossinfer.bench.server_search import find_server_qps
 from crossinfer.bench.settings import LoadGenSettings, quick_settings
 from crossinfer.bench.stats import latency_stats, stability
-from crossinfer.check.isolate import ChildOutcome, run_isolated
+from crossinfer.check.isolate import ChildOutcome, last_words, run_isolated
 from crossinfer.errors import CrossinferError, InferenceError, UsageError
 from crossinfer.model import ModelArtifact
 
@@ -164,7 +164,10 @@ def run_benchmark(
 def _reason(outcome: ChildOutcome) -> str:
     """Why a child process gave no result, for a BenchFailure."""
     if outcome.status != "error":
-        return f"{outcome.status}: {outcome.message}"
+        # a crashed runtime's last words (an assertion, a CUDA error) say why; keep a few lines
+        last = last_words(outcome.stderr_tail)
+        said = f" (last stderr: {last[-600:]})" if last else ""
+        return f"{outcome.status}: {outcome.message}{said}"
     # our own errors already say what went wrong; a foreign one needs its type named
     if outcome.error_class is not None:
         return outcome.message

@@ -121,6 +121,26 @@ class _Query:
 _Item = tuple[int, int, _Query]  # LoadGen response id, sample index, the query it belongs to
 
 
+class _Chunk:
+    """One batch's worth of an Offline query's samples, converted to `_Item`s by the worker
+    that takes it, not by LoadGen's thread: converting all of a run's samples at once (280,000
+    at ResNet-50's speed on an H200, a third of a second of Python here) held the GIL against
+    the workers through the run's first seconds."""
+
+    __slots__ = ("_query", "_samples", "_start", "_stop")
+
+    def __init__(self, samples: Sequence[Any], start: int, stop: int, query: _Query) -> None:
+        self._samples, self._start, self._stop, self._query = samples, start, stop, query
+
+    def items(self) -> list[_Item]:
+        query = self._query
+        return [(int(s.id), int(s.index), query) for s in self._samples[self._start : self._stop]]
+
+
+def _items(entry: list[_Item] | _Chunk) -> list[_Item]:
+    return entry.items() if isinstance(entry, _Chunk) else list(entry)
+
+
 class Sut:
     """Runs LoadGen's queries on a Session; never lets an exception reach LoadGen's thread.
 
@@ -142,7 +162,7 @@ class Sut:
         self._settings = settings
         self._batch_size = settings.batch_size
         self._lock = threading.Lock()
-        self._queue: queue.Queue[list[_Item] | None] = queue.Queue()
+        self._queue: queue.Queue[list[_Item] | _Chunk | None] = queue.Queue()
         self._flushed = threading.Event()
         self._workers: list[threading.Thread] = []
         self.inline = settings.scenario in ("singlestream", "multistream")
@@ -156,6 +176,7 @@ class Sut:
         self.queries = 0
         self.samples_completed = 0
         self.first_issue_ns: int | None = None
+        self.issue_ns = 0  # time spent in `issue` (LoadGen's thread), over all queries
         self.error: BaseException | None = None
         self.error_after_samples = 0
 
@@ -186,8 +207,8 @@ class Sut:
     def issue(self, query_samples: Sequence[Any]) -> None:
         samples = list(query_samples)
         handed = 0  # samples handed to whoever completes them (the queue, or _process)
+        now = time.perf_counter_ns()
         try:
-            now = time.perf_counter_ns()
             scenario = self._settings.scenario
             with self._lock:
                 if self.first_issue_ns is None:
@@ -209,16 +230,18 @@ class Sut:
                 for i, chunk in enumerate(chunks):
                     self._process(chunk, chunks[i + 1] if i + 1 < len(chunks) else None)
                 return
-            # each batch is queued as soon as it is built: an Offline query holds every sample
-            # of the run (280,000 at ResNet-50's speed on an H200), and the workers start on
-            # the first batch instead of idling while the rest are converted
+            # an Offline query holds every sample of the run: the workers convert their own
+            # batches (`_Chunk`), so this thread hands the query over at once
             for start in range(0, len(samples), step):
-                chunk = [(int(s.id), int(s.index), query) for s in samples[start : start + step]]
-                self._queue.put(chunk)
-                handed = start + len(chunk)
+                stop = min(start + step, len(samples))
+                self._queue.put(_Chunk(samples, start, stop, query))
+                handed = stop
         except BaseException as exc:  # see the class docstring: never raise into LoadGen
             self._record_error(exc)
             self._complete_ids([int(s.id) for s in samples[handed:]])
+        finally:
+            with self._lock:
+                self.issue_ns += time.perf_counter_ns() - now
 
     def flush(self) -> None:
         # No more queries are coming: stop waiting for a batch to fill.
@@ -237,7 +260,7 @@ class Sut:
             taken_ahead, ahead = False, None
             if first is None:
                 return
-            items = list(first)
+            items = _items(first)
             stop = False
             if dynamic:
                 deadline = time.monotonic() + delay_s
@@ -254,7 +277,7 @@ class Sut:
                     if more is None:
                         stop = True
                         break
-                    items.extend(more)
+                    items.extend(_items(more))
             batches = [
                 items[i : i + self._batch_size] for i in range(0, len(items), self._batch_size)
             ]
@@ -263,7 +286,8 @@ class Sut:
                 # overlaps this one's compute. Not Server's queries: one taken early here would
                 # wait for this batch while another worker could run it at once.
                 try:
-                    ahead = self._queue.get_nowait()
+                    taken = self._queue.get_nowait()
+                    ahead = None if taken is None else _items(taken)
                     taken_ahead = True
                 except queue.Empty:
                     pass

@@ -155,7 +155,19 @@ def _describe_exit(exitcode: int | None) -> str:
     return f"the child process exited with code {exitcode} before reporting a result"
 
 
-def _tail(path: str, limit: int = 1500) -> str:
+def last_words(stderr_tail: str, lines: int = 3) -> str:
+    """The last `lines` lines of a crashed child's stderr that say something: native stack
+    frames (c10's "frame #12: ...", "Exception raised from ...") are left out, so that the
+    error they follow (an assertion, a CUDA error) is what a report shows."""
+    said = [
+        line.strip()
+        for line in stderr_tail.splitlines()
+        if line.strip() and not line.lstrip().startswith(("frame #", "Exception raised from"))
+    ]
+    return "; ".join(said[-lines:])
+
+
+def _tail(path: str, limit: int = 8000) -> str:
     try:
         with open(path, "rb") as fh:
             fh.seek(0, os.SEEK_END)

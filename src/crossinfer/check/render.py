@@ -7,6 +7,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from crossinfer.check.isolate import last_words
 from crossinfer.check.runner import CheckReport, CheckRow, Verdict
 
 _STYLES = {
@@ -71,7 +72,8 @@ def render_check(report: CheckReport, console: Console) -> None:
         if row.unsupported_ops:
             console.print(f"  unsupported ops: {escape(', '.join(row.unsupported_ops))}")
         if row.stderr_tail and row.verdict in (Verdict.CRASHED, Verdict.TIMEOUT):
-            console.print(f"  last stderr: {escape(row.stderr_tail[-400:])}", highlight=False)
+            said = last_words(row.stderr_tail) or row.stderr_tail[-400:]
+            console.print(f"  last stderr: {escape(said[-400:])}", highlight=False)
         ignored = row.session.get("ignored_options")
         if ignored and not row.target.startswith("reference:"):
             console.print(f"  {row.target} ignored: {escape(', '.join(ignored))}", highlight=False)

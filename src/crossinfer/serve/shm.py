@@ -21,10 +21,13 @@ import ctypes.util
 import mmap
 import os
 import stat
+import sys
 import threading
 import weakref
 from collections.abc import Callable
 from typing import Any, Protocol
+
+import numpy as np
 
 from crossinfer.errors import ProtocolError
 
@@ -54,7 +57,7 @@ _NAME_MAX = 255
 class CudaMemory(Protocol):
     """A client's CUDA allocation opened in this process (through its IPC handle)."""
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int) -> bytes | memoryview:
         """``size`` bytes from ``offset``, copied to the host."""
         ...
 
@@ -69,6 +72,9 @@ class CudaMemory(Protocol):
 
 CudaOpener = Callable[[bytes, int, int], CudaMemory]
 """Opens (raw cudaIpcMemHandle_t, device id, byte size) or raises `ProtocolError`."""
+
+HostPinner = Callable[[int, int], Callable[[], None] | None]
+"""Page-locks (address, byte size) of host memory; returns how to undo it, or None if it did not."""
 
 
 # --------------------------------------------------------------------------- regions
@@ -131,6 +137,7 @@ class _SystemRegion:
             self._mm = mmap.mmap(
                 fd, self._start + byte_size, mmap.MAP_SHARED, offset=offset - self._start
             )
+            self._unpin: Callable[[], None] | None = None
         finally:
             os.close(fd)  # mmap keeps its own duplicate of the descriptor
 
@@ -170,7 +177,17 @@ class _SystemRegion:
     def read(self, offset: int, size: int) -> memoryview:
         return self.view(offset, size)
 
+    def pin(self, pin_host: HostPinner) -> None:
+        """Page-lock the mapping with `pin_host` (CUDA's cudaHostRegister): inputs in it then
+        go to the device as one DMA each, with no join on the host. Best effort: a refusal
+        leaves the region as it was."""
+        address = np.frombuffer(self._mm, dtype=np.uint8).ctypes.data  # the export ends here
+        self._unpin = pin_host(address, len(self._mm))
+
     def close(self) -> None:
+        unpin, self._unpin = self._unpin, None
+        if unpin is not None:
+            unpin()
         # a request still reading or writing it keeps it mapped until its last view is gone
         with contextlib.suppress(BufferError):
             self._mm.close()
@@ -195,7 +212,7 @@ class _CudaRegion:
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "device_id": self.device_id, "byte_size": self.byte_size}
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int) -> bytes | memoryview:
         return self.memory.read(offset, size)
 
     def acquire(self) -> None:
@@ -283,9 +300,14 @@ class SharedMemoryRegistry:
     run in a worker thread: they only read the table.
     """
 
-    def __init__(self, *, cuda_opener: CudaOpener | None = None) -> None:
+    def __init__(
+        self, *, cuda_opener: CudaOpener | None = None, pin_host: HostPinner | None = None
+    ) -> None:
         self._regions: dict[str, _Region] = {}
         self.cuda_opener = cuda_opener
+        # pins system regions for DMA (tests set a fake one); by default (None) they are pinned
+        # with CUDA where this process already computes on a GPU (`_pin_for_cuda`)
+        self.pin_host = pin_host
 
     # --- register, status, unregister --------------------------------------------------------
 
@@ -293,7 +315,9 @@ class SharedMemoryRegistry:
         """Map ``[offset, offset + byte_size)`` of the POSIX shared memory object ``key``."""
         self._check_new(name, SYSTEM)
         _check_size(byte_size, offset, name, SYSTEM)
-        self._regions[name] = _SystemRegion(name, key, offset, byte_size)
+        region = _SystemRegion(name, key, offset, byte_size)
+        region.pin(self.pin_host or _pin_for_cuda)
+        self._regions[name] = region
 
     async def register_cuda(
         self, name: str, raw_handle: bytes, *, device_id: int, byte_size: int
@@ -503,6 +527,20 @@ class _CudaRuntime:
         )
         return int(ptr.value or 0)
 
+    def host_register(self, address: int, size: int) -> int:
+        code = int(
+            self._lib.cudaHostRegister(
+                ctypes.c_void_p(address), ctypes.c_size_t(size), ctypes.c_uint(0)
+            )
+        )
+        if code:
+            self._lib.cudaGetLastError()  # a refusal must not surface in torch's next check
+        return code
+
+    def host_unregister(self, address: int) -> None:
+        if self._lib.cudaHostUnregister(ctypes.c_void_p(address)):
+            self._lib.cudaGetLastError()
+
     def close_handle(self, ptr: int) -> None:
         self._lib.cudaIpcCloseMemHandle(ctypes.c_void_p(ptr))
 
@@ -521,11 +559,15 @@ class _IpcMemory:
     def __init__(self, runtime: _CudaRuntime, device_id: int, ptr: int, byte_size: int) -> None:
         self._rt, self._device, self._ptr, self.byte_size = runtime, device_id, ptr, byte_size
 
-    def read(self, offset: int, size: int) -> bytes:
-        out = ctypes.create_string_buffer(size)
+    def read(self, offset: int, size: int) -> memoryview:
+        """Copied into page-locked memory: a DMA at the link's speed, and the batch then goes
+        back to the device by DMA too (torch on CUDA joins pinned rows on the device)."""
+        import torch
+
+        out = torch.empty(size, dtype=torch.uint8, pin_memory=True).numpy()
         self._rt.set_device(self._device)
-        self._rt.copy(ctypes.addressof(out), self._ptr + offset, size, _CudaRuntime._DEVICE_TO_HOST)
-        return out.raw
+        self._rt.copy(out.ctypes.data, self._ptr + offset, size, _CudaRuntime._DEVICE_TO_HOST)
+        return out.data  # keeps the pinned buffer alive as long as the view
 
     def write(self, offset: int, data: bytes | memoryview) -> None:
         source = (ctypes.c_char * len(data)).from_buffer_copy(data)
@@ -539,6 +581,22 @@ class _IpcMemory:
             self._rt.set_device(self._device)
             self._rt.close_handle(self._ptr)
             self._ptr = 0
+
+
+def _pin_for_cuda(address: int, size: int) -> Callable[[], None] | None:
+    """cudaHostRegister a region where this process already computes on CUDA (a torch session
+    on a GPU initialized it; nothing is imported or initialized here): a batch's rows are then
+    copied from the region to the device by DMA, with no join in host memory. None elsewhere,
+    or where CUDA refuses (the region then works as before, through the host)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return None
+    try:
+        runtime = _CudaRuntime()
+        runtime.check(runtime.host_register(address, size), f"cudaHostRegister of {size} bytes")
+    except ProtocolError:
+        return None
+    return lambda: runtime.host_unregister(address)
 
 
 def _open_cuda_ipc(handle: bytes, device_id: int, byte_size: int) -> CudaMemory:
