@@ -231,7 +231,7 @@ def _batch_stats_delta(before: dict[str, Any], after: dict[str, Any]) -> dict[st
 
 
 def serve_perf(
-    name: str, options: list[str], perf_binary: str | None, cases: list[str]
+    name: str, options: list[str], perf_binary: str | None, cases: list[str], window_ms: int = 3000
 ) -> dict[str, Any]:
     """`crossinfer serve` on the GPU (127.0.0.1 only) measured by perf_analyzer, case by case
     (`_serve_case`); bounded windows and trials. Each row carries perf_analyzer's split of the
@@ -261,7 +261,7 @@ def serve_perf(
         out["ready_s"] = 300 - (deadline - time.monotonic())
         perf = locate_perf_analyzer(perf_binary)
         shape = ["--shape=x:3,224,224"] if name.startswith("zoo:resnet") else []
-        window = ["--measurement-interval", "3000", "--max-trials", "4"]
+        window = ["--measurement-interval", str(window_ms), "--max-trials", "4"]
         window += ["--stability-percentage", "30", *shape]
         for key in cases:
             protocol, extra = _serve_case(key)
@@ -324,8 +324,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--iters", type=int, default=30)
     parser.add_argument(
-        "--skip", default="", help="comma list of: baseline, bench, check, serve, tune; or bench rows: host, "
-        "on_device, singlestream"
+        "--skip",
+        default="",
+        help="comma list of: baseline, bench, check, serve, tune; or bench rows: host, "
+        "on_device, singlestream",
     )
     parser.add_argument("--bench-extra", default="", help="extra bench arguments (one string)")
     parser.add_argument("--offline-mode", default="compile", help="torch mode of the Offline runs")
@@ -342,6 +344,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--serve-cases", default=SERVE_CASES, help="comma list: PROTOCOL[_shm_KIND]_bN_cM"
+    )
+    parser.add_argument(
+        "--serve-window-ms", type=int, default=3000, help="perf_analyzer's measurement interval"
     )
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_commands.json"))
     args = parser.parse_args()
@@ -405,6 +410,7 @@ def main() -> None:
             shlex.split(args.serve_options),
             args.perf_analyzer,
             [c for c in args.serve_cases.split(",") if c],
+            args.serve_window_ms,
         )
         args.out.write_text(json.dumps(report, indent=2, default=str))
     if "tune" not in skip:
