@@ -331,6 +331,32 @@ def test_non_finite_json_numbers(token: str) -> None:
     rejects(body, None, 400, token, "finite")
 
 
+def test_json_nesting_and_integers_beyond_64_bits() -> None:
+    # the parser refuses nesting past 1024 levels; below that a BYTES tensor's flattening
+    # may still exhaust Python's recursion: both are a 400 naming the problem
+    deep = b"[" * 2000 + b"]" * 2000
+    rejects(b'{"inputs":' + deep + b"}", None, 400, "nested too deeply")
+    nested = "[" * 990 + '"a"' + "]" * 990
+    body = '{"inputs":[{"name":"s","datatype":"BYTES","shape":[1],"data":' + nested + "}]}"
+    rejects(
+        body.encode(), None, 400, "input 's'", "nested too deeply", specs=[spec("s", "BYTES", (1,))]
+    )
+    # beyond 64 bits the parser yields a float: the range check still names the value
+    body, _ = request([("x", "UINT64", [1], [2**64], None)])
+    rejects(
+        body,
+        None,
+        400,
+        "input 'x'",
+        "values must lie in [0, 18446744073709551615]",
+        "18446744073709551616",
+        specs=[spec("x", "UINT64", (1,))],
+    )
+    body, _ = request([("x", "UINT64", [1], [2**64 - 1], None)])
+    exact = parse(body, None, [spec("x", "UINT64", (1,))]).inputs["x"]
+    assert exact.dtype == np.uint64 and int(exact[0]) == 2**64 - 1
+
+
 def test_json_number_too_large_for_the_type() -> None:
     body, _ = request([("x", "FP16", [1], [1e6], None)])
     rejects(body, None, 400, "input 'x'", "not finite as FP16", specs=[spec("x", "FP16", (1,))])
