@@ -495,15 +495,6 @@ def _from_binary(
 
 
 def _from_json(data: Any, datatype: str, shape: tuple[int, ...], name: str) -> np.ndarray[Any, Any]:
-    try:
-        return _from_json_values(data, datatype, shape, name)
-    except RecursionError:  # JSON may nest 1024 deep; flattening it in Python may not
-        raise ProtocolError(400, f"input '{name}' 'data' is nested too deeply") from None
-
-
-def _from_json_values(
-    data: Any, datatype: str, shape: tuple[int, ...], name: str
-) -> np.ndarray[Any, Any]:
     count = math.prod(shape)
     if not isinstance(data, list):
         raise ProtocolError(
@@ -589,12 +580,18 @@ def _exact_ints(data: list[Any], datatype: str, name: str) -> np.ndarray[Any, An
     return np.array(flat, dtype=DATATYPES[datatype])
 
 
-def _flatten(data: Any, out: list[Any]) -> None:
-    for item in data:
-        if isinstance(item, list):
-            _flatten(item, out)
-        else:
+def _flatten(data: list[Any], out: list[Any]) -> None:
+    """Append `data`'s leaves to `out` in order; iterative, so any nesting the JSON parser
+    accepts (1024 levels) flattens whatever Python's recursion limit is."""
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
             out.append(item)
+        else:
+            stack.pop()
 
 
 def _check_count(got: int, count: int, datatype: str, shape: tuple[int, ...], name: str) -> None:
