@@ -2,9 +2,10 @@
 
 Ray binds every interface, so the cluster runs in a child process inside a loopback-only network
 namespace (``unshare -n``, root): the scenario below starts the cluster once, runs every step and
-writes what it saw as JSON; the tests assert on that. Starting Ray takes 30-90 s on a 2-core
-machine, more than CI's budget for new tests: these tests carry the ``ray`` marker, which the
-default run deselects (pyproject's addopts); run them with ``pytest -m ray tests/test_ray_serve.py``.
+writes what it saw as JSON; the tests assert on that. The scenario takes about 90 s on a 2-core
+machine, and runs in the default suite (CI); ``pytest -m "not ray"`` leaves it out. Where no
+loopback-only namespace can be made (not root, no unshare, or a container that refuses new
+network namespaces) the tests skip and say why.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import pytest
 
 pytestmark = pytest.mark.ray
 
-SCENARIO_TIMEOUT_S = 600
+SCENARIO_TIMEOUT_S = 420  # per attempt (about 90 s when the machine is quiet)
 CLIENTS = 4  # the bounded load: this many clients, each one request at a time
 
 
@@ -38,10 +39,27 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         pytest.skip(
             "Ray runs only inside a loopback-only network namespace: needs root and unshare"
         )
-    work = tmp_path_factory.mktemp("ray")
+    namespace = [unshare, "-n", "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"']
+    probe = subprocess.run(
+        [*namespace, "true"], capture_output=True, text=True, timeout=30, check=False
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"no loopback-only network namespace here: {probe.stderr.strip()[-300:]}")
+    failures = []
+    # a Ray node that does not come up in time on a busy machine is Ray's start, not the
+    # behaviour under test: the scenario is run once more, and both failures are reported
+    for attempt in range(2):
+        work = tmp_path_factory.mktemp(f"ray{attempt}")
+        code, stderr, result = _run_scenario(namespace, work)
+        if result is not None:
+            return result
+        failures.append(f"attempt {attempt + 1} (exit {code}):\n{stderr[-3000:]}")
+    pytest.fail("the Ray scenario failed twice:\n" + "\n".join(failures))
+
+
+def _run_scenario(namespace: list[str], work: Path) -> tuple[int, str, dict[str, Any] | None]:
     out = work / "scenario.json"
-    command = [unshare, "-n", "--", "sh", "-c", 'ip link set lo up && exec "$0" "$@"']
-    command += [sys.executable, __file__, str(out), str(work)]
+    command = [*namespace, sys.executable, __file__, str(out), str(work)]
     env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_USAGE_STATS_ENABLED": "0"}
     # its own process group: Ray daemons a failed start leaves behind are ended with it
     proc = subprocess.Popen(
@@ -54,14 +72,15 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     )
     try:
         _, stderr = proc.communicate(timeout=SCENARIO_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        stderr = f"no result after {SCENARIO_TIMEOUT_S} s"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     if proc.returncode != 0 or not out.is_file():
-        pytest.fail(f"the Ray scenario failed ({proc.returncode}):\n{stderr[-4000:]}")
-    result: dict[str, Any] = json.loads(out.read_text())
-    return result
+        return proc.returncode, stderr, None
+    return 0, stderr, json.loads(out.read_text())
 
 
 def test_tritonclient_results_equal_in_process_inference(scenario: dict[str, Any]) -> None:
