@@ -720,6 +720,13 @@ def tune(
     measure_ms: Annotated[
         int, typer.Option(min=200, help="Length of each measurement (LoadGen min duration), ms.")
     ] = 1000,
+    turn_rounds: Annotated[
+        int,
+        typer.Option(
+            help="Rounds in which the finalists are measured again in turns, the order reversed "
+            "each round (0: once more each, no turns).",
+        ),
+    ] = 2,
     store: Annotated[Path | None, typer.Option(help="Results store (SQLite).")] = None,
     fresh: Annotated[
         bool, typer.Option("--fresh", help="Measure again what the store already holds.")
@@ -752,6 +759,7 @@ def tune(
             catalog=catalog,
             measure_ms=measure_ms,
             fresh=fresh,
+            turn_rounds=turn_rounds,
         )
         artifact = load_model(model)
         out_dir = out or default_out_dir(artifact)

@@ -23,6 +23,7 @@ runner = CliRunner()
         (["--precisions", "fp8"], "unknown fp8"),
         (["--max-accuracy-drop", "2"], "fraction"),
         (["--batch", "0"], "--batch '0'"),
+        (["--turn-rounds", "-1"], "--turn-rounds -1: give 0"),
         # filters apply before any check: nothing on a CPU-only ORT is a cuda device
         (
             ["--backends", "onnxruntime", "--device", "cuda"],
@@ -51,3 +52,11 @@ def test_report_of_a_file_that_is_not_a_tune_result(tmp_path: Path) -> None:
 def test_help(command: str) -> None:
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_turn_rounds_reach_the_tune_config() -> None:
+    from crossinfer.tune.config import tune_config
+
+    assert tune_config().turn_rounds == 2
+    assert tune_config(turn_rounds=0).turn_rounds == 0  # each finalist measured once more
+    assert tune_config(turn_rounds=4).turn_rounds == 4

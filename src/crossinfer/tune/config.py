@@ -103,6 +103,7 @@ def tune_config(
     catalog: Path | None = None,
     measure_ms: int = 1000,
     fresh: bool = False,
+    turn_rounds: int = 2,
 ) -> TuneConfig:
     """The TuneConfig for options given as text (`crossinfer tune`'s): comma lists, names.
 
@@ -114,6 +115,10 @@ def tune_config(
 
     if strategy not in STRATEGIES:
         raise UsageError(f"--strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
+    if turn_rounds < 0:
+        raise UsageError(
+            f"--turn-rounds {turn_rounds}: give 0 (confirm each finalist once, no turns) or more"
+        )
     names = parse_names(backends)
     for name in names:
         backend_entry(name)  # an unknown backend is refused before minutes of work
@@ -132,6 +137,7 @@ def tune_config(
         ),
         price=price,
         measure_ms=measure_ms,
+        turn_rounds=turn_rounds,
         calibration=calibration,
         dataset=dataset,
         fresh=fresh,
