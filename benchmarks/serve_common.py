@@ -104,13 +104,28 @@ class Serve:
     output: list[str]
 
     def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout=10)
+        return stop_process(self.proc)
+
+
+def stop_process(proc: subprocess.Popen[Any], grace_s: float = 60) -> int:
+    """SIGTERM (a server drains), then SIGKILL after `grace_s`; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return proc.wait(timeout=10)
+
+
+def write_report(report: Mapping[str, Any], out: Path, loads: Sequence[float], digits: int) -> None:
+    """Write a turns benchmark's JSON and print its ratios and figures (median, min-max)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for key, value in [*report["ratios"].items(), *sorted(report["figures"].items())]:
+        low, mid, high = (f"{value[k]:.{digits}f}" for k in ("min", "median", "max"))
+        print(f"{key}: {mid} ({low}-{high})")
+    print(f"load average {min(loads):.1f}-{max(loads):.1f}; written {out}")
 
 
 @contextmanager
@@ -157,13 +172,7 @@ def crossinfer_serve(
         assert_loopback(listeners(proc.pid), "crossinfer serve")
         yield serve
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
         reader.join(timeout=10)
         assert proc.stderr is not None
         proc.stderr.close()

@@ -55,6 +55,7 @@ from serve_common import (  # a sibling script
     run_h2load,
     spread,
     v2_binary_body,
+    write_report,
 )
 
 PROBE_MODES = ("echo", "decode", "batcher", "full")
@@ -301,11 +302,7 @@ def main() -> None:
         "ratios": ratios,
         "figures": {k: {**spread(list(v.values())), "by_round": v} for k, v in samples.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    for key, value in [*ratios.items(), *sorted(report["figures"].items())]:
-        print(f"{key}: {value['median']:.2f} ({value['min']:.2f}-{value['max']:.2f})")
-    print(f"load average {min(loads):.1f}-{max(loads):.1f}; written {args.out}")
+    write_report(report, args.out, loads, digits=2)
 
 
 if __name__ == "__main__":

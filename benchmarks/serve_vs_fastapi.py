@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -54,8 +53,10 @@ from serve_common import (  # a sibling script, not a package
     round_ratio,
     run_h2load,
     spread,
+    stop_process,
     v2_binary_body,
     wait_http_ok,
+    write_report,
 )
 
 _FASTAPI_FLAG = "--fastapi-server"
@@ -170,12 +171,7 @@ def fastapi_serve(name: str, path: str, body: bytes) -> Iterator[Server]:
         assert_loopback(listeners(proc.pid), "fastapi")
         yield Server("fastapi", proc.pid, f"127.0.0.1:{port}", name)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc, grace_s=30)
 
 
 def _bodies(workdir: Path, name: str, width: int) -> dict[str, tuple[Path, int | None]]:
@@ -289,11 +285,7 @@ def main() -> None:
         "ratios": ratios,
         "figures": {k: {**spread(list(v.values())), "by_round": v} for k, v in samples.items()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    for key, value in [*ratios.items(), *sorted(report["figures"].items())]:
-        print(f"{key}: {value['median']:.3f} ({value['min']:.3f}-{value['max']:.3f})")
-    print(f"load average {min(loads):.1f}-{max(loads):.1f}; written {args.out}")
+    write_report(report, args.out, loads, digits=3)
 
 
 if __name__ == "__main__":
