@@ -41,6 +41,7 @@ from serve_peers import enter_loopback_namespace
 from crossinfer import load_model
 from crossinfer.backends.base import SessionOptions
 from crossinfer.plan import ReplicaCapacity, predicted_throughput, replicas_for
+from crossinfer.serve.ray_serve import RayServer, ray_serve_env
 from crossinfer.spec import BatchingSpec, DeploymentSpec, ScaleSpec, write_spec
 
 
@@ -183,13 +184,6 @@ def start_cluster(cluster_class: Any) -> Any:
     raise AssertionError("unreachable")
 
 
-def running_replicas(app: str, model: str) -> int:
-    from ray import serve
-
-    states: Any = serve.status().applications[app].deployments[model].replica_states
-    return int(states.get("RUNNING", 0))
-
-
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     rps = [r["rps"] for r in runs]
     return {
@@ -208,16 +202,30 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=15.0, help="per ResNet-50 window")
     parser.add_argument("--mlp-seconds", type=float, default=8.0)
+    parser.add_argument(
+        "--routing",
+        choices=("direct", "ingress"),
+        default="direct",
+        help="direct: Ray's proxy hands requests to the model's replicas; ingress: through the "
+        "ingress deployment (two hops)",
+    )
+    parser.add_argument(
+        "--proxy",
+        choices=("haproxy", "python"),
+        default="haproxy",
+        help="Ray Serve's HTTP front: HAProxy with its throughput settings, or its Python proxy",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "ray_scale.json")
     args = parser.parse_args()
     enter_loopback_namespace()
     os.environ["RAY_ENABLE_UV_RUN_RUNTIME_ENV"] = "0"
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    # the cluster's daemons (started below, from this process) inherit Ray Serve's settings
+    os.environ.update(ray_serve_env(args.proxy))
 
     import ray
     from ray.cluster_utils import Cluster
 
-    from crossinfer.serve.ray_serve import RayServer
     from crossinfer.serve.repository import open_repository
 
     resnet = load_model("zoo:resnet50").path
@@ -235,6 +243,8 @@ def main() -> None:
         "machine": machine(),
         "load_average_start": load_average(),
         "ray": ray.__version__,
+        "routing": args.routing,
+        "proxy": args.proxy,
     }
     with tempfile.TemporaryDirectory(prefix="ray-scale-") as tmp:
         repo = Path(tmp) / "repo"
@@ -245,7 +255,12 @@ def main() -> None:
         cluster = start_cluster(Cluster)
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
-        server = RayServer(open_repository(str(repo)), http_port=18300, start_timeout_s=600)
+        server = RayServer(
+            open_repository(str(repo)),
+            http_port=18300,
+            start_timeout_s=600,
+            routing=args.routing,
+        )
         began = time.monotonic()
         server.start()
         doc["ray_deploy_s"] = time.monotonic() - began
@@ -304,9 +319,9 @@ def main() -> None:
             time.sleep(5.0)
             kill["at"] = time.monotonic()
             os.kill(victim["pid"], signal.SIGKILL)
-            while running_replicas(server.app_name, "resnet50_2") == 2:
+            while server.running_replicas("resnet50_2") == 2:
                 time.sleep(0.1)  # Ray notices the death
-            while running_replicas(server.app_name, "resnet50_2") < 2:
+            while server.running_replicas("resnet50_2") < 2:
                 time.sleep(0.2)
             kill["replaced_after_s"] = time.monotonic() - kill["at"]
 
@@ -319,6 +334,8 @@ def main() -> None:
         around = [t for s, t, ok in stamps if kill["at"] - 1 <= s <= kill["at"] + 10]
         before = [t for s, t, ok in stamps if s < kill["at"] - 1]
         kill.update(
+            # when each failed request was sent, in s after the kill (negative: before it)
+            failed_sent_after_kill_s=[round(s - kill["at"], 3) for s, _, ok in stamps if not ok],
             failed=run["failed"],
             requests=run["requests"],
             errors=run["errors"],

@@ -24,12 +24,15 @@ from crossinfer.plan import ReplicaCapacity, plan_capacity, predicted_throughput
 from crossinfer.serve.app import HttpApp
 from crossinfer.serve.ray_serve import (
     RETRY_ATTEMPTS,
+    RayServer,
     ScaledModel,
     _IngressApp,
+    _ReplicaFront,
     call_asgi,
     merge_statistics,
     parse_scale_overrides,
     plan_models,
+    ray_serve_env,
 )
 from crossinfer.serve.repository import ModelRepository, ModelSource, open_repository
 from crossinfer.spec import BatchingSpec, DeploymentSpec, ScaleSpec, load_spec, write_spec
@@ -151,9 +154,46 @@ def test_bare_ray_flag_means_a_local_instance() -> None:
 
 
 def test_scale_options_without_ray_are_refused(linear_path: Path) -> None:
-    result = CliRunner().invoke(app, ["serve", str(linear_path), "--replicas", "2"])
+    for option in (["--replicas", "2"], ["--ray-routing", "ingress"], ["--ray-proxy", "python"]):
+        result = CliRunner().invoke(app, ["serve", str(linear_path), *option])
+        assert result.exit_code == 2, option
+        assert "apply to --ray" in result.output
+
+
+def test_ray_serve_front_settings() -> None:
+    assert ray_serve_env("haproxy") == {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    }
+    assert set(ray_serve_env("python").values()) == {"0"}
+    with pytest.raises(UsageError, match="choose one of haproxy, python"):
+        ray_serve_env("nginx")
+
+
+def test_a_bad_routing_or_a_proxy_for_a_running_cluster_is_refused_before_any_work(
+    tmp_path: Path,
+) -> None:
+    repository = ModelRepository(None, models={})
+    with pytest.raises(UsageError, match="choose one of direct, ingress"):
+        RayServer(repository, routing="hops")
+    with pytest.raises(UsageError, match="choose one of haproxy, python"):
+        RayServer(repository, proxy="nginx")
+    # a cluster's front was chosen when it started: say how, instead of silently ignoring it
+    with pytest.raises(UsageError, match="RAY_SERVE_ENABLE_HA_PROXY=1"):
+        RayServer(repository, address="auto", proxy="haproxy")
+    result = CliRunner().invoke(
+        app, ["serve", str(tmp_path), "--ray", "auto", "--ray-proxy", "python"]
+    )
     assert result.exit_code == 2
-    assert "--replicas and --scale apply to --ray" in result.output
+    assert "was chosen when it started" in result.output
+
+
+def test_direct_routing_puts_each_model_in_an_application_of_its_own() -> None:
+    repository = ModelRepository(None, models={})
+    direct = RayServer(repository)
+    assert direct.routing == "direct"
+    assert direct.model_app("resnet") == "crossinfer.resnet"
+    assert RayServer(repository, routing="ingress").model_app("resnet") == "crossinfer"
 
 
 # --- the replica's transport and the ingress, without Ray ------------------------------------
@@ -339,6 +379,52 @@ def _snapshot(success: int, rejected: int, pending: int) -> dict[str, Any]:
             }
         ],
     }
+
+
+def test_a_replica_under_direct_routing_answers_stats_for_every_replica(
+    linear_path: Path,
+) -> None:
+    """Under direct routing a model's routes reach one replica: its `stats` are the sum."""
+
+    async def run() -> None:
+        repository, http = _replica_app(linear_path)
+        await repository.start()
+        try:
+            front = _ReplicaFront(http, "m", _Board([_snapshot(3, 1, 2), _snapshot(4, 0, 1)]))
+            for path in ("/v2/models/m/stats", "/v2/models/m/versions/1/stats"):
+                status, doc = await _ingress_call(front, "GET", path)  # type: ignore[arg-type]
+                assert status == 200
+                (entry,) = doc["model_stats"]
+                assert entry["inference_stats"]["success"] == {"count": 7, "ns": 7000}
+                assert "pending" not in entry  # Triton's fields only
+            status, doc = await _ingress_call(front, "POST", "/v2/models/m/stats")  # type: ignore[arg-type]
+            assert status == 405
+            # every other route is the replica's own HttpApp
+            front = _ReplicaFront(http, "linear", _Board([]))
+            x = np.ones((1, 8), np.float32)
+            status, doc = await _ingress_call(
+                front,  # type: ignore[arg-type]
+                "POST",
+                "/v2/models/linear/infer",
+                _infer_body(x),
+            )
+            assert status == 200, doc
+            assert doc["outputs"][0]["shape"] == [1, 4]
+        finally:
+            await repository.stop()
+
+    asyncio.run(run())
+
+
+def test_ingress_says_a_directly_routed_model_is_starting() -> None:
+    async def run() -> None:
+        ingress = _IngressApp({}, {}, app_name="t", max_body_bytes=1 << 20, routed=["linear"])
+        status, doc = await _ingress_call(ingress, "POST", "/v2/models/linear/infer", b"{}")
+        assert (status, doc["error"]) == (503, "model 'linear' is starting: retry in a few seconds")
+        status, doc = await _ingress_call(ingress, "GET", "/v2/models/other")
+        assert (status, doc["error"]) == (404, "unknown model 'other': this server has 'linear'")
+
+    asyncio.run(run())
 
 
 def test_ingress_statistics_and_metrics_add_up_replicas(linear_path: Path) -> None:

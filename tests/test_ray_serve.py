@@ -29,6 +29,7 @@ pytestmark = pytest.mark.ray
 
 SCENARIO_TIMEOUT_S = 420  # per attempt (about 90 s when the machine is quiet)
 CLIENTS = 4  # the bounded load: this many clients, each one request at a time
+FAILURES_WITHIN_S = 5.0  # direct routing: how soon after a replica's death its failures end
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,11 @@ def scenario(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 def _run_scenario(namespace: list[str], work: Path) -> tuple[int, str, dict[str, Any] | None]:
     out = work / "scenario.json"
     command = [*namespace, sys.executable, __file__, str(out), str(work)]
+    from crossinfer.serve.ray_serve import haproxy_available, ray_serve_env
+
     env = {**os.environ, "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    # as `serve --ray` starts a local instance: Ray Serve's HAProxy front where it is installed
+    env.update(ray_serve_env("haproxy" if haproxy_available() else "python"))
     # its own process group: Ray daemons a failed start leaves behind are ended with it
     proc = subprocess.Popen(
         command,
@@ -120,12 +125,25 @@ def test_a_replica_that_cannot_load_is_reported_with_its_reason(scenario: dict[s
     assert scenario["oncuda_replicas_tried"] <= 3  # max_constructor_retry_count + 1, not forever
 
 
-def test_a_killed_replica_is_replaced_and_no_request_is_lost(scenario: dict[str, Any]) -> None:
-    kill = scenario["kill"]
+def test_a_killed_replica_is_replaced_and_only_its_requests_fail(
+    scenario: dict[str, Any],
+) -> None:
+    kill = scenario["kill"]  # direct routing (the default)
     assert kill["replaced"] is True
     assert kill["new_replica_node"] == kill["killed_node"]  # the freed CPU is on that node
-    # docs/serving-ray.md: a request in flight on a replica that dies is run again on another
-    # replica (inference has no side effects), so with one replica left no request fails
+    assert kill["ok_after_kill"] > 0
+    # README ("When a replica dies"): under direct routing the requests in flight on the dead
+    # replica fail, and those sent to it before the front notices (a few seconds); no others
+    assert kill["failed"] == len(kill["failed_after_kill_s"]), kill["errors"]  # none before
+    assert all(t < FAILURES_WITHIN_S for t in kill["failed_after_kill_s"]), kill
+    assert kill["failed"] <= kill["sent"] // 10, kill
+
+
+def test_under_ingress_routing_no_request_is_lost(scenario: dict[str, Any]) -> None:
+    kill = scenario["kill_ingress"]
+    assert kill["replaced"] is True
+    # a request in flight on a replica that dies is run again on another replica (inference
+    # has no side effects), so with one replica left no request fails
     assert kill["failed"] == 0, kill["errors"]
     assert kill["ok"] == kill["sent"] > 0
     assert kill["ok_after_kill"] > 0
@@ -227,64 +245,9 @@ def _scenario(out: Path, work: Path) -> None:
         result["wrong_input"] = _raw_post(server.http_url, "linear", {"name": "nope"})
         result["unknown_model"] = _raw_post(server.http_url, "missing", {"name": "x"})
 
-        # a bounded load: CLIENTS clients, one request at a time each; one replica is killed
-        # (SIGKILL, as an OOM kill or a lost node would) after a second of it
-        counts = {"sent": 0, "ok": 0, "failed": 0, "ok_after_kill": 0}
-        errors: list[str] = []
-        stop = threading.Event()
-        killed = threading.Event()
-        lock = threading.Lock()
-
-        def load() -> None:
-            one = httpclient.InferenceServerClient(server.http_url)
-            x = np.ones((1, 8), np.float32)
-            tensor = httpclient.InferInput("x", [1, 8], "FP32")
-            tensor.set_data_from_numpy(x)
-            while not stop.is_set():
-                after = killed.is_set()
-                try:
-                    one.infer("linear", [tensor])
-                    with lock:
-                        counts["sent"] += 1
-                        counts["ok"] += 1
-                        counts["ok_after_kill"] += after
-                except Exception as exc:
-                    with lock:
-                        counts["sent"] += 1
-                        counts["failed"] += 1
-                        errors.append(str(exc)[:300])
-
-        threads = [threading.Thread(target=load) for _ in range(CLIENTS)]
-        for thread in threads:
-            thread.start()
-        time.sleep(1.0)
-        victim = result["placements_before_kill"][0]
-        os.kill(victim["pid"], signal.SIGKILL)
-        killed.set()
-        killed_at = time.monotonic()
-        replaced = False
-        new_node = None
-        while time.monotonic() - killed_at < 120:
-            rows = [p for p in server.placements("linear") if p["loaded"]]
-            running = server.states().get("linear", ("",))[0] == "READY"
-            if len(rows) >= 3 and running and _running_replicas(server) == 2:
-                replaced, new_node = True, rows[-1]["node"]
-                break
-            time.sleep(0.2)
-        recovered_s = time.monotonic() - killed_at
-        time.sleep(1.0)  # some load on the replaced pair too
-        stop.set()
-        for thread in threads:
-            thread.join()
-        ok_total += counts["ok"]
-        result["kill"] = {
-            **counts,
-            "errors": errors[:5],
-            "replaced": replaced,
-            "recovered_s": recovered_s,
-            "killed_node": victim["node"],
-            "new_replica_node": new_node,
-        }
+        # a bounded load, one replica SIGKILLed under it (as an OOM kill or a lost node would)
+        result["kill"] = _kill_under_load(server, "linear")
+        ok_total += result["kill"]["ok"]
         result["requests_ok_total"] = ok_total
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # replicas push statistics once a second
@@ -295,6 +258,17 @@ def _scenario(out: Path, work: Path) -> None:
         result["stats"] = stats
         with urllib.request.urlopen(f"http://{server.http_url}/metrics", timeout=30) as response:
             result["metrics"] = response.read().decode()
+        server.stop()
+
+        # the same kill under --ray-routing ingress, on the same cluster: the ingress re-runs
+        server = RayServer(
+            open_repository(str(repo / "linear.toml")),
+            http_port=port,
+            start_timeout_s=240,
+            routing="ingress",
+        )
+        server.start()
+        result["kill_ingress"] = _kill_under_load(server, "linear")
     finally:
         out.write_text(json.dumps(result, indent=1, default=str))
         try:
@@ -302,6 +276,72 @@ def _scenario(out: Path, work: Path) -> None:
             ray.shutdown()
         finally:
             cluster.shutdown()
+
+
+def _kill_under_load(server: Any, model: str) -> dict[str, Any]:
+    """CLIENTS clients, one request at a time each, for a second; then one replica of `model`
+    is SIGKILLed; the load goes on until Ray has replaced it, and a second more."""
+    import tritonclient.http as httpclient
+
+    counts = {"sent": 0, "ok": 0, "failed": 0, "ok_after_kill": 0}
+    errors: list[str] = []
+    failed_after_kill_s: list[float] = []  # when each failed request was sent, after the kill
+    stop = threading.Event()
+    killed_at: list[float] = []
+    lock = threading.Lock()
+
+    def load() -> None:
+        one = httpclient.InferenceServerClient(server.http_url)
+        x = np.ones((1, 8), np.float32)
+        tensor = httpclient.InferInput("x", [1, 8], "FP32")
+        tensor.set_data_from_numpy(x)
+        while not stop.is_set():
+            sent = time.monotonic()
+            try:
+                one.infer(model, [tensor])
+                with lock:
+                    counts["sent"] += 1
+                    counts["ok"] += 1
+                    counts["ok_after_kill"] += bool(killed_at)
+            except Exception as exc:
+                with lock:
+                    counts["sent"] += 1
+                    counts["failed"] += 1
+                    errors.append(str(exc)[:300])
+                    if killed_at:
+                        failed_after_kill_s.append(round(sent - killed_at[0], 3))
+
+    placements = [p for p in server.placements(model) if p["loaded"]]
+    threads = [threading.Thread(target=load) for _ in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    victim = placements[-1]
+    os.kill(victim["pid"], signal.SIGKILL)
+    killed_at.append(time.monotonic())
+    replaced = False
+    new_node = None
+    while time.monotonic() - killed_at[0] < 120:
+        rows = [p for p in server.placements(model) if p["loaded"]]
+        running = server.states().get(model, ("",))[0] == "READY"
+        if len(rows) > len(placements) and running and server.running_replicas(model) == 2:
+            replaced, new_node = True, rows[-1]["node"]
+            break
+        time.sleep(0.2)
+    recovered_s = time.monotonic() - killed_at[0]
+    time.sleep(1.0)  # some load on the replaced pair too
+    stop.set()
+    for thread in threads:
+        thread.join()
+    return {
+        **counts,
+        "errors": errors[:5],
+        "failed_after_kill_s": failed_after_kill_s,
+        "replaced": replaced,
+        "recovered_s": recovered_s,
+        "killed_node": victim["node"],
+        "new_replica_node": new_node,
+    }
 
 
 def _start_cluster(cluster_class: Any) -> Any:
@@ -318,13 +358,6 @@ def _start_cluster(cluster_class: Any) -> Any:
             if attempt:
                 raise
     raise AssertionError("unreachable")
-
-
-def _running_replicas(server: Any) -> int:
-    from ray import serve
-
-    app = serve.status().applications[server.app_name]
-    return int(app.deployments["linear"].replica_states.get("RUNNING", 0))
 
 
 def _raw_post(url: str, model: str, tensor: dict[str, Any]) -> tuple[int, str]:

