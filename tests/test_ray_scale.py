@@ -188,6 +188,29 @@ def test_a_bad_routing_or_a_proxy_for_a_running_cluster_is_refused_before_any_wo
     assert "was chosen when it started" in result.output
 
 
+def test_ray_is_told_not_to_ship_the_checkout_before_it_is_imported() -> None:
+    """Under `uv run`, Ray (read at import) would make its workers a uv runtime env, which needs
+    the network: `crossinfer serve --ray` hung where there was none."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("ray")
+    code = (
+        "import os\n"
+        "os.environ.pop('RAY_ENABLE_UV_RUN_RUNTIME_ENV', None)\n"
+        "from crossinfer.serve.ray_serve import RayServer\n"
+        "from crossinfer.serve.repository import ModelRepository\n"
+        "RayServer(ModelRepository(None, models={})).start()  # imports ray, deploys nothing\n"
+        "from ray._private import ray_constants\n"
+        "print(ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_direct_routing_puts_each_model_in_an_application_of_its_own() -> None:
     repository = ModelRepository(None, models={})
     direct = RayServer(repository)

@@ -813,6 +813,7 @@ class RayServer:
     """Ray Serve's HTTP front for a local instance (`PROXIES`); None: ``haproxy`` where Ray finds
     the binary, unless the environment already says. A cluster's is set where it was started."""
     start_timeout_s: float = 300.0
+    stop_timeout_s: float = 120.0
     models: list[ScaledModel] = field(default_factory=list)
     unavailable: dict[str, str] = field(default_factory=dict)
     front: str = "the cluster's Ray Serve front"
@@ -844,6 +845,11 @@ class RayServer:
 
     def start(self) -> None:
         """Connect to (or start) Ray, deploy every model, wait until each one settles."""
+        # read when Ray is first imported: Ray notices `uv run` up the process tree and would
+        # ship the checkout to its workers as a uv runtime env (which needs the network and
+        # hangs without it): workers run this interpreter as it is
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         try:
             import ray
         except ImportError as exc:
@@ -853,10 +859,6 @@ class RayServer:
         self.models, self.unavailable = plan_models(self.repository, self.scale_overrides)
         if not self.models:
             return
-        # Ray notices `uv run` up the process tree and would ship the checkout to its workers as
-        # a uv runtime env (which needs the network): workers run this interpreter as it is
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         local = self.address is None and not ray.is_initialized()
         if local:
             # read when Ray Serve is imported, here and in every process of the local instance
@@ -968,9 +970,17 @@ class RayServer:
 
         if not ray.is_initialized():
             return
-        for app in [self.model_app(m.name) for m in self.models] + [self.app_name]:
+        # all at once: each replica drains for Ray's minimum draining period (30 s by default
+        # under HAProxy, so that the front deregisters it first), so one after the other would
+        # take that long per model
+        apps = {self.model_app(m.name) for m in self.models} | {self.app_name}
+        for app in apps:
             with contextlib.suppress(Exception):  # nothing was deployed when no model could load
-                serve.delete(app)
+                serve.delete(app, _blocking=False)
+        deadline = time.monotonic() + self.stop_timeout_s
+        with contextlib.suppress(Exception):
+            while apps & set(serve.status().applications) and time.monotonic() < deadline:
+                time.sleep(0.5)
         with contextlib.suppress(ValueError):  # the board exists once a replica pushed to it
             ray.kill(ray.get_actor(_board_name(self.app_name), namespace="serve"))
         if self._started_ray:
