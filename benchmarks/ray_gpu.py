@@ -45,9 +45,23 @@ from ray_scale import binary_request, closed_loop, load_average
 NETNS_ENV = "CROSSINFER_RAY_GPU_NETNS"
 
 
+def loopback_up() -> None:
+    """Bring `lo` up in this network namespace (SIOCSIFFLAGS; the GPU machine has no `ip`)."""
+    import fcntl
+    import socket
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH", b"lo", 0)
+        flags = struct.unpack("16sH", fcntl.ioctl(sock, siocgifflags, request)[:18])[1]
+        fcntl.ioctl(sock, siocsifflags, struct.pack("16sH", b"lo", flags | iff_up))
+
+
 def enter_loopback_namespace() -> str:
     """Re-exec inside a network namespace holding only `lo`; say why not where it cannot."""
     if os.environ.get(NETNS_ENV):
+        loopback_up()
         return os.environ[NETNS_ENV]
     unshare = shutil.which("unshare")
     if unshare is None or os.geteuid() != 0:
@@ -58,8 +72,7 @@ def enter_loopback_namespace() -> str:
     if probe.returncode != 0:
         return f"no loopback-only namespace: {probe.stderr.strip()[-200:]}"
     os.environ[NETNS_ENV] = "loopback-only network namespace"
-    lo_up = 'ip link set lo up && exec "$0" "$@"'
-    os.execv(unshare, [unshare, "-n", "--", "sh", "-c", lo_up, sys.executable, *sys.argv])
+    os.execv(unshare, [unshare, "-n", "--", sys.executable, *sys.argv])
     raise AssertionError("unreachable")
 
 
@@ -156,6 +169,11 @@ def main() -> None:
         default="--backend torch:cuda --precision fp16 -O mode=cudagraphs --max-batch-size 64",
         help="serve/bench options for the model (one string)",
     )
+    parser.add_argument(
+        "--bench-options",
+        default="--backend torch:cuda --precision fp16 -O mode=cudagraphs",
+        help="bench's options for the model (one string; serve's batching options are not bench's)",
+    )
     parser.add_argument("--request-batch", type=int, default=32, help="images per request")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
@@ -170,6 +188,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.model, args.options, args.num_gpus = "zoo:mlp", "--threads 1", "0"
+        args.bench_options = "--threads 1"
         args.request_batch, args.clients, args.rounds, args.seconds = 4, 2, 1, 2.0
         args.bench_batch = 8
     network = enter_loopback_namespace()
@@ -219,7 +238,9 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(doc, indent=1, default=str))
     if "bench" not in skip:
-        doc["rows"]["bench"] = bench_row(args.model, options, args.bench_batch)
+        doc["rows"]["bench"] = bench_row(
+            args.model, shlex.split(args.bench_options), args.bench_batch
+        )
     rows = doc["rows"]
     rate = {k: r.get("samples_per_s_median") for k, r in rows.items() if k != "bench"}
     figures: dict[str, Any] = {}
