@@ -401,5 +401,5 @@ def validate_feeds(
             )
         # np.require, not np.ascontiguousarray: the latter turns a 0-d input (CumSum's axis,
         # a scalar position) into shape [1], which the model then rejects or broadcasts wrongly
-        out[name] = np.require(array, requirements="C")
+        out[name] = array if array.flags.c_contiguous else np.require(array, requirements="C")
     return out

@@ -259,6 +259,8 @@ class OnnxRuntimeSession:
             )
             message = f"onnxruntime:{device} could not load {artifact.source}: {short_message(exc)}"
             raise CompileError(message, unsupported_ops=ops) from exc
+        # asked once: get_outputs() builds new NodeArg objects on every call
+        self._output_names = [o.name for o in self._session.get_outputs()]
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         arrays = validate_feeds(self.inputs, feeds, model=self._model)
@@ -269,8 +271,7 @@ class OnnxRuntimeSession:
             raise InferenceError(
                 f"onnxruntime:{self.target.device} failed: {short_message(exc)}"
             ) from exc
-        names = [o.name for o in self._session.get_outputs()]
-        return {name: np.asarray(v) for name, v in zip(names, values, strict=True)}
+        return {name: np.asarray(v) for name, v in zip(self._output_names, values, strict=True)}
 
     def bind(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], list[Any]]:
         """A call with no arguments that runs the model on copies of ``feeds`` already in the
