@@ -555,3 +555,11 @@ def test_plan_command(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["plan", "--qps", "30"])
     assert result.exit_code == 2
     assert "plan needs one replica's throughput" in result.output
+
+
+def test_help_keeps_the_table_names_rich_would_read_as_markup() -> None:
+    """`[scale]` in a help text is rich markup unless escaped: it vanished from serve --help."""
+    for command in ("serve", "plan"):
+        result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0
+        assert "[scale]" in result.output, command

