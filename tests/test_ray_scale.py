@@ -563,3 +563,31 @@ def test_help_keeps_the_table_names_rich_would_read_as_markup() -> None:
         result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"})
         assert result.exit_code == 0
         assert "[scale]" in result.output, command
+
+
+def test_sigterm_stops_cleanly_after_ray_installed_its_own_handler() -> None:
+    """ray.init installs a SIGTERM handler that aborts the process (exit 134) with nothing
+    deleted; `serve --ray` must take its applications down and exit 0 instead."""
+    import subprocess
+    import sys
+
+    code = """
+import os, signal, threading
+from types import SimpleNamespace
+from crossinfer.serve.ray_serve import run_ray
+
+class Server:
+    models = [SimpleNamespace(name="m")]
+    unavailable = {}
+    def start(self):
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(134))  # as Ray's handler does
+        threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    def stop(self):
+        print("stopped", flush=True)
+
+run_ray(Server())
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "stopped"), done.stderr[-2000:]

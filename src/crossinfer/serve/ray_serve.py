@@ -1004,11 +1004,16 @@ def run_ray(server: RayServer, *, on_ready: Callable[[RayServer], None] | None =
     import threading
 
     stop = threading.Event()
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)
-    }
+    signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
     try:
         server.start()
+        # ray.init installs Ray's own SIGTERM handler, which aborts the process (exit 134) with
+        # nothing deleted: ours again, so that SIGTERM takes the applications down in order
+        for sig in signals:
+            signal.signal(sig, lambda *_: stop.set())
+        if stop.is_set():
+            return  # asked to stop while deploying: the finally block takes it down
         if on_ready is not None:
             on_ready(server)
         if any(m.name not in server.unavailable for m in server.models):
