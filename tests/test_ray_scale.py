@@ -444,6 +444,8 @@ def test_ingress_says_a_directly_routed_model_is_starting() -> None:
         ingress = _IngressApp({}, {}, app_name="t", max_body_bytes=1 << 20, routed=["linear"])
         status, doc = await _ingress_call(ingress, "POST", "/v2/models/linear/infer", b"{}")
         assert (status, doc["error"]) == (503, "model 'linear' is starting: retry in a few seconds")
+        status, doc = await _ingress_call(ingress, "GET", "/v2/models/linear/ready")
+        assert (status, doc) == (400, None)
         status, doc = await _ingress_call(ingress, "GET", "/v2/models/other")
         assert (status, doc["error"]) == (404, "unknown model 'other': this server has 'linear'")
 

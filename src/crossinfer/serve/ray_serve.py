@@ -609,6 +609,9 @@ class _IngressApp:
         handle = self._handles.get(name)
         if handle is None:
             if name in self._routed:
+                if rest[-1:] == ["ready"]:  # as for a model that is not ready: 400, no body
+                    await _send(send, 400, [], b"")
+                    return
                 raise ProtocolError(503, f"model '{name}' is starting: retry in a few seconds")
             if name in self._unavailable:
                 status = 400 if rest[-1:] == ["ready"] else 503
