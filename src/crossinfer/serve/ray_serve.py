@@ -856,9 +856,7 @@ class RayServer:
         try:
             import ray
         except ImportError as exc:
-            raise ScaleOutError(
-                f"Ray Serve is not installed ({exc}): pip install 'crossinfer[ray]'"
-            ) from exc
+            raise _ray_missing(exc) from exc
         self.models, self.unavailable = plan_models(self.repository, self.scale_overrides)
         if not self.models:
             return
@@ -875,9 +873,7 @@ class RayServer:
         try:
             from ray import serve
         except ImportError as exc:
-            raise ScaleOutError(
-                f"Ray Serve is not installed ({exc}): pip install 'crossinfer[ray]'"
-            ) from exc
+            raise _ray_missing(exc) from exc
         if not ray.is_initialized():
             if local:
                 ray.init(
@@ -991,6 +987,10 @@ class RayServer:
             ray.shutdown()
 
 
+def _ray_missing(exc: ImportError) -> ScaleOutError:
+    return ScaleOutError(f"Ray Serve is not installed ({exc}): pip install 'crossinfer[ray]'")
+
+
 def _ingress_running(app_name: str) -> bool:
     from ray import serve
 
@@ -1007,14 +1007,18 @@ def run_ray(server: RayServer, *, on_ready: Callable[[RayServer], None] | None =
     import threading
 
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+
     signals = (signal.SIGTERM, signal.SIGINT)
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+    previous = {sig: signal.signal(sig, on_signal) for sig in signals}
     try:
         server.start()
         # ray.init installs Ray's own SIGTERM handler, which aborts the process (exit 134) with
         # nothing deleted: ours again, so that SIGTERM takes the applications down in order
         for sig in signals:
-            signal.signal(sig, lambda *_: stop.set())
+            signal.signal(sig, on_signal)
         if stop.is_set():
             return  # asked to stop while deploying: the finally block takes it down
         if on_ready is not None:
