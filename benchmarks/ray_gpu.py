@@ -33,7 +33,6 @@ import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ray_scale import binary_request, closed_loop, load_average
+from serve_common import stop_process, wait_http_ok
 
 NETNS_ENV = "CROSSINFER_RAY_GPU_NETNS"
 
@@ -80,29 +80,12 @@ def crossinfer(*args: str) -> list[str]:
     return [sys.executable, "-m", "crossinfer.cli", *args]
 
 
-def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float) -> float:
-    began = time.monotonic()
-    while time.monotonic() - began < timeout_s:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        with contextlib.suppress(OSError):
-            url = f"http://127.0.0.1:{port}/v2/health/ready"
-            with urllib.request.urlopen(url, timeout=2) as answer:
-                if answer.status == 200:
-                    return time.monotonic() - began
-        time.sleep(1.0)
-    raise RuntimeError(f"not ready within {timeout_s:.0f} s")
-
-
 def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the server (`serve --ray` takes its Ray instance down), then whatever of its
+    process group is left (Ray's daemons after a timeout) is killed."""
+    stop_process(proc, grace_s=90)
     with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=90)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        os.killpg(proc.pid, signal.SIGKILL)
 
 
 def serve_row(
@@ -117,7 +100,9 @@ def serve_row(
         )
     row: dict[str, Any] = {"command": command[3:], "windows": []}
     try:
-        row["ready_s"] = wait_ready(port, proc, args.ready_timeout)
+        began = time.monotonic()
+        wait_http_ok(f"http://127.0.0.1:{port}/v2/health/ready", args.ready_timeout, proc=proc)
+        row["ready_s"] = time.monotonic() - began
         closed_loop(f"127.0.0.1:{port}", "m", *body, clients=args.clients, seconds=args.warmup)
         for _ in range(args.rounds):
             run = closed_loop(

@@ -343,14 +343,22 @@ def wrk(
     )
 
 
-def wait_http_ok(url: str, limit_s: float, body: bytes | None = None) -> None:
-    """Poll ``url`` (GET, or POST ``body``) until it answers 200, for at most ``limit_s``."""
+def wait_http_ok(
+    url: str,
+    limit_s: float,
+    body: bytes | None = None,
+    proc: subprocess.Popen[Any] | None = None,
+) -> None:
+    """Poll ``url`` (GET, or POST ``body``) until it answers 200, for at most ``limit_s``; with
+    ``proc``, give up at once when that server process has exited."""
     import urllib.error
     import urllib.request
 
     deadline = time.monotonic() + limit_s
     last: object = None
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode} before {url} answered")
         try:
             req = urllib.request.Request(
                 url, data=body, headers={"Content-Type": "application/json"}
