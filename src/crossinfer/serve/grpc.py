@@ -10,7 +10,7 @@ import asyncio
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import numpy as np
@@ -29,12 +29,17 @@ from crossinfer.serve.protocol import (
     write_shared_memory_outputs,
 )
 from crossinfer.serve.repository import READY, ModelRepository, ServedModel
+from crossinfer.serve.server import GRPC_ENGINES
 from crossinfer.serve.shm import CUDA, SYSTEM, SharedMemoryRegistry
 from crossinfer.tensor_specs import shape_fits
+
+if TYPE_CHECKING:
+    from crossinfer.serve.grpc_core import CoreGrpcServer
 
 __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "GRPC_CODES",
+    "GRPC_ENGINES",
     "MAX_DETAILS_CHARS",
     "GrpcServer",
     "bounded",
@@ -624,6 +629,8 @@ class GrpcServer:
     """A started gRPC front end: `stop(grace_s)` and, for a drain that ran out of time,
     `abort_in_flight(reason)`."""
 
+    engine = "aio"
+
     def __init__(self, server: grpc.aio.Server, service: _Service) -> None:
         self.server = server
         self._service = service
@@ -645,7 +652,8 @@ async def start_grpc_server(
     server_ready: Callable[[], bool] | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     shared_memory: SharedMemoryRegistry | None = None,
-) -> GrpcServer:
+    engine: str = "core",
+) -> GrpcServer | CoreGrpcServer:
     """Serve GRPCInferenceService on ``host:port`` from the running event loop, started.
 
     ``server_ready`` answers ServerReady (the HTTP front end's readiness, so both agree); by
@@ -655,26 +663,38 @@ async def start_grpc_server(
     ``shared_memory`` holds the regions clients register (the HTTP front end's, so both share
     one namespace as in Triton); a fresh registry by default.
 
+    ``engine``: "core" (default) drives grpc's C core from one poll thread and answers on the
+    loop (`grpc_core`, falling back to grpc.aio where this grpcio lacks what it uses); "aio"
+    is grpc.aio's server. Both answer the same RPCs through the same handlers.
+
     Stop it with ``await server.stop(grace_s)``: it refuses new calls and lets the running ones
     finish within the grace period.
     """
     if max_message_bytes < 1:
         raise ValueError(f"max_message_bytes must be >= 1, got {max_message_bytes}")
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
-        ]
+    if engine not in GRPC_ENGINES:
+        raise ValueError(f"unknown gRPC engine {engine!r}: use one of {', '.join(GRPC_ENGINES)}")
+    options = (
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
     )
     service = _Service(
         repository,
         server_ready or _all_models_ready(repository),
         shared_memory if shared_memory is not None else SharedMemoryRegistry(),
     )
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if engine == "core":
+        from crossinfer.serve import grpc_core
+
+        missing = grpc_core.available()
+        if missing is None:
+            return grpc_core.start_core_server(service, address, options)
+        log.warning("gRPC: the core engine cannot run here (%s): using grpc.aio", missing)
+    server = grpc.aio.server(options=list(options))
     handlers = service.handlers()
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(pb.SERVICE, handlers),))
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         server.add_insecure_port(address)
     except RuntimeError as exc:

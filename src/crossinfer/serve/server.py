@@ -34,6 +34,7 @@ from crossinfer.serve.shm import SharedMemoryRegistry
 __all__ = [
     "ABORT_GRACE_S",
     "DRAIN_TIMEOUT_EXIT_CODE",
+    "GRPC_ENGINES",
     "BackgroundServer",
     "InferenceServer",
     "ServerConfig",
@@ -46,6 +47,10 @@ T = TypeVar("T")
 ABORT_GRACE_S = 2.0
 """After the drain timeout: how long the front ends get to send their 503 / UNAVAILABLE answers
 (and then, separately, to close) before the server closes them without a goodbye."""
+
+GRPC_ENGINES = ("core", "aio")
+"""How the gRPC front end runs: on grpc's C core driven from one poll thread (`grpc_core`), or
+on grpc.aio's server."""
 
 DRAIN_TIMEOUT_EXIT_CODE = 3
 """`crossinfer serve`'s exit status when requests were cut off by --drain-timeout."""
@@ -63,6 +68,7 @@ class ServerConfig:
     drain_timeout_s: float = 30.0  # Triton's --exit-timeout-secs default
     stats_log_interval_s: float = 10.0  # batch-size summaries in the log while traffic flows
     backlog: int = 2048
+    grpc_engine: str = "core"  # "core" (grpc's C core, one poll thread) or "aio" (grpc.aio)
     http_limits: HttpLimits = field(
         default_factory=HttpLimits
     )  # header/body timeouts and the header size limit
@@ -188,6 +194,7 @@ class InferenceServer:
             server_ready=lambda: self.app.ready,
             max_message_bytes=self.config.max_body_bytes,  # one size limit for both protocols
             shared_memory=self.shared_memory,
+            engine=self.config.grpc_engine,
         )
         self.ports["grpc"] = port
 
