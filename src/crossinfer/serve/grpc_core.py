@@ -164,7 +164,10 @@ class CoreGrpcServer:
         self._calls = 0  # calls started and not yet over (the poll thread's count)
         self._accepting = True
         # the server object's own calls (request_call, shutdown, cancel_all_calls, destroy)
-        # come from two threads; grpcio's servers hold one lock around them too
+        # come from two threads; grpcio's servers hold one lock around them too. Without it,
+        # a shutdown with no call running completes inside shutdown_and_notify (which releases
+        # the GIL), the poll thread sees it and destroys the server, and the shutdown still
+        # running in the loop thread touches the freed server: a segfault, seen in the tests
         self._lock = threading.Lock()
         self._destroyed = False
         self._stopped: asyncio.Future[None] = loop.create_future()
