@@ -324,6 +324,15 @@ def _status_of(exc: Exception) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, bounded(str(exc))
 
 
+def _failure(exc: Exception, rpc: str) -> tuple[grpc.StatusCode, str]:
+    """The status a unary call answers when its handler raised `exc` (either engine)."""
+    if isinstance(exc, (CrossinferError, ValueError)):
+        return _status_of(exc)
+    # a bug, not bad input: the client gets INTERNAL with the reason, the log the trace
+    log.exception("gRPC %s failed", rpc, exc_info=exc)
+    return grpc.StatusCode.INTERNAL, bounded(f"{type(exc).__name__}: {exc}")
+
+
 class _Unparseable:
     """A request frame that is not the RPC's protobuf message: answered, never raised.
 
@@ -426,20 +435,13 @@ class _Service:
             in_flight.add(task)
             try:
                 return await handler(request)
-            except (CrossinferError, ValueError) as exc:
-                code, text = _status_of(exc)
-                await context.abort(code, text)
             except asyncio.CancelledError:
                 reason = self._aborting()
                 if reason is None:
                     raise  # the client cancelled: nothing to answer
                 await context.abort(grpc.StatusCode.UNAVAILABLE, reason)
             except Exception as exc:
-                # a bug, not bad input: the client gets INTERNAL with the reason, the log the trace
-                log.exception("gRPC %s failed", handler.__name__)
-                await context.abort(
-                    grpc.StatusCode.INTERNAL, bounded(f"{type(exc).__name__}: {exc}")
-                )
+                await context.abort(*_failure(exc, handler.__name__))
             finally:
                 in_flight.discard(task)
 

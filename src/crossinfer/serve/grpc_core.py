@@ -27,15 +27,8 @@ from typing import Any
 
 import grpc
 
-from crossinfer.errors import CrossinferError
 from crossinfer.serve import grpc_messages as pb
-from crossinfer.serve.grpc import (
-    _decoder,
-    _Service,
-    _status_of,
-    _Unparseable,
-    bounded,
-)
+from crossinfer.serve.grpc import _decoder, _failure, _Service, _Unparseable, bounded
 
 __all__ = ["CoreGrpcServer", "available", "start_core_server"]
 
@@ -73,13 +66,7 @@ _NEW_CALL = object()  # the tag of a request_call
 _SHUTDOWN = object()  # the tag of the server's shutdown
 
 
-class _Done:
-    """The tag of a call's last batch: when it completes, the call is over."""
-
-    __slots__ = ()
-
-
-_DONE = _Done()
+_DONE = object()  # the tag of a call's last batch: when it completes, the call is over
 
 
 class _Unary:
@@ -294,9 +281,6 @@ class CoreGrpcServer:
                 reply = await state.handler(request)
                 payload = reply.SerializeToString()
                 code = _OK
-        except (CrossinferError, ValueError) as exc:
-            status, details = _status_of(exc)
-            code = status.value[0]
         except asyncio.CancelledError:
             reason = service._aborting()
             if reason is None:  # the server is closing without a reason: say so, then stop
@@ -304,9 +288,8 @@ class CoreGrpcServer:
                 raise
             code, details = grpc.StatusCode.UNAVAILABLE.value[0], reason
         except Exception as exc:
-            log.exception("gRPC %s failed", getattr(state.handler, "__name__", "call"))
-            code = grpc.StatusCode.INTERNAL.value[0]
-            details = bounded(f"{type(exc).__name__}: {exc}")
+            status, details = _failure(exc, state.handler.__name__)
+            code = status.value[0]
         finally:
             service._in_flight.discard(task)
         _finish(state.call, code, details, payload, head=True)
@@ -344,9 +327,8 @@ class CoreGrpcServer:
             _finish(call, grpc.StatusCode.CANCELLED.value[0], "", None, head=head)
             raise
         except Exception as exc:
-            log.exception("gRPC ModelStreamInfer failed")
-            code = grpc.StatusCode.INTERNAL.value[0]
-            details = bounded(f"{type(exc).__name__}: {exc}")
+            status, details = _failure(exc, "ModelStreamInfer")
+            code = status.value[0]
         finally:
             await replies.aclose()  # type: ignore[attr-defined]
         _finish(call, code, details, None, head=head)
