@@ -3,6 +3,7 @@ or by the drain's abort, a client that gives up on a call still computing."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -69,7 +70,10 @@ def test_a_client_that_gives_up_leaves_the_server_answering(server: BackgroundSe
     assert reply.model_name == "mlp" and len(reply.raw_output_contents) == 1
 
 
-def test_the_drain_abort_answers_a_held_call_with_its_reason() -> None:
+@contextlib.contextmanager
+def held_call() -> Iterator[tuple[BackgroundServer, threading.Thread, list[grpc.RpcError]]]:
+    """A core-engine server with one ModelInfer call in flight, held in the batcher; the client
+    thread's errors land in the list. The batcher is released before the server stops."""
     repository = ModelRepository(None, models={"mlp": ModelSource("zoo:mlp")})
     config = ServerConfig(http_port=None, grpc_port=0, metrics_port=None, grpc_engine="core")
     with BackgroundServer(repository, config) as running:
@@ -86,10 +90,19 @@ def test_the_drain_abort_answers_a_held_call_with_its_reason() -> None:
 
         client = threading.Thread(target=call)
         client.start()
+        service = running.server._grpc._service
         deadline = time.monotonic() + LIMIT_S
-        grpc_server = running.server._grpc
-        while not grpc_server._service._in_flight and time.monotonic() < deadline:
+        while not service._in_flight and time.monotonic() < deadline:
             time.sleep(0.02)
+        try:
+            yield running, client, errors
+        finally:
+            running.call_soon(batcher.release)
+
+
+def test_the_drain_abort_answers_a_held_call_with_its_reason() -> None:
+    with held_call() as (running, client, errors):
+        grpc_server = running.server._grpc
         assert running.call(_abort(grpc_server, "the drain ran out: retry elsewhere")) == 1
         client.join(LIMIT_S)
         started = time.monotonic()
@@ -105,31 +118,11 @@ async def _abort(server: grpc_core.CoreGrpcServer, reason: str) -> int:
 
 
 def test_stop_cancels_a_call_still_held_after_the_grace() -> None:
-    repository = ModelRepository(None, models={"mlp": ModelSource("zoo:mlp")})
-    config = ServerConfig(http_port=None, grpc_port=0, metrics_port=None, grpc_engine="core")
-    with BackgroundServer(repository, config) as running:
-        batcher = repository.get("mlp").batcher
-        running.call_soon(lambda: batcher.hold_until(2))
-        errors: list[grpc.RpcError] = []
-
-        def call() -> None:
-            with grpc.insecure_channel(running.grpc_url) as channel:
-                try:
-                    unary(channel, "ModelInfer")(infer_request(), timeout=LIMIT_S)
-                except grpc.RpcError as exc:
-                    errors.append(exc)
-
-        client = threading.Thread(target=call)
-        client.start()
-        grpc_server = running.server._grpc
-        deadline = time.monotonic() + LIMIT_S
-        while not grpc_server._service._in_flight and time.monotonic() < deadline:
-            time.sleep(0.02)
+    with held_call() as (running, client, errors):
         started = time.monotonic()
-        running.call(grpc_server.stop(0.5))
+        running.call(running.server._grpc.stop(0.5))
         assert time.monotonic() - started < 5
         client.join(LIMIT_S)
-        running.call_soon(batcher.release)
     assert len(errors) == 1
     assert errors[0].code() == grpc.StatusCode.UNAVAILABLE  # as grpc.aio: "Cancelling all calls"
 
